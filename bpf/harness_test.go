@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package bpf_test
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/testenv"
+	"github.com/spiwatch/spiwatch/loader"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// testRunIfindex is the ingress interface of a BPF_PROG_TEST_RUN without a context:
+// the namespace's loopback.
+const testRunIfindex = 1
+
+// harness runs single frames through the real program and reports what the maps
+// say happened.
+type harness struct {
+	objs  *loader.Objects
+	prog  *ebpf.Program
+	m     *maps.Maps
+	cfg   classify.Config
+	known classify.SASet
+	drop  bool
+}
+
+func newHarness(t testing.TB, s loader.Settings, known ...maps.SA) *harness {
+	t.Helper()
+	testenv.RequireBPF(t)
+	objs, err := loader.Load(s)
+	if err != nil {
+		t.Fatalf("loading: %+v", err)
+	}
+	t.Cleanup(func() { objs.Close() })
+	prog, err := objs.Program(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := objs.Maps.AddKnown(known...); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{objs: objs, prog: prog, m: objs.Maps, cfg: classify.Config{NATTPorts: s.NATTPorts},
+		known: classify.SASet{}, drop: s.DropUnknown}
+	for _, sa := range known {
+		h.known.Add(sa.SPI, sa.Dst)
+	}
+	return h
+}
+
+// obs is what one frame did to the maps.
+type obs struct {
+	Class   classify.Class
+	Outcome classify.Outcome
+	Verdict uint32
+	Unknown *maps.Unknown // the unknown-table row it created, if any
+	Known   *maps.SA      // the known SA it was counted in, if any
+}
+
+func (h *harness) counters(t testing.TB) maps.Counters {
+	t.Helper()
+	c, err := h.m.Counters(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (h *harness) knownStats(t testing.TB) map[maps.SA]maps.KnownSA {
+	t.Helper()
+	l, err := h.m.ListKnown()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[maps.SA]maps.KnownSA{}
+	for _, k := range l {
+		out[k.SA] = k
+	}
+	return out
+}
+
+// run sends frame through the program once and checks that exactly one counter
+// moved by one packet and len(frame) bytes, and that at most one table entry
+// changed. It leaves the unknown table empty.
+func (h *harness) run(t testing.TB, frame []byte) obs {
+	t.Helper()
+	before := h.counters(t)
+	knownBefore := h.knownStats(t)
+	ret, err := h.prog.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		t.Fatalf("test run of %x: %v", frame, err)
+	}
+	o := obs{Verdict: ret}
+	after := h.counters(t)
+	moved := 0
+	for cl := range after {
+		for oc := range after[cl] {
+			dp := after[cl][oc].Packets - before[cl][oc].Packets
+			db := after[cl][oc].Bytes - before[cl][oc].Bytes
+			if dp == 0 && db == 0 {
+				continue
+			}
+			moved++
+			if dp != 1 || db != uint64(len(frame)) {
+				t.Fatalf("frame %x: counter %s/%s moved by %d packets, %d bytes; want 1, %d",
+					frame, classify.Class(cl), classify.Outcome(oc), dp, db, len(frame))
+			}
+			o.Class, o.Outcome = classify.Class(cl), classify.Outcome(oc)
+		}
+	}
+	if moved != 1 {
+		t.Fatalf("frame %x moved %d counters, want exactly 1", frame, moved)
+	}
+	snap, err := h.m.UnknownSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap) > 1 {
+		t.Fatalf("frame %x left %d unknown-table rows, want at most 1", frame, len(snap))
+	}
+	if len(snap) == 1 {
+		o.Unknown = &snap[0]
+		if err := h.m.ClearUnknown(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for sa, k := range h.knownStats(t) {
+		b := knownBefore[sa]
+		if k.Packets == b.Packets && k.Bytes == b.Bytes {
+			continue
+		}
+		if o.Known != nil || k.Packets != b.Packets+1 || k.Bytes != b.Bytes+uint64(len(frame)) {
+			t.Fatalf("frame %x: known SA %s moved from %d/%d to %d/%d packets/bytes", frame, sa, b.Packets, b.Bytes, k.Packets, k.Bytes)
+		}
+		sa := sa
+		o.Known = &sa
+	}
+	return o
+}
+
+// expect is what the Go reference classifier says the program must do.
+func (h *harness) expect(frame []byte) (obs, classify.Result) {
+	r := classify.Classify(frame, &h.cfg)
+	o := obs{Class: r.Class, Outcome: classify.OutcomeOf(r, h.known)}
+	o.Verdict = classify.Verdict(o.Outcome, h.drop)
+	if o.Outcome == classify.OutcomeUnknown || o.Outcome == classify.OutcomeReserved {
+		o.Unknown = &maps.Unknown{SPI: r.SPI, Src: r.Src, Dst: r.Dst, SrcPort: r.SrcPort, DstPort: r.DstPort,
+			Ifindex: testRunIfindex, Packets: 1, Bytes: uint64(len(frame)), LastSeq: r.Seq}
+	}
+	if o.Outcome == classify.OutcomeKnown {
+		// exact destination first, then any
+		sa := maps.SA{SPI: r.SPI, Dst: r.Dst}
+		if _, ok := h.known[classify.MakeSAKey(r.SPI, r.Dst)]; !ok {
+			sa.Dst = netip.Addr{}
+		}
+		o.Known = &sa
+	}
+	return o, r
+}
+
+// compare runs frame through the program and fails on any difference from the
+// reference: class, outcome, verdict, SPI, addresses, ports, sequence, counts.
+func (h *harness) compare(t testing.TB, frame []byte) obs {
+	t.Helper()
+	got := h.run(t, frame)
+	want, _ := h.expect(frame)
+	if got.Class != want.Class || got.Outcome != want.Outcome || got.Verdict != want.Verdict {
+		t.Fatalf("frame %x:\n bpf: class %s outcome %s verdict %d\n  go: class %s outcome %s verdict %d",
+			frame, got.Class, got.Outcome, got.Verdict, want.Class, want.Outcome, want.Verdict)
+	}
+	if (got.Unknown == nil) != (want.Unknown == nil) {
+		t.Fatalf("frame %x: bpf unknown row %+v, go %+v", frame, got.Unknown, want.Unknown)
+	}
+	if got.Unknown != nil {
+		g, w := *got.Unknown, *want.Unknown
+		if g.FirstSeenNs == 0 || g.LastSeenNs < g.FirstSeenNs {
+			t.Fatalf("frame %x: unknown row timestamps %d..%d", frame, g.FirstSeenNs, g.LastSeenNs)
+		}
+		g.FirstSeenNs, g.LastSeenNs = 0, 0
+		if g != w {
+			t.Fatalf("frame %x: unknown row\n bpf %+v\n  go %+v", frame, g, w)
+		}
+	}
+	if (got.Known == nil) != (want.Known == nil) || got.Known != nil && *got.Known != *want.Known {
+		t.Fatalf("frame %x: bpf counted known SA %v, go %v", frame, got.Known, want.Known)
+	}
+	return got
+}

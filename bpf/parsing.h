@@ -1,0 +1,258 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Frame parsing for the classifier: the procedure of docs/CLASSES.md, step by step.
+ * Positions are scalar offsets from the frame start, so length arithmetic is plain
+ * integer math; every byte read is guarded by a check against data_end as well. */
+#ifndef SPIWATCH_PARSING_H
+#define SPIWATCH_PARSING_H
+
+#include "include/bpf_defs.h"
+#include "include/proto.h"
+#include "spiwatch.h"
+
+/* Load-time settings (set from Go before loading; read-only for the verifier, so
+ * unused ports and branches cost nothing). */
+volatile const __u16 natt_ports[MAX_NATT_PORTS] = {4500};
+volatile const __u32 natt_port_count = 1;
+
+/* What the classifier learnt about an esp or esp-in-udp frame. Addresses are
+ * copied out of the packet here, so that the code after classify() depends on no
+ * packet offset: the verifier then sees the same state whatever the path through
+ * the headers was (VLAN depth, IPv4 options, IPv6 extensions) and prunes, instead
+ * of verifying the lookups once per path. */
+struct pkt {
+	__u32 spi;
+	__u32 seq;
+	__u16 sport;
+	__u16 dport;
+	__u8 saddr[16]; /* IPv6 or IPv4-mapped */
+	__u8 daddr[16];
+};
+
+/* IPv4 addresses are keyed as IPv4-mapped IPv6 (::ffff:a.b.c.d). */
+static __always_inline void addr_v4mapped(__u8 dst[16], __be32 a)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xFF;
+	dst[11] = 0xFF;
+	__builtin_memcpy(dst + 12, &a, 4);
+}
+
+static __always_inline int has_spi(int class)
+{
+	return class == SW_CLASS_ESP || class == SW_CLASS_ESP_IN_UDP;
+}
+
+/* Header offsets never reach 22 + 40 + 8 * 2048 bytes (two VLAN tags, IPv6, eight
+ * extension headers), so masking an offset with this changes nothing. But it lets
+ * the verifier see the same offset range whatever headers came before, and prune
+ * instead of verifying the rest of the program once per combination. */
+#define IPV6_WALK_MASK 0x7FFF
+
+/* In asm, because clang proves the mask redundant and drops it. */
+static __always_inline __u32 walk_mask(__u32 off)
+{
+	asm volatile("%0 &= %1" : "+r"(off) : "i"(IPV6_WALK_MASK));
+	return off;
+}
+
+static __always_inline int is_natt_port(__u16 port)
+{
+#pragma unroll
+	for (__u32 i = 0; i < MAX_NATT_PORTS; i++) {
+		if (i >= natt_port_count)
+			break;
+		if (natt_ports[i] == port)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_ipv6_ext(__u8 nh)
+{
+	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
+	       nh == IPPROTO_FRAGMENT;
+}
+
+/* Layer 4 of CLASSES.md: ESP over IP, or UDP towards IKE / NAT-T ports. l4_end is
+ * where the IP packet ends (the frame's end when its length field is bad). */
+static __always_inline int parse_l4(void *data, void *data_end, __u8 proto, __u32 l4_off,
+				    __u32 l4_end, int bad_len, int first_frag, struct pkt *p)
+{
+	__u32 present = l4_end > l4_off ? l4_end - l4_off : 0;
+
+	if (proto == IPPROTO_ESP) {
+		if (bad_len)
+			return SW_CLASS_MALFORMED;
+		if (present < sizeof(struct esp_hdr))
+			return first_frag ? SW_CLASS_FRAGMENT : SW_CLASS_MALFORMED;
+		struct esp_hdr *esp = data + l4_off;
+		if ((void *)(esp + 1) > data_end)
+			return SW_CLASS_MALFORMED;
+		p->spi = bpf_ntohl(esp->spi);
+		p->seq = bpf_ntohl(esp->seq);
+		return SW_CLASS_ESP;
+	}
+	if (proto != IPPROTO_UDP)
+		return SW_CLASS_OTHER;
+
+	if (present < sizeof(struct udphdr))
+		return first_frag ? SW_CLASS_FRAGMENT : SW_CLASS_OTHER;
+	struct udphdr *udp = data + l4_off;
+	if ((void *)(udp + 1) > data_end)
+		return SW_CLASS_OTHER;
+	__u16 sport = bpf_ntohs(udp->source);
+	__u16 dport = bpf_ntohs(udp->dest);
+	int ike = sport == IKE_PORT || dport == IKE_PORT;
+	if (!ike && !is_natt_port(dport) && !is_natt_port(sport))
+		return SW_CLASS_OTHER;
+	if (bad_len)
+		return SW_CLASS_MALFORMED;
+
+	__u32 plen;
+	if (!first_frag) {
+		__u32 ulen = bpf_ntohs(udp->len);
+		if (ulen < sizeof(struct udphdr) || ulen > present)
+			return SW_CLASS_MALFORMED;
+		plen = ulen - sizeof(struct udphdr);
+	} else {
+		plen = present - sizeof(struct udphdr);
+	}
+	p->sport = sport;
+	p->dport = dport;
+	if (ike)
+		return SW_CLASS_IKE;
+
+	__u8 *payload = (void *)(udp + 1);
+	if (!first_frag && plen == 1) {
+		if ((void *)(payload + 1) > data_end)
+			return SW_CLASS_MALFORMED;
+		if (payload[0] == 0xFF)
+			return SW_CLASS_NAT_KEEPALIVE;
+	}
+	if (plen >= 4) {
+		if ((void *)(payload + 4) > data_end)
+			return SW_CLASS_MALFORMED;
+		if (*(__u32 *)payload == 0) /* non-ESP marker: IKE on a NAT-T port */
+			return SW_CLASS_IKE;
+		if (plen > sizeof(struct esp_hdr)) {
+			struct esp_hdr *esp = (void *)payload;
+			if ((void *)(esp + 1) > data_end)
+				return SW_CLASS_MALFORMED;
+			p->spi = bpf_ntohl(esp->spi);
+			p->seq = bpf_ntohl(esp->seq);
+			return SW_CLASS_ESP_IN_UDP;
+		}
+	}
+	return first_frag ? SW_CLASS_FRAGMENT : SW_CLASS_MALFORMED;
+}
+
+static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, __u32 len,
+				      struct pkt *p)
+{
+	struct iphdr *ip = data + off;
+	if ((void *)(ip + 1) > data_end)
+		return SW_CLASS_OTHER;
+	if ((ip->ver_ihl >> 4) != 4)
+		return SW_CLASS_OTHER;
+
+	__u32 avail = len - off;
+	__u32 hlen = (ip->ver_ihl & 0x0F) * 4;
+	if (hlen < sizeof(struct iphdr) || hlen > avail)
+		return ip->protocol == IPPROTO_ESP ? SW_CLASS_MALFORMED : SW_CLASS_OTHER;
+
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	if (frag & IP_OFFSET)
+		return SW_CLASS_FRAGMENT;
+
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	int bad_len = tot < hlen || tot > avail;
+	__u8 proto = ip->protocol;
+	if (proto != IPPROTO_ESP && proto != IPPROTO_UDP)
+		return SW_CLASS_OTHER;
+	/* Copied now so the header pointer is dead below (see struct pkt). */
+	addr_v4mapped(p->saddr, ip->saddr);
+	addr_v4mapped(p->daddr, ip->daddr);
+	return parse_l4(data, data_end, proto, walk_mask(off + hlen), bad_len ? len : off + tot,
+			bad_len, frag & IP_MF, p);
+}
+
+static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, __u32 len,
+				      struct pkt *p)
+{
+	struct ipv6hdr *ip6 = data + off;
+	if ((void *)(ip6 + 1) > data_end)
+		return SW_CLASS_OTHER;
+	if ((*(__u8 *)ip6 >> 4) != 6)
+		return SW_CLASS_OTHER;
+
+	__u32 avail = len - off;
+	__u32 total = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
+	int bad_len = total > avail;
+	__u32 l3_end = bad_len ? len : off + total;
+	__u32 cur = off + sizeof(struct ipv6hdr);
+	__u8 nh = ip6->nexthdr;
+	int first_frag = 0;
+
+	/* Copied before the walk so the header pointer is dead afterwards (see struct
+	 * pkt); two 16-byte copies cost less than verifying the walk per VLAN depth. */
+	__builtin_memcpy(p->saddr, ip6->saddr, 16);
+	__builtin_memcpy(p->daddr, ip6->daddr, 16);
+
+	/* A bounded walk; a longer chain fails closed below. */
+#pragma unroll
+	for (int i = 0; i < MAX_IPV6_EXT; i++) {
+		if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS) {
+			struct ipv6_opt_hdr *oh = data + cur;
+			if (cur + sizeof(*oh) > l3_end || (void *)(oh + 1) > data_end)
+				return SW_CLASS_OTHER;
+			nh = oh->nexthdr;
+			cur = walk_mask(cur + (oh->hdrlen + 1) * 8);
+		} else if (nh == IPPROTO_FRAGMENT) {
+			struct ipv6_frag_hdr *fh = data + cur;
+			if (cur + sizeof(*fh) > l3_end || (void *)(fh + 1) > data_end)
+				return SW_CLASS_OTHER;
+			__u16 fo = bpf_ntohs(fh->frag_off);
+			if (fo & IP6_OFFSET)
+				return SW_CLASS_FRAGMENT;
+			if (fo & IP6_MF)
+				first_frag = 1;
+			nh = fh->nexthdr;
+			cur = walk_mask(cur + sizeof(*fh));
+		} else {
+			break;
+		}
+	}
+	if (is_ipv6_ext(nh))
+		return SW_CLASS_MALFORMED; /* more than MAX_IPV6_EXT extension headers */
+
+	return parse_l4(data, data_end, nh, cur, l3_end, bad_len, first_frag, p);
+}
+
+/* classify returns the frame's class and fills p for esp and esp-in-udp. */
+static __always_inline int classify(void *data, void *data_end, __u32 len, struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return SW_CLASS_OTHER;
+
+	__be16 proto = eth->h_proto;
+	__u32 off = ETH_HLEN;
+#pragma unroll
+	for (int i = 0; i < MAX_VLAN_DEPTH; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		struct vlan_hdr *vh = data + off;
+		if ((void *)(vh + 1) > data_end)
+			return SW_CLASS_OTHER;
+		proto = vh->encap_proto;
+		off += sizeof(*vh);
+	}
+
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(data, data_end, off, len, p);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(data, data_end, off, len, p);
+	return SW_CLASS_OTHER; /* not IP, or a third VLAN tag */
+}
+
+#endif /* SPIWATCH_PARSING_H */

@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
+/* spiwatch: classify IPsec traffic at XDP and count packets whose SPI matches no
+ * Security Association. Passes every frame unless the load-time action says to drop
+ * unknown-SPI packets. */
+
+#include "include/bpf_defs.h"
+#include "include/proto.h"
+#include "spiwatch.h"
+#include "parsing.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* Load-time settings. */
+volatile const __u32 drop_unknown = 0; /* 1: XDP_DROP packets with an unknown SPI */
+volatile const __u32 iface_slot = 0;   /* this instance's row in sw_counters */
+
+#ifndef KNOWN_SAS_MAX
+#define KNOWN_SAS_MAX 65536
+#endif
+#ifndef UNKNOWN_MAX
+#define UNKNOWN_MAX 65536
+#endif
+
+/* Known SAs, written only by Go. Per-CPU values: a busy tunnel hits one entry from
+ * every CPU, and a shared counter there would bounce a cache line per packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, KNOWN_SAS_MAX);
+	__type(key, struct sa_key);
+	__type(value, struct sa_stats);
+} sw_known SEC(".maps");
+
+/* Unknown and reserved SPIs per (SPI, source, destination, ports, interface).
+ * Attacker-keyed, so
+ * LRU with a cap (resized by Go at load). Inserts are tallied in sw_tally so Go can
+ * report evictions = inserts - entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, UNKNOWN_MAX);
+	__type(key, struct unknown_key);
+	__type(value, struct unknown_stats);
+} sw_unknown SEC(".maps");
+
+/* Packets and bytes per interface, class and outcome. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_IFACES * SW_SLOTS_PER_IFACE);
+	__type(key, __u32);
+	__type(value, struct sw_count);
+} sw_counters SEC(".maps");
+
+/* Table bookkeeping (enum sw_tally). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_TALLY_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sw_tally SEC(".maps");
+
+static __always_inline void tally(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&sw_tally, &which);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int lookup_known(struct pkt *p, __u32 len)
+{
+	struct sa_key k = {.spi = p->spi};
+
+	__builtin_memcpy(k.daddr, p->daddr, 16);
+	struct sa_stats *st = bpf_map_lookup_elem(&sw_known, &k);
+	if (!st) {
+		__builtin_memset(k.daddr, 0, sizeof(k.daddr)); /* the any-destination entry */
+		st = bpf_map_lookup_elem(&sw_known, &k);
+		if (!st)
+			return SW_OUTCOME_UNKNOWN;
+	}
+	/* this CPU's copy: plain stores, no atomics */
+	st->packets++;
+	st->bytes += len;
+	st->last_seen_ns = bpf_ktime_get_coarse_ns();
+	if (p->seq > st->max_seq)
+		st->max_seq = p->seq;
+	return SW_OUTCOME_KNOWN;
+}
+
+static __always_inline void record_unknown(struct xdp_md *ctx, struct pkt *p, __u32 len)
+{
+	struct unknown_key k = {
+		.spi = p->spi,
+		.ifindex = ctx->ingress_ifindex,
+		.sport = p->sport,
+		.dport = p->dport,
+	};
+	__builtin_memcpy(k.saddr, p->saddr, 16);
+	__builtin_memcpy(k.daddr, p->daddr, 16);
+
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct unknown_stats *us = bpf_map_lookup_elem(&sw_unknown, &k);
+	if (!us) {
+		struct unknown_stats fresh = {
+			.packets = 1,
+			.bytes = len,
+			.first_seen_ns = now,
+			.last_seen_ns = now,
+			.last_seq = p->seq,
+		};
+		/* NOEXIST: if another CPU inserted the key meanwhile, add to its entry
+		 * instead of overwriting its first packets. */
+		long err = bpf_map_update_elem(&sw_unknown, &k, &fresh, BPF_NOEXIST);
+		if (err == 0) {
+			tally(SW_TALLY_UNKNOWN_INSERTS);
+			return;
+		}
+		us = err == -EEXIST ? bpf_map_lookup_elem(&sw_unknown, &k) : 0;
+		if (!us) {
+			tally(SW_TALLY_UNKNOWN_INSERT_FAILS);
+			return;
+		}
+	}
+	/* One flow usually arrives on one RX queue; atomics keep counts exact when not. */
+	__sync_fetch_and_add(&us->packets, 1);
+	__sync_fetch_and_add(&us->bytes, len);
+	us->last_seen_ns = now;
+	us->last_seq = p->seq;
+}
+
+static __always_inline void count(__u32 class, __u32 outcome, __u32 len)
+{
+	__u32 slot = iface_slot * SW_SLOTS_PER_IFACE + class * SW_OUTCOME_MAX + outcome;
+	struct sw_count *c = bpf_map_lookup_elem(&sw_counters, &slot);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+SEC("xdp")
+int spiwatch_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 len = ctx->data_end - ctx->data;
+	struct pkt p = {};
+	__u32 outcome = SW_OUTCOME_NONE;
+
+	__u32 class = classify(data, data_end, len, &p);
+	if (has_spi(class)) {
+		/* Reserved SPIs never name an SA: no lookup, but they are recorded with their
+		 * peer like unknown ones, since someone is sending them. */
+		outcome = p.spi < 256 ? SW_OUTCOME_RESERVED : lookup_known(&p, len);
+		if (outcome != SW_OUTCOME_KNOWN)
+			record_unknown(ctx, &p, len);
+	}
+	count(class, outcome, len);
+
+	if (outcome == SW_OUTCOME_UNKNOWN && drop_unknown)
+		return XDP_DROP;
+	return XDP_PASS;
+}

@@ -1,0 +1,514 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/netlab"
+	"github.com/spiwatch/spiwatch/internal/testenv"
+	"github.com/spiwatch/spiwatch/internal/trafficgen"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// The end-to-end mix: healthy SAs, a forgotten SPI, reserved SPIs, IKE,
+// keepalives, fragments, other traffic, IPv6, VLANs and a small flood.
+var e2eMix = []string{
+	"esp spi=0x1000 src=198.51.100.1 dst=203.0.113.1 count=3000",
+	"esp-in-udp spi=0x2000 src=198.51.100.2 dst=203.0.113.1 sport=4500 dport=4500 count=2000",
+	"esp spi=0xdeadbeef src=198.51.100.3 dst=203.0.113.1 count=1500",
+	"esp-in-udp spi=0xbad0 src=198.51.100.4 dst=203.0.113.1 sport=31000 dport=4500 count=700",
+	"esp spi=7 src=198.51.100.5 dst=203.0.113.1 count=30",
+	"esp spi=0x3000 src=2001:db8::1 dst=2001:db8::2 vlan=10,20 count=400",
+	"esp spi=0x3001 src=2001:db8::1 dst=2001:db8::2 count=50",
+	"ike src=198.51.100.1 dst=203.0.113.1 count=40",
+	"ike src=198.51.100.2 dst=203.0.113.1 sport=4500 dport=4500 marker=true count=25",
+	"keepalive src=198.51.100.2 dst=203.0.113.1 count=12",
+	"fragment src=198.51.100.1 dst=203.0.113.1 count=9",
+	"tcp src=198.51.100.9 dst=203.0.113.1 count=333",
+	"udp src=198.51.100.9 dst=203.0.113.1 count=111",
+	"esp spi=0x100000 spis=50 srcs=5 src=192.0.2.100 dst=203.0.113.1 count=1000",
+}
+
+var e2eKnown = []string{"--known-spi", "0x1000", "--known-spi", "0x2000@203.0.113.1", "--known-spi", "0x3000@2001:db8::2"}
+
+// output mirrors the JSON report (docs/OUTPUT.md) as far as the test reads it.
+type output struct {
+	Total   struct{ Packets uint64 } `json:"total"`
+	Classes []struct {
+		Class    string `json:"class"`
+		Packets  uint64 `json:"packets"`
+		Outcomes map[string]struct {
+			Packets uint64 `json:"packets"`
+		} `json:"outcomes"`
+	} `json:"classes"`
+	Interfaces []struct {
+		Name string `json:"name"`
+		Mode string `json:"mode"`
+	} `json:"interfaces"`
+	UnknownTable struct {
+		Entries   int    `json:"entries"`
+		Inserts   uint64 `json:"inserts"`
+		Evictions uint64 `json:"evictions"`
+	} `json:"unknown_table"`
+	UnknownSPIs []struct {
+		SPI       string `json:"spi"`
+		Src       string `json:"src"`
+		Sport     uint16 `json:"sport"`
+		Dst       string `json:"dst"`
+		Dport     uint16 `json:"dport"`
+		Interface string `json:"interface"`
+		Packets   uint64 `json:"packets"`
+		Verdict   string `json:"verdict"`
+	} `json:"unknown_spis"`
+	KnownSAs []struct {
+		SPI     string `json:"spi"`
+		Dst     string `json:"dst"`
+		Packets uint64 `json:"packets"`
+	} `json:"known_sas"`
+}
+
+type rowKey struct {
+	spi, src, dst string
+	sport, dport  uint16
+}
+
+// expectation is what the receiver must count for a mix, computed frame by frame
+// with the Go reference classifier.
+type expectation struct {
+	total     uint64
+	perClass  map[string]uint64 // "class" or "class/outcome"
+	unknown   map[rowKey]uint64
+	known     map[string]uint64 // "spi@dst"
+	delivered map[string]uint64 // with --action drop: class/outcome of frames passed up
+}
+
+func expect(t *testing.T, mix []string, known []string, drop bool) expectation {
+	t.Helper()
+	set := classify.SASet{}
+	for i := 1; i < len(known); i += 2 {
+		sa, err := parseKnown(known[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		set.Add(sa.SPI, sa.Dst)
+	}
+	e := expectation{perClass: map[string]uint64{}, unknown: map[rowKey]uint64{}, known: map[string]uint64{}, delivered: map[string]uint64{}}
+	for _, s := range mix {
+		st, err := trafficgen.ParseStream(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := st.Vary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := st.Build()
+		for i := 0; i < st.Count; i++ {
+			f := base
+			if v != (trafficgen.Vary{}) {
+				f = v.Apply(base, uint64(i))
+			}
+			r := classify.Classify(f, nil)
+			o := classify.OutcomeOf(r, set)
+			e.total++
+			e.perClass[r.Class.String()]++
+			if r.HasSPI {
+				e.perClass[r.Class.String()+"/"+o.String()]++
+			}
+			switch o {
+			case classify.OutcomeUnknown, classify.OutcomeReserved:
+				e.unknown[rowKey{fmt.Sprintf("0x%08x", r.SPI), r.Src.String(), r.Dst.String(), r.SrcPort, r.DstPort}]++
+			case classify.OutcomeKnown:
+				dst := r.Dst.String()
+				if _, ok := set[classify.MakeSAKey(r.SPI, r.Dst)]; !ok {
+					dst = "any"
+				}
+				e.known[fmt.Sprintf("0x%08x@%s", r.SPI, dst)]++
+			}
+			if classify.Verdict(o, drop) == classify.XDPPass {
+				e.delivered[r.Class.String()+"/"+o.String()]++
+			}
+		}
+	}
+	return e
+}
+
+func parseKnown(s string) (maps.SA, error) {
+	spi, dst, _ := strings.Cut(s, "@")
+	var sa maps.SA
+	if _, err := fmt.Sscanf(spi, "0x%x", &sa.SPI); err != nil {
+		return sa, err
+	}
+	if dst != "" {
+		a, err := netip.ParseAddr(dst)
+		sa.Dst = a
+		return sa, err
+	}
+	return sa, nil
+}
+
+// buildBinaries compiles spiwatch and spiwatch-gen once per test binary.
+func buildBinaries(t *testing.T) (spiwatch, gen string) {
+	t.Helper()
+	dir := t.TempDir()
+	spiwatch, gen = filepath.Join(dir, "spiwatch"), filepath.Join(dir, "spiwatch-gen")
+	for bin, pkg := range map[string]string{spiwatch: ".", gen: "../spiwatch-gen"} {
+		out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("building %s: %v\n%s", pkg, err, out)
+		}
+	}
+	return spiwatch, gen
+}
+
+// started is a running spiwatch with its output.
+type started struct {
+	cmd    *exec.Cmd
+	lines  chan string
+	stderr *strings.Builder
+	done   chan error
+}
+
+func startSpiwatch(t *testing.T, bin, ns string, args ...string) *started {
+	t.Helper()
+	s := &started{cmd: netlab.Command(ns, bin, args...), lines: make(chan string, 1024), stderr: &strings.Builder{}, done: make(chan error, 1)}
+	stdout, err := s.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errPipe, err := s.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			s.cmd.Process.Kill()
+			<-s.done
+		}
+	})
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(errPipe)
+		once := false
+		for sc.Scan() {
+			s.stderr.WriteString(sc.Text() + "\n")
+			if !once && strings.Contains(sc.Text(), "reporting every") {
+				once = true
+				close(ready)
+			}
+		}
+	}()
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 64<<20)
+		for sc.Scan() {
+			s.lines <- sc.Text()
+		}
+		close(s.lines)
+		s.done <- s.cmd.Wait()
+	}()
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("spiwatch did not start: %s", s.stderr)
+	}
+	return s
+}
+
+// stop sends SIGINT and returns the last report.
+func (s *started) stop(t *testing.T) output {
+	t.Helper()
+	// ip netns exec runs spiwatch in its own process (exec, no fork): signal it.
+	if err := s.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				if err := <-s.done; err != nil {
+					t.Fatalf("spiwatch exited with %v: %s", err, s.stderr)
+				}
+				var o output
+				if err := json.Unmarshal([]byte(last), &o); err != nil {
+					t.Fatalf("last report %q: %v", last, err)
+				}
+				return o
+			}
+			last = l
+		case <-timeout:
+			t.Fatalf("spiwatch did not stop on SIGINT: %s", s.stderr)
+		}
+	}
+}
+
+// waitTotal waits until a report shows total packets (all frames arrived).
+func (s *started) waitTotal(t *testing.T, total uint64) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				t.Fatalf("spiwatch exited early: %s", s.stderr)
+			}
+			var o output
+			if err := json.Unmarshal([]byte(l), &o); err != nil {
+				t.Fatalf("report %q: %v", l, err)
+			}
+			if o.Total.Packets >= total {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("reports never reached %d packets: %s", total, s.stderr)
+		}
+	}
+}
+
+func runGen(t *testing.T, bin, ns, iface string, mix []string) {
+	t.Helper()
+	args := []string{"-i", iface}
+	for _, s := range mix {
+		args = append(args, "--send", s)
+	}
+	out, err := netlab.Command(ns, bin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("generator: %v\n%s", err, out)
+	}
+}
+
+func checkReport(t *testing.T, o output, e expectation, iface string) {
+	t.Helper()
+	if o.Total.Packets != e.total {
+		t.Errorf("total %d packets, sent %d", o.Total.Packets, e.total)
+	}
+	got := map[string]uint64{}
+	for _, c := range o.Classes {
+		got[c.Class] = c.Packets
+		for oc, n := range c.Outcomes {
+			if n.Packets > 0 {
+				got[c.Class+"/"+oc] = n.Packets
+			}
+		}
+	}
+	for k, v := range got {
+		if v != 0 && e.perClass[k] != v {
+			t.Errorf("%s: %d packets, want %d", k, v, e.perClass[k])
+		}
+	}
+	for k, v := range e.perClass {
+		if got[k] != v {
+			t.Errorf("%s: %d packets, want %d", k, got[k], v)
+		}
+	}
+	rows := map[rowKey]uint64{}
+	for _, u := range o.UnknownSPIs {
+		if u.Interface != iface {
+			t.Errorf("unknown row %+v on interface %q, want %s", u, u.Interface, iface)
+		}
+		rows[rowKey{u.SPI, u.Src, u.Dst, u.Sport, u.Dport}] = u.Packets
+	}
+	if len(rows) != len(e.unknown) {
+		t.Errorf("%d unknown rows, want %d", len(rows), len(e.unknown))
+	}
+	for k, v := range e.unknown {
+		if rows[k] != v {
+			t.Errorf("unknown %+v: %d packets, want %d", k, rows[k], v)
+		}
+	}
+	if o.UnknownTable.Entries != len(e.unknown) || o.UnknownTable.Evictions != 0 {
+		t.Errorf("unknown table %+v, want %d entries and no evictions", o.UnknownTable, len(e.unknown))
+	}
+	known := map[string]uint64{}
+	for _, k := range o.KnownSAs {
+		known[k.SPI+"@"+k.Dst] = k.Packets
+	}
+	for k, v := range e.known {
+		if known[k] != v {
+			t.Errorf("known SA %s: %d packets, want %d", k, known[k], v)
+		}
+	}
+}
+
+func xdpAttached(t *testing.T, ns, iface string) bool {
+	t.Helper()
+	var attached bool
+	err := netlab.In(ns, func() error {
+		l, err := netlink.LinkByName(iface)
+		if err != nil {
+			return err
+		}
+		attached = l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return attached
+}
+
+// TestEndToEnd runs the real binary on one end of a veth pair, natively attached,
+// while the generator sends a known mix from the other end: the JSON report must
+// show exactly what was sent, per class, outcome, unknown SPI and known SA.
+func TestEndToEnd(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	for _, mode := range []string{"native", "generic"} {
+		t.Run(mode, func(t *testing.T) {
+			lab, err := netlab.New("swe2e")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lab.Close()
+			args := append([]string{"-i", lab.Receiver, "--xdp-mode", mode, "--json", "--interval", "100ms", "--top", "0"}, e2eKnown...)
+			s := startSpiwatch(t, spiwatch, lab.NSB, args...)
+			if !xdpAttached(t, lab.NSB, lab.Receiver) {
+				t.Fatal("spiwatch says it is watching, but no XDP program is attached")
+			}
+			e := expect(t, e2eMix, e2eKnown, false)
+			runGen(t, gen, lab.NSA, lab.Sender, e2eMix)
+			s.waitTotal(t, e.total)
+			o := s.stop(t)
+			if len(o.Interfaces) != 1 || o.Interfaces[0].Mode != mode {
+				t.Errorf("interfaces %+v, want one in %s mode", o.Interfaces, mode)
+			}
+			checkReport(t, o, e, lab.Receiver)
+			if xdpAttached(t, lab.NSB, lab.Receiver) {
+				t.Error("XDP program still attached after spiwatch exited")
+			}
+		})
+	}
+}
+
+// TestEndToEndDrop: with --action drop, unknown-SPI packets are dropped in XDP and
+// everything else reaches the stack, which a packet socket on the receiver counts.
+func TestEndToEndDrop(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab, err := netlab.New("swdrop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	delivered := listen(t, lab.NSB, lab.Receiver)
+	args := append([]string{"-i", lab.Receiver, "--action", "drop", "--json", "--interval", "100ms", "--top", "0"}, e2eKnown...)
+	s := startSpiwatch(t, spiwatch, lab.NSB, args...)
+	e := expect(t, e2eMix, e2eKnown, true)
+	runGen(t, gen, lab.NSA, lab.Sender, e2eMix)
+	s.waitTotal(t, e.total)
+	o := s.stop(t)
+	checkReport(t, o, e, lab.Receiver) // dropped packets are still counted
+	got := delivered()
+	for k, v := range e.delivered {
+		if got[k] != v {
+			t.Errorf("delivered %s: %d, want %d", k, got[k], v)
+		}
+	}
+	for k, v := range got {
+		if e.delivered[k] == 0 {
+			t.Errorf("delivered %d frames of %s, want none", v, k)
+		}
+	}
+	if got["esp/unknown"]+got["esp-in-udp/unknown"] != 0 || e.delivered["esp/known"] == 0 {
+		t.Errorf("delivered %v: unknown SPIs must be dropped and the rest passed", got)
+	}
+}
+
+// listen opens a packet socket on iface inside ns and returns a function that
+// stops it and counts what arrived by class/outcome (known SAs as in e2eKnown).
+func listen(t *testing.T, ns, iface string) func() map[string]uint64 {
+	t.Helper()
+	var fd int
+	err := netlab.In(ns, func() error {
+		ifc, err := net.InterfaceByName(iface)
+		if err != nil {
+			return err
+		}
+		proto := int(htons(unix.ETH_P_ALL))
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, proto)
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 256<<20); err != nil {
+			return err
+		}
+		// A timeout lets the reader notice the end: closing does not wake it.
+		tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifc.Index})
+	})
+	if err != nil {
+		t.Fatalf("packet socket on %s: %v", iface, err)
+	}
+	set := classify.SASet{}
+	for i := 1; i < len(e2eKnown); i += 2 {
+		sa, _ := parseKnown(e2eKnown[i])
+		set.Add(sa.SPI, sa.Dst)
+	}
+	counts := map[string]uint64{}
+	done := make(chan struct{})
+	var stopping atomic.Bool
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				if stopping.Load() {
+					return
+				}
+				continue
+			}
+			if err != nil {
+				t.Errorf("reading packet socket: %v", err)
+				return
+			}
+			r := classify.Classify(buf[:n], nil)
+			counts[r.Class.String()+"/"+classify.OutcomeOf(r, set).String()]++
+		}
+	}()
+	return func() map[string]uint64 {
+		time.Sleep(300 * time.Millisecond) // let the last frames reach the socket
+		stopping.Store(true)
+		<-done
+		// The socket must not have dropped anything, or the counts mean nothing.
+		st, err := unix.GetsockoptTpacketStats(fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
+		if err != nil || st.Drops != 0 {
+			t.Fatalf("packet socket statistics %+v, %v: it dropped frames", st, err)
+		}
+		unix.Close(fd)
+		return counts
+	}
+}
+
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return *(*uint16)(unsafe.Pointer(&b[0]))
+}

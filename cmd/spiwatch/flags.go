@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/spiwatch/spiwatch/internal/knownsa"
+	"github.com/spiwatch/spiwatch/loader"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// Config is the command line, grouped by concern.
+type Config struct {
+	// where and how to attach
+	Interfaces []string
+	XDPMode    string
+	Force      bool
+
+	// what the program knows and does
+	KnownSPIs  []string
+	KnownFile  string
+	NATTPorts  []string
+	Action     string
+	UnknownMax uint32
+	KnownMax   uint32
+
+	// reporting
+	Interval time.Duration
+	JSON     bool
+	Top      int
+	Count    int
+
+	Version bool
+}
+
+// AddFlags registers every flag; help texts state units and defaults.
+func (c *Config) AddFlags(fs *pflag.FlagSet) {
+	fs.StringArrayVarP(&c.Interfaces, "interface", "i", nil, "interface to watch (repeatable)")
+	fs.StringVar(&c.XDPMode, "xdp-mode", "auto", "XDP attach mode: auto (native, else generic), native or generic")
+	fs.BoolVar(&c.Force, "force", false, "replace an XDP program already attached to the interface")
+
+	fs.StringArrayVar(&c.KnownSPIs, "known-spi", nil, "known SA as SPI[@DESTINATION], SPI in hex (0x...) or decimal (repeatable)")
+	fs.StringVar(&c.KnownFile, "known-file", "", "file of known SAs, one SPI[@DESTINATION] per line, # comments")
+	fs.StringArrayVar(&c.NATTPorts, "natt-port", nil, "UDP port carrying ESP-in-UDP (repeatable, up to 8; default 4500)")
+	fs.StringVar(&c.Action, "action", "pass", "what to do with unknown-SPI packets: pass or drop")
+	fs.Uint32Var(&c.UnknownMax, "unknown-table-size", loader.DefaultUnknownMax, "entries in the unknown-SPI table (least recently seen are evicted, and counted)")
+	fs.Uint32Var(&c.KnownMax, "known-table-size", loader.DefaultKnownMax, "entries in the known-SA map")
+
+	fs.DurationVar(&c.Interval, "interval", time.Second, "time between reports")
+	fs.BoolVar(&c.JSON, "json", false, "print one JSON object per interval instead of text")
+	fs.IntVar(&c.Top, "top", 20, "unknown SPIs shown per report, highest rate first (0: all)")
+	fs.IntVar(&c.Count, "count", 0, "stop after this many reports (0: run until interrupted)")
+
+	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
+}
+
+// Validated is the checked configuration, ready to use.
+type Validated struct {
+	Settings loader.Settings
+	Mode     loader.Mode
+	Known    []maps.SA
+}
+
+// Validate checks every flag before anything touches the kernel.
+func (c *Config) Validate() (*Validated, error) {
+	v := &Validated{}
+	if len(c.Interfaces) == 0 {
+		return nil, errors.New("no interface given: use -i IFACE")
+	}
+	seen := map[string]bool{}
+	for _, i := range c.Interfaces {
+		if i == "" {
+			return nil, errors.New("-i: empty interface name")
+		}
+		if seen[i] {
+			return nil, fmt.Errorf("-i %s: interface given twice", i)
+		}
+		seen[i] = true
+		if _, err := net.InterfaceByName(i); err != nil {
+			return nil, fmt.Errorf("-i %s: interface not found (see ip link)", i)
+		}
+	}
+	if len(c.Interfaces) > maps.MaxIfaces {
+		return nil, fmt.Errorf("-i: %d interfaces given, at most %d", len(c.Interfaces), maps.MaxIfaces)
+	}
+	var err error
+	if v.Mode, err = loader.ParseMode(c.XDPMode); err != nil {
+		return nil, fmt.Errorf("--xdp-mode: %w", err)
+	}
+	switch c.Action {
+	case "pass":
+	case "drop":
+		v.Settings.DropUnknown = true
+	default:
+		return nil, fmt.Errorf("--action %q: want pass or drop", c.Action)
+	}
+	for _, p := range c.NATTPorts {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("--natt-port %q: not a UDP port (1-65535)", p)
+		}
+		v.Settings.NATTPorts = append(v.Settings.NATTPorts, uint16(n))
+	}
+	if err := v.Settings.Validate(); err != nil {
+		return nil, fmt.Errorf("--natt-port: %w", err)
+	}
+	if c.UnknownMax < 1 {
+		return nil, errors.New("--unknown-table-size must be at least 1")
+	}
+	if c.KnownMax < 1 {
+		return nil, errors.New("--known-table-size must be at least 1")
+	}
+	v.Settings.UnknownMax, v.Settings.KnownMax = c.UnknownMax, c.KnownMax
+	if c.Interval < 10*time.Millisecond {
+		return nil, fmt.Errorf("--interval %s: must be at least 10ms", c.Interval)
+	}
+	if c.Top < 0 {
+		return nil, fmt.Errorf("--top %d: must be 0 (all) or more", c.Top)
+	}
+	if c.Count < 0 {
+		return nil, fmt.Errorf("--count %d: must be 0 (no limit) or more", c.Count)
+	}
+
+	if v.Known, err = knownsa.ParseAll(c.KnownSPIs); err != nil {
+		return nil, err
+	}
+	if c.KnownFile != "" {
+		fromFile, err := knownsa.ReadFile(c.KnownFile)
+		if err != nil {
+			return nil, err
+		}
+		v.Known = append(v.Known, fromFile...)
+	}
+	if len(v.Known) > int(c.KnownMax) {
+		return nil, fmt.Errorf("%d known SAs do not fit --known-table-size %d", len(v.Known), c.KnownMax)
+	}
+	return v, nil
+}

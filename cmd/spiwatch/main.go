@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Command spiwatch watches IPsec traffic with XDP and reports packets whose SPI
+// matches no Security Association.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/spiwatch/spiwatch/internal/report"
+	"github.com/spiwatch/spiwatch/loader"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // runtime failure: loading, attaching, reading maps
+	exitUsage = 2 // bad flags or input; nothing was attached
+)
+
+const usageHead = `spiwatch watches IPsec traffic with XDP and counts packets whose SPI matches no
+Security Association ("invalid SPI"), per class, peer and SPI.
+
+Usage:
+  spiwatch -i IFACE [-i IFACE ...] [flags]
+
+Examples:
+  spiwatch -i eth0 --known-spi 0xc1a2b3c4@192.0.2.1 --known-spi 0xc5d6e7f8
+  spiwatch -i eth0 --known-file /etc/spiwatch/known --json --interval 10s
+  spiwatch -i eth0 --natt-port 4500 --natt-port 4501 --action drop
+
+Flags:
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var cfg Config
+	fs := pflag.NewFlagSet("spiwatch", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.SortFlags = false
+	cfg.AddFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageHead)
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, "\nExit status: 0 stopped normally, 1 runtime error, 2 bad usage (nothing attached).\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "spiwatch: %v (see spiwatch --help)\n", err)
+		return exitUsage
+	}
+	if cfg.Version {
+		fmt.Fprintf(stdout, "spiwatch %s\n", version)
+		return exitOK
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "spiwatch: unexpected argument %q (see spiwatch --help)\n", fs.Arg(0))
+		return exitUsage
+	}
+	v, err := cfg.Validate()
+	if err != nil {
+		fmt.Fprintf(stderr, "spiwatch: %v\n", err)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := watch(ctx, &cfg, v, stdout, stderr); err != nil {
+		fmt.Fprintf(stderr, "spiwatch: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
+
+// watch loads, attaches, reports every interval until ctx ends, and detaches.
+func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Writer) error {
+	objs, err := loader.Load(v.Settings)
+	if err != nil {
+		return err
+	}
+	defer objs.Close() // detaches every interface
+	if err := objs.Maps.AddKnown(v.Known...); err != nil {
+		return err
+	}
+	var ifaces []report.Iface
+	for _, name := range cfg.Interfaces {
+		a, err := objs.Attach(name, v.Mode, cfg.Force)
+		if err != nil {
+			return err
+		}
+		ifaces = append(ifaces, report.Iface{Name: a.Iface, Ifindex: a.Ifindex, Mode: a.Mode.String(), Slot: a.Slot})
+		fmt.Fprintf(stderr, "spiwatch: watching %s (%s XDP, program id %d)\n", a.Iface, a.Mode, a.ProgID)
+	}
+	if v.Settings.DropUnknown {
+		fmt.Fprintln(stderr, "spiwatch: --action drop: packets with an unknown SPI are dropped")
+	}
+	fmt.Fprintf(stderr, "spiwatch: %d known SAs; reporting every %s\n", len(v.Known), cfg.Interval)
+
+	rep, err := report.New(objs.Maps, ifaces)
+	if err != nil {
+		return err
+	}
+	write := func() (bool, error) {
+		s, err := rep.Take()
+		if err != nil {
+			return false, err
+		}
+		if cfg.JSON {
+			err = report.WriteJSON(stdout, s, cfg.Top)
+		} else {
+			err = report.WriteText(stdout, s, cfg.Top)
+		}
+		if errors.Is(err, syscall.EPIPE) {
+			return false, nil // the reader went away (| head): stop quietly
+		}
+		return err == nil, err
+	}
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	for n := 0; cfg.Count == 0 || n < cfg.Count; n++ {
+		select {
+		case <-ctx.Done():
+			_, err := write() // a last report with the totals
+			return err
+		case <-tick.C:
+		}
+		if more, err := write(); err != nil || !more {
+			return err
+		}
+	}
+	return nil
+}

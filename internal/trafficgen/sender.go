@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package trafficgen sends frames out of an interface at high rate with
+// BPF_PROG_TEST_RUN in live-frame mode (Linux 5.18+): the kernel runs a tiny XDP
+// program that returns XDP_TX for every repetition, so frames leave without a socket
+// or a copy per packet. Tests, the demo and the benchmarks share it.
+package trafficgen
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/spiwatch/spiwatch/bpf"
+)
+
+// xdpMD mirrors the kernel's struct xdp_md, the context of an XDP test run.
+type xdpMD struct {
+	Data           uint32
+	DataEnd        uint32
+	DataMeta       uint32
+	IngressIfindex uint32
+	RxQueueIndex   uint32
+	EgressIfindex  uint32
+}
+
+// Vary makes each frame of a sender differ: frame i carries SPIBase + i % SPISpan in
+// the 32-bit big-endian field at SPIOffset, and SrcBase + i % SrcSpan in the one at
+// SrcOffset (the low word of the source address). Zero offsets leave the frame alone.
+type Vary struct {
+	SPIOffset, SPIBase, SPISpan uint32
+	SrcOffset, SrcBase, SrcSpan uint32
+}
+
+// Sender transmits frames out of one interface of the current network namespace.
+type Sender struct {
+	ifindex  int
+	prog     *ebpf.Program
+	template *ebpf.Map
+	last     []byte // the frame in template
+	// BatchSize is the live-frame batch (frames per kernel flush); 0 is the kernel's
+	// default of 64.
+	BatchSize uint32
+}
+
+// NewSender loads the generator program for iface.
+func NewSender(iface string, v Vary) (*Sender, error) {
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s not found: %w", iface, err)
+	}
+	spec, err := bpf.LoadTxgen()
+	if err != nil {
+		return nil, fmt.Errorf("reading generator object: %w", err)
+	}
+	if v.SPISpan == 0 {
+		v.SPISpan = 1
+	}
+	if v.SrcSpan == 0 {
+		v.SrcSpan = 1
+	}
+	for name, val := range map[string]uint32{
+		"spi_off": v.SPIOffset, "spi_base": v.SPIBase, "spi_span": v.SPISpan,
+		"src_off": v.SrcOffset, "src_base": v.SrcBase, "src_span": v.SrcSpan,
+	} {
+		if err := spec.Variables[name].Set(val); err != nil {
+			return nil, fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, fmt.Errorf("loading generator program: %w", err)
+	}
+	s := &Sender{ifindex: ifc.Index, prog: coll.DetachProgram("txgen"), template: coll.DetachMap("tx_frame")}
+	coll.Close()
+	return s, nil
+}
+
+// Send transmits frame count times. The kernel may transmit fewer if the
+// receiver's queue overflows; receivers count what arrived.
+func (s *Sender) Send(frame []byte, count int) error {
+	if len(frame) < 14 {
+		return errors.New("sending frame: shorter than an Ethernet header")
+	}
+	if len(frame) > maxFrame {
+		return fmt.Errorf("sending frame: %d bytes, at most %d", len(frame), maxFrame)
+	}
+	if !bytes.Equal(frame, s.last) {
+		var t txTemplate
+		t.Len = uint32(len(frame))
+		copy(t.Data[:], frame)
+		if err := s.template.Put(uint32(0), &t); err != nil {
+			return fmt.Errorf("writing frame template: %w", err)
+		}
+		s.last = append(s.last[:0], frame...)
+	}
+	for count > 0 {
+		n := min(count, 1<<30)
+		_, err := s.prog.Run(&ebpf.RunOptions{
+			Data:      frame,
+			Repeat:    uint32(n),
+			Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+			Context:   xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(s.ifindex)},
+			BatchSize: s.BatchSize,
+		})
+		if err != nil {
+			return fmt.Errorf("sending %d frames with live-frame test runs: %w", n, err)
+		}
+		count -= n
+	}
+	return nil
+}
+
+// maxFrame is TX_MAX_FRAME of bpf/txgen.c.
+const maxFrame = 2048
+
+// txTemplate mirrors struct tx_template.
+type txTemplate struct {
+	Len  uint32
+	_    uint32
+	Data [maxFrame]byte
+}
+
+// Close releases the program and its map.
+func (s *Sender) Close() error {
+	s.template.Close()
+	return s.prog.Close()
+}
+
+// Apply returns frame as the generator sends it the i-th time (i from 0), for
+// checking what a receiver must have seen.
+func (v Vary) Apply(frame []byte, i uint64) []byte {
+	out := append([]byte(nil), frame...)
+	put := func(off, base, span uint32) {
+		if off == 0 || int(off)+4 > len(out) {
+			return
+		}
+		if span == 0 {
+			span = 1
+		}
+		binary.BigEndian.PutUint32(out[off:], base+uint32(i%uint64(span)))
+	}
+	put(v.SPIOffset, v.SPIBase, v.SPISpan)
+	put(v.SrcOffset, v.SrcBase, v.SrcSpan)
+	return out
+}

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package trafficgen
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/spiwatch/spiwatch/internal/frames"
+)
+
+// Kinds of stream a generator can send.
+var kinds = []string{"esp", "esp-in-udp", "ike", "keepalive", "fragment", "tcp", "udp"}
+
+// Stream is count copies of one frame, optionally varying its SPI and source.
+type Stream struct {
+	Kind         string
+	Frame        frames.Frame
+	SPI, Seq     uint32
+	Sport, Dport uint16
+	Len          int  // payload bytes after the ESP or IKE header
+	Marker       bool // ike on a NAT-T port: prefix the non-ESP marker
+	Count        int
+	SPIs, Srcs   uint32 // distinct SPIs / source addresses to cycle through (0 or 1: fixed)
+}
+
+// ParseStream reads "KIND key=value ...", for example
+//
+//	esp spi=0x1000 src=10.0.0.1 dst=10.0.0.2 count=1000
+//	esp-in-udp spi=0xc0ffee sport=4500 dport=4500 vlan=100 count=10
+//	ike dport=4500 marker=true
+//
+// Keys: src, dst (IPv4 or IPv6), spi, seq, sport, dport, len, count, vlan (IDs,
+// outermost first: one tag is 802.1Q, two are 802.1ad + 802.1Q), marker, spis, srcs.
+func ParseStream(s string) (Stream, error) {
+	fields := strings.Fields(s)
+	if len(fields) == 0 {
+		return Stream{}, fmt.Errorf("empty stream: want KIND key=value ..., KIND one of %s", strings.Join(kinds, ", "))
+	}
+	st := Stream{Kind: fields[0], Count: 1, Seq: 1, Len: 64}
+	switch st.Kind {
+	case "esp", "fragment":
+	case "esp-in-udp", "keepalive":
+		st.Sport, st.Dport = 4500, 4500
+	case "ike":
+		st.Sport, st.Dport = 500, 500
+	case "tcp":
+		st.Sport, st.Dport = 40000, 443
+	case "udp":
+		st.Sport, st.Dport = 40000, 53
+	default:
+		return Stream{}, fmt.Errorf("stream %q: unknown kind %q, want one of %s", s, st.Kind, strings.Join(kinds, ", "))
+	}
+	st.Frame.Src = netip.MustParseAddr("198.51.100.1")
+	st.Frame.Dst = netip.MustParseAddr("203.0.113.1")
+	srcSet, dstSet := false, false
+	for _, kv := range fields[1:] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return Stream{}, fmt.Errorf("stream %q: %q is not key=value", s, kv)
+		}
+		var err error
+		switch k {
+		case "src", "dst":
+			var a netip.Addr
+			if a, err = netip.ParseAddr(v); err == nil {
+				if k == "src" {
+					st.Frame.Src, srcSet = a, true
+				} else {
+					st.Frame.Dst, dstSet = a, true
+				}
+			}
+		case "spi":
+			st.SPI, err = parseU32(v)
+		case "seq":
+			st.Seq, err = parseU32(v)
+		case "spis":
+			st.SPIs, err = parseU32(v)
+		case "srcs":
+			st.Srcs, err = parseU32(v)
+		case "sport", "dport":
+			var p uint64
+			if p, err = strconv.ParseUint(v, 10, 16); err == nil {
+				if k == "sport" {
+					st.Sport = uint16(p)
+				} else {
+					st.Dport = uint16(p)
+				}
+			}
+		case "len":
+			st.Len, err = strconv.Atoi(v)
+			if err == nil && (st.Len < 0 || st.Len > 9000) {
+				err = fmt.Errorf("out of range 0-9000")
+			}
+		case "count":
+			st.Count, err = strconv.Atoi(v)
+			if err == nil && st.Count < 0 {
+				err = fmt.Errorf("negative")
+			}
+		case "marker":
+			st.Marker, err = strconv.ParseBool(v)
+		case "vlan":
+			ids := strings.Split(v, ",")
+			if len(ids) > 2 {
+				err = fmt.Errorf("at most two tags")
+			}
+			for i, id := range ids {
+				var n uint64
+				if n, err = strconv.ParseUint(id, 10, 12); err != nil {
+					break
+				}
+				tpid := uint16(0x8100)
+				if len(ids) == 2 && i == 0 {
+					tpid = 0x88a8
+				}
+				st.Frame.VLANs = append(st.Frame.VLANs, frames.VLAN{TPID: tpid, ID: uint16(n)})
+			}
+		default:
+			return Stream{}, fmt.Errorf("stream %q: unknown key %q", s, k)
+		}
+		if err != nil {
+			return Stream{}, fmt.Errorf("stream %q: %s=%s: %v", s, k, v, err)
+		}
+	}
+	// One address given as IPv6: default the other to IPv6 too.
+	if srcSet != dstSet {
+		if srcSet && st.Frame.Src.Is6() {
+			st.Frame.Dst = netip.MustParseAddr("2001:db8::2")
+		}
+		if dstSet && st.Frame.Dst.Is6() {
+			st.Frame.Src = netip.MustParseAddr("2001:db8::1")
+		}
+	}
+	if st.Frame.Src.Is4() != st.Frame.Dst.Is4() {
+		return Stream{}, fmt.Errorf("stream %q: src and dst must be the same IP version", s)
+	}
+	if st.Kind == "fragment" {
+		st.Frame.Frag = &frames.Frag{Offset: 185, ID: 7}
+	}
+	return st, nil
+}
+
+func parseU32(v string) (uint32, error) {
+	n, err := strconv.ParseUint(v, 0, 32)
+	return uint32(n), err
+}
+
+// Build returns the stream's frame (its first one, when it varies).
+func (s Stream) Build() []byte {
+	f := s.Frame
+	switch s.Kind {
+	case "esp":
+		return f.ESP(s.SPI, s.Seq, s.Len)
+	case "fragment":
+		return f.IP(frames.ProtoESP, make([]byte, max(s.Len, 8)))
+	case "esp-in-udp":
+		return f.ESPInUDP(s.Sport, s.Dport, s.SPI, s.Seq, s.Len)
+	case "ike":
+		return f.IKE(s.Sport, s.Dport, s.Marker, s.Len)
+	case "keepalive":
+		return f.Keepalive(s.Sport, s.Dport)
+	case "tcp":
+		return f.TCP(s.Sport, s.Dport, s.Len)
+	default:
+		return f.UDP(s.Sport, s.Dport, make([]byte, s.Len))
+	}
+}
+
+// l3Offset is where the IP header starts.
+func (s Stream) l3Offset() uint32 { return 14 + 4*uint32(len(s.Frame.VLANs)) }
+
+// Vary returns the rewrites that make the stream's frames carry SPIs SPI..SPI+SPIs-1
+// and sources cycling through Srcs addresses.
+func (s Stream) Vary() (Vary, error) {
+	var v Vary
+	frame := s.Build()
+	if s.SPIs > 1 {
+		if s.Kind != "esp" && s.Kind != "esp-in-udp" {
+			return v, fmt.Errorf("spis= needs an esp or esp-in-udp stream, not %s", s.Kind)
+		}
+		if len(s.Frame.IPv6Ext) > 0 || len(s.Frame.IPv4Options) > 0 {
+			return v, fmt.Errorf("spis= does not support IP options or extension headers")
+		}
+		off := s.l3Offset() + 20
+		if s.Frame.Src.Is6() {
+			off = s.l3Offset() + 40
+		}
+		if s.Kind == "esp-in-udp" {
+			off += 8
+		}
+		v.SPIOffset, v.SPIBase, v.SPISpan = off, s.SPI, s.SPIs
+	}
+	if s.Srcs > 1 {
+		off := s.l3Offset() + 12 // IPv4 source
+		if s.Frame.Src.Is6() {
+			off = s.l3Offset() + 8 + 12 // low word of the IPv6 source
+		}
+		b := frame[off : off+4]
+		v.SrcOffset, v.SrcBase, v.SrcSpan = off, uint32(b[0])<<24|uint32(b[1])<<16|uint32(b[2])<<8|uint32(b[3]), s.Srcs
+	}
+	return v, nil
+}

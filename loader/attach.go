@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+)
+
+// Mode is how XDP is attached.
+type Mode int
+
+// XDP attach modes.
+const (
+	ModeAuto    Mode = iota // native, falling back to generic
+	ModeNative              // in the driver
+	ModeGeneric             // in the kernel's generic (skb) path
+)
+
+// ParseMode reads auto, native or generic.
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "auto":
+		return ModeAuto, nil
+	case "native", "driver", "drv":
+		return ModeNative, nil
+	case "generic", "skb":
+		return ModeGeneric, nil
+	}
+	return 0, fmt.Errorf("unknown XDP mode %q: want auto, native or generic", s)
+}
+
+func (m Mode) String() string {
+	switch m {
+	case ModeNative:
+		return "native"
+	case ModeGeneric:
+		return "generic"
+	}
+	return "auto"
+}
+
+// Attachment is the program attached to one interface, through a bpf_link owned by
+// this process: if the process dies, the kernel detaches it.
+type Attachment struct {
+	Iface   string
+	Ifindex int
+	Mode    Mode // the mode actually in use: native or generic
+	Slot    int  // row of this interface in the counters
+	ProgID  ebpf.ProgramID
+	link    link.Link
+}
+
+// Attach attaches a program instance to iface. With force, an XDP program already
+// on the interface is removed first; without it, Attach refuses and names it.
+func (o *Objects) Attach(iface string, mode Mode, force bool) (*Attachment, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, a := range o.attached {
+		if a.Iface == iface {
+			return nil, fmt.Errorf("interface %s is given twice", iface)
+		}
+	}
+	nl, err := netlink.LinkByName(iface)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil, fmt.Errorf("interface %s not found (see ip link)", iface)
+		}
+		return nil, fmt.Errorf("looking up interface %s: %w", iface, err)
+	}
+	ifindex := nl.Attrs().Index
+	if cur := nl.Attrs().Xdp; cur != nil && cur.Attached {
+		if !force {
+			return nil, fmt.Errorf("interface %s already has XDP program %s attached (%s mode); spiwatch does not replace it unless given --force",
+				iface, describeProg(ebpf.ProgramID(cur.ProgId)), attachModeName(cur.AttachMode))
+		}
+		if err := removeXDP(nl, ifindex, ebpf.ProgramID(cur.ProgId)); err != nil {
+			return nil, fmt.Errorf("removing XDP program %s from %s: %w", describeProg(ebpf.ProgramID(cur.ProgId)), iface, err)
+		}
+	}
+
+	slot := o.freeSlot()
+	prog, err := o.programLocked(slot)
+	if err != nil {
+		return nil, err
+	}
+	a := &Attachment{Iface: iface, Ifindex: ifindex, Slot: slot}
+	tries := []Mode{mode}
+	if mode == ModeAuto {
+		tries = []Mode{ModeNative, ModeGeneric}
+	}
+	var errs []error
+	for _, m := range tries {
+		flags := link.XDPDriverMode
+		if m == ModeGeneric {
+			flags = link.XDPGenericMode
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flags})
+		if err == nil {
+			a.link, a.Mode = l, m
+			break
+		}
+		errs = append(errs, attachError(iface, m, err))
+	}
+	if a.link == nil {
+		return nil, errors.Join(errs...)
+	}
+	if info, err := prog.Info(); err == nil {
+		a.ProgID, _ = info.ID()
+	}
+	o.attached = append(o.attached, a)
+	return a, nil
+}
+
+func (o *Objects) freeSlot() int {
+	used := map[int]bool{}
+	for _, a := range o.attached {
+		used[a.Slot] = true
+	}
+	for s := 0; ; s++ {
+		if !used[s] {
+			return s
+		}
+	}
+}
+
+// Detach removes the program from one interface.
+func (o *Objects) Detach(a *Attachment) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i, x := range o.attached {
+		if x == a {
+			o.attached = append(o.attached[:i], o.attached[i+1:]...)
+			return a.detach()
+		}
+	}
+	return nil
+}
+
+func (a *Attachment) detach() error {
+	if a.link == nil {
+		return nil
+	}
+	err := a.link.Close()
+	a.link = nil
+	if err != nil {
+		return fmt.Errorf("detaching from %s: %w", a.Iface, err)
+	}
+	return nil
+}
+
+func attachError(iface string, m Mode, err error) error {
+	switch {
+	case errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, ebpf.ErrNotSupported):
+		if m == ModeNative {
+			return fmt.Errorf("attaching XDP to %s in native mode: the driver does not support native XDP (%v); use --xdp-mode generic or auto", iface, err)
+		}
+		return fmt.Errorf("attaching XDP to %s in %s mode: not supported by this kernel (%v)", iface, m, err)
+	case errors.Is(err, syscall.EBUSY) || errors.Is(err, syscall.EEXIST):
+		return fmt.Errorf("attaching XDP to %s in %s mode: another XDP program is attached (%v); see ip link show %s, or use --force", iface, m, err, iface)
+	case errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ERANGE):
+		return fmt.Errorf("attaching XDP to %s in %s mode: the interface refused it (%v); its MTU may be too large for XDP, or IPsec/other hardware offload may be on (check ethtool -k %s)", iface, m, err, iface)
+	case errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("attaching XDP to %s: %v: run as root or grant CAP_NET_ADMIN", iface, err)
+	}
+	return fmt.Errorf("attaching XDP to %s in %s mode: %w", iface, m, err)
+}
+
+func describeProg(id ebpf.ProgramID) string {
+	name := "?"
+	if p, err := ebpf.NewProgramFromID(id); err == nil {
+		if info, err := p.Info(); err == nil && info.Name != "" {
+			name = info.Name
+		}
+		p.Close()
+	}
+	return fmt.Sprintf("%q (id %d)", name, id)
+}
+
+func attachModeName(m uint32) string {
+	switch m {
+	case nl.XDP_ATTACHED_DRV:
+		return "native"
+	case nl.XDP_ATTACHED_SKB:
+		return "generic"
+	case nl.XDP_ATTACHED_HW:
+		return "offload"
+	case 4: // XDP_ATTACHED_MULTI, not named by the netlink package
+		return "several"
+	}
+	return "unknown"
+}
+
+// removeXDP detaches program prog from the interface: a bpf_link is detached
+// through the link, a netlink attachment through netlink in both modes. A link's
+// info gives an ifindex but no namespace, and ifindexes repeat across namespaces:
+// the program must match too, or a link in another namespace would be detached.
+func removeXDP(l netlink.Link, ifindex int, prog ebpf.ProgramID) error {
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil || info.Type != link.XDPType || info.Program != prog {
+			continue
+		}
+		if x := info.XDP(); x != nil && int(x.Ifindex) == ifindex {
+			if err := it.Link.Detach(); err != nil {
+				return fmt.Errorf("detaching bpf_link %d: %w", it.ID, err)
+			}
+			return nil
+		}
+	}
+	var errs []error
+	for _, f := range []int{nl.XDP_FLAGS_DRV_MODE, nl.XDP_FLAGS_SKB_MODE} {
+		if err := netlink.LinkSetXdpFdWithFlags(l, -1, f); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 2 {
+		return errors.Join(errs...)
+	}
+	return nil
+}

@@ -1,0 +1,218 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package loader owns the lifetime of spiwatch's kernel objects: it loads the
+// committed BPF object with its load-time settings, creates one program instance per
+// interface (all sharing one set of maps), attaches and detaches them.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/spiwatch/spiwatch/bpf"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// Defaults and limits of the load-time settings.
+const (
+	DefaultNATTPort   = 4500
+	MaxNATTPorts      = 8
+	DefaultKnownMax   = 65536
+	DefaultUnknownMax = 65536
+	progName          = "spiwatch_xdp"
+)
+
+// Settings are fixed when the object is loaded.
+type Settings struct {
+	NATTPorts   []uint16 // empty: {4500}
+	DropUnknown bool     // XDP_DROP packets with an unknown SPI
+	KnownMax    uint32   // known-SA map size; 0: DefaultKnownMax
+	UnknownMax  uint32   // unknown-SPI table size; 0: DefaultUnknownMax
+}
+
+// Validate checks the settings without touching the kernel.
+func (s Settings) Validate() error {
+	if len(s.NATTPorts) > MaxNATTPorts {
+		return fmt.Errorf("too many NAT-T ports: %d given, at most %d", len(s.NATTPorts), MaxNATTPorts)
+	}
+	seen := map[uint16]bool{}
+	for _, p := range s.NATTPorts {
+		switch {
+		case p == 0:
+			return errors.New("NAT-T port 0 is not a port")
+		case p == 500:
+			return errors.New("NAT-T port 500 is IKE's port; NAT-T uses its own port (4500 by default)")
+		case seen[p]:
+			return fmt.Errorf("NAT-T port %d given twice", p)
+		}
+		seen[p] = true
+	}
+	return nil
+}
+
+func (s Settings) withDefaults() Settings {
+	if len(s.NATTPorts) == 0 {
+		s.NATTPorts = []uint16{DefaultNATTPort}
+	}
+	if s.KnownMax == 0 {
+		s.KnownMax = DefaultKnownMax
+	}
+	if s.UnknownMax == 0 {
+		s.UnknownMax = DefaultUnknownMax
+	}
+	return s
+}
+
+// Objects are the loaded maps and program instances.
+type Objects struct {
+	Settings Settings
+	Maps     *maps.Maps
+
+	spec *ebpf.CollectionSpec
+	coll *ebpf.Collection
+
+	mu       sync.Mutex
+	progs    map[int]*ebpf.Program // by interface slot
+	attached []*Attachment
+}
+
+// Load loads the BPF object with its settings: maps and the program instance of slot 0.
+func Load(s Settings) (*Objects, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	s = s.withDefaults()
+	if err := CheckPrivileges(); err != nil {
+		return nil, err
+	}
+	memlockErr := rlimit.RemoveMemlock() // needed before 5.11 only; reported if loading fails
+
+	spec, err := bpf.LoadSpiwatch()
+	if err != nil {
+		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
+	}
+	var ports [MaxNATTPorts]uint16
+	copy(ports[:], s.NATTPorts)
+	drop := uint32(0)
+	if s.DropUnknown {
+		drop = 1
+	}
+	for name, v := range map[string]any{
+		"natt_ports":      ports,
+		"natt_port_count": uint32(len(s.NATTPorts)),
+		"drop_unknown":    drop,
+		"iface_slot":      uint32(0),
+	} {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return nil, fmt.Errorf("BPF object has no setting %q: rebuild with make generate", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return nil, fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	spec.Maps[maps.KnownName].MaxEntries = s.KnownMax
+	spec.Maps[maps.UnknownName].MaxEntries = s.UnknownMax
+
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, loadError(err, memlockErr)
+	}
+	m, err := maps.FromCollection(coll.Maps)
+	if err != nil {
+		coll.Close()
+		return nil, err
+	}
+	return &Objects{
+		Settings: s, Maps: m, spec: spec, coll: coll,
+		progs: map[int]*ebpf.Program{0: coll.Programs[progName]},
+	}, nil
+}
+
+func loadError(err error, memlockErr error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("loading BPF program: the verifier rejected it: %+v", ve)
+	}
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("loading BPF program: this kernel lacks a feature spiwatch needs (Linux 5.15 or later required): %w", err)
+	}
+	if isPermission(err) {
+		msg := "run as root or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+		if memlockErr != nil {
+			msg += fmt.Sprintf("; raising the memlock limit also failed (%v): try ulimit -l unlimited or LimitMEMLOCK=infinity", memlockErr)
+		}
+		return fmt.Errorf("loading BPF program: %w: %s", err, msg)
+	}
+	return fmt.Errorf("loading BPF program: %w", err)
+}
+
+// Program returns the program instance that counts into interface slot slot,
+// loading it on first use. Every instance shares the same maps.
+func (o *Objects) Program(slot int) (*ebpf.Program, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.programLocked(slot)
+}
+
+func (o *Objects) programLocked(slot int) (*ebpf.Program, error) {
+	if p, ok := o.progs[slot]; ok {
+		return p, nil
+	}
+	if slot < 0 || slot >= maps.MaxIfaces {
+		return nil, fmt.Errorf("at most %d interfaces can be watched at once", maps.MaxIfaces)
+	}
+	spec := o.spec.Copy()
+	if err := spec.Variables["iface_slot"].Set(uint32(slot)); err != nil {
+		return nil, fmt.Errorf("setting iface_slot: %w", err)
+	}
+	replace := map[string]*ebpf.Map{}
+	for _, name := range []string{maps.KnownName, maps.UnknownName, maps.CountersName, maps.TallyName} {
+		replace[name] = o.coll.Maps[name]
+	}
+	// Only the program is wanted; drop the other maps' specs so nothing else is created
+	// besides this instance's own .rodata.
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	if err != nil {
+		return nil, loadError(err, nil)
+	}
+	p := coll.DetachProgram(progName)
+	coll.Close()
+	o.progs[slot] = p
+	return p, nil
+}
+
+// Attached returns the current attachments.
+func (o *Objects) Attached() []*Attachment {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]*Attachment(nil), o.attached...)
+}
+
+// Close detaches every interface and releases all kernel objects. Safe to call twice.
+func (o *Objects) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var errs []error
+	for _, a := range o.attached {
+		if err := a.detach(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	o.attached = nil
+	for slot, p := range o.progs {
+		if slot != 0 {
+			p.Close()
+		}
+	}
+	o.progs = map[int]*ebpf.Program{}
+	if o.coll != nil {
+		o.coll.Close()
+		o.coll = nil
+	}
+	return errors.Join(errs...)
+}

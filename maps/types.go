@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package maps gives typed access to spiwatch's BPF maps: the known-SA set, the
+// unknown-SPI table, the class counters and the table tallies. It mirrors the C
+// structs of bpf/spiwatch.h; a test checks every mirror's size against the map specs.
+package maps
+
+import (
+	"net/netip"
+
+	"github.com/spiwatch/spiwatch/internal/classify"
+)
+
+// Limits shared with bpf/spiwatch.h.
+const (
+	MaxIfaces     = 64
+	slotsPerIface = int(classify.NumClasses) * int(classify.NumOutcomes)
+)
+
+// Map names in the BPF object.
+const (
+	KnownName    = "sw_known"
+	UnknownName  = "sw_unknown"
+	CountersName = "sw_counters"
+	TallyName    = "sw_tally"
+)
+
+// saKey mirrors struct sa_key.
+type saKey struct {
+	SPI   uint32
+	Daddr [16]byte
+}
+
+// saStats mirrors struct sa_stats (one CPU's copy).
+type saStats struct {
+	Packets    uint64
+	Bytes      uint64
+	LastSeenNs uint64
+	MaxSeq     uint32
+	_          uint32
+}
+
+// unknownKey mirrors struct unknown_key.
+type unknownKey struct {
+	Saddr   [16]byte
+	Daddr   [16]byte
+	SPI     uint32
+	Ifindex uint32
+	Sport   uint16
+	Dport   uint16
+}
+
+// unknownStats mirrors struct unknown_stats.
+type unknownStats struct {
+	Packets     uint64
+	Bytes       uint64
+	FirstSeenNs uint64
+	LastSeenNs  uint64
+	LastSeq     uint32
+	_           uint32
+}
+
+// swCount mirrors struct sw_count.
+type swCount struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// SA names a known Security Association the way the kernel looks it up: by SPI and
+// destination. An invalid (zero) Dst matches any destination.
+type SA struct {
+	SPI uint32
+	Dst netip.Addr
+}
+
+func (s SA) key() saKey {
+	k := saKey{SPI: s.SPI}
+	if s.Dst.IsValid() {
+		k.Daddr = s.Dst.As16()
+	}
+	return k
+}
+
+func (k saKey) sa() SA {
+	return SA{SPI: k.SPI, Dst: addrFrom16(k.Daddr)}
+}
+
+// addrFrom16 turns a map address back into a netip.Addr: IPv4-mapped addresses
+// become IPv4, all zeroes becomes the invalid Addr ("any").
+func addrFrom16(b [16]byte) netip.Addr {
+	if b == ([16]byte{}) {
+		return netip.Addr{}
+	}
+	return netip.AddrFrom16(b).Unmap()
+}
+
+// KnownSA is a known SA with its counters summed over CPUs.
+type KnownSA struct {
+	SA
+	Packets    uint64
+	Bytes      uint64
+	LastSeenNs uint64 // CLOCK_MONOTONIC; 0 when never seen
+	MaxSeq     uint32
+}
+
+// Unknown is one row of the unknown-SPI table.
+type Unknown struct {
+	SPI              uint32
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16 // 0 for ESP over IP
+	Ifindex          uint32
+	Packets          uint64
+	Bytes            uint64
+	FirstSeenNs      uint64 // CLOCK_MONOTONIC
+	LastSeenNs       uint64
+	LastSeq          uint32
+}
+
+// Count is packets and bytes.
+type Count struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// Add returns c + o.
+func (c Count) Add(o Count) Count { return Count{c.Packets + o.Packets, c.Bytes + o.Bytes} }
+
+// Counters holds one interface slot's counts per class and outcome, summed over CPUs.
+type Counters [classify.NumClasses][classify.NumOutcomes]Count
+
+// Class returns the class's count over all outcomes.
+func (c *Counters) Class(cl classify.Class) Count {
+	var t Count
+	for _, v := range c[cl] {
+		t = t.Add(v)
+	}
+	return t
+}
+
+// Total returns the count over all classes.
+func (c *Counters) Total() Count {
+	var t Count
+	for cl := range c {
+		t = t.Add(c.Class(classify.Class(cl)))
+	}
+	return t
+}
+
+// Tally is the unknown table's bookkeeping.
+type Tally struct {
+	Inserts     uint64 // keys the program added
+	InsertFails uint64 // keys it could not add (table refused, or lost a race)
+}
