@@ -54,7 +54,10 @@ type Attachment struct {
 	Mode    Mode // the mode actually in use: native or generic
 	Slot    int  // row of this interface in the counters
 	ProgID  ebpf.ProgramID
-	link    link.Link
+	// Fallback is why auto mode did not get native XDP (the kernel's error); nil
+	// otherwise.
+	Fallback error
+	link     link.Link
 }
 
 // Attach attaches a program instance to iface. With force, an XDP program already
@@ -91,12 +94,16 @@ func (o *Objects) Attach(iface string, mode Mode, force bool) (*Attachment, erro
 	if err != nil {
 		return nil, err
 	}
+	// The slot may have counted for an interface detached earlier.
+	if err := o.Maps.ResetCounters(slot); err != nil {
+		return nil, err
+	}
 	a := &Attachment{Iface: iface, Ifindex: ifindex, Slot: slot}
 	tries := []Mode{mode}
 	if mode == ModeAuto {
 		tries = []Mode{ModeNative, ModeGeneric}
 	}
-	var errs []error
+	var errs, raw []error
 	for _, m := range tries {
 		flags := link.XDPDriverMode
 		if m == ModeGeneric {
@@ -108,9 +115,13 @@ func (o *Objects) Attach(iface string, mode Mode, force bool) (*Attachment, erro
 			break
 		}
 		errs = append(errs, attachError(iface, m, err))
+		raw = append(raw, err)
 	}
 	if a.link == nil {
 		return nil, errors.Join(errs...)
+	}
+	if len(raw) > 0 {
+		a.Fallback = raw[0]
 	}
 	if info, err := prog.Info(); err == nil {
 		a.ProgID, _ = info.ID()

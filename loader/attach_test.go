@@ -3,6 +3,7 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/frames"
 	"github.com/spiwatch/spiwatch/internal/netlab"
 	"github.com/spiwatch/spiwatch/internal/testenv"
 )
@@ -172,6 +174,24 @@ func TestDetach(t *testing.T) {
 	if err != nil {
 		t.Fatalf("attaching: %v", err)
 	}
+	send(t, lab, frames.Frame{}.ESP(0xdead, 1, 40), 5)
+	waitCount := func(want uint64) uint64 {
+		var got uint64
+		for i := 0; i < 100; i++ {
+			c, err := objs.Maps.Counters(a.Slot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got = c.Total().Packets; got == want {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return got
+	}
+	if got := waitCount(5); got != 5 {
+		t.Fatalf("counted %d packets before detaching, want 5", got)
+	}
 	if err := objs.Detach(a); err != nil {
 		t.Fatalf("detaching: %v", err)
 	}
@@ -181,9 +201,16 @@ func TestDetach(t *testing.T) {
 	if len(objs.Attached()) != 0 {
 		t.Errorf("after Detach, Attached() = %v", objs.Attached())
 	}
-	// The interface is free again.
-	if _, err := attach(t, objs, lab, ModeNative, false); err != nil {
+	// The interface is free again, and its new slot starts from zero.
+	b, err := attach(t, objs, lab, ModeNative, false)
+	if err != nil {
 		t.Fatalf("attaching again: %v", err)
+	}
+	if b.Slot != a.Slot {
+		t.Fatalf("slot %d not reused (got %d): the test no longer checks the reset", a.Slot, b.Slot)
+	}
+	if got := waitCount(0); got != 0 {
+		t.Errorf("reused slot starts at %d packets, want 0", got)
 	}
 }
 
@@ -353,3 +380,30 @@ func TestForceOnlyThisNamespace(t *testing.T) {
 	}
 }
 
+// TestAttachNoNativeXDP: loopback has no native XDP. Native mode must fail saying
+// so and pointing at generic mode; auto must fall back to generic and say which.
+func TestAttachNoNativeXDP(t *testing.T) {
+	lab := newLab(t)
+	objs, err := Load(Settings{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	in(t, lab.NSB, func() error {
+		_, err := objs.Attach("lo", ModeNative, false)
+		if err == nil || !strings.Contains(err.Error(), "does not support native XDP") || !strings.Contains(err.Error(), "generic") {
+			t.Errorf("native on lo: %v, want a message that the driver lacks native XDP and generic mode works", err)
+		}
+		a, err := objs.Attach("lo", ModeAuto, false)
+		if err != nil {
+			return fmt.Errorf("auto on lo: %w", err)
+		}
+		if a.Mode != ModeGeneric || !errors.Is(a.Fallback, unix.EOPNOTSUPP) {
+			t.Errorf("auto on lo got %s mode (fallback reason %v), want generic with the reason", a.Mode, a.Fallback)
+		}
+		return nil
+	})
+	if x := xdpOn(t, lab.NSB, "lo"); x == nil || x.AttachMode != nl.XDP_ATTACHED_SKB {
+		t.Errorf("lo: %+v, want generic attachment", x)
+	}
+}

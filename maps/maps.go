@@ -4,6 +4,7 @@ package maps
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 
@@ -16,7 +17,7 @@ type Maps struct {
 	ncpu                            int
 	// deleted counts unknown-table entries removed by us, so that evictions stay
 	// exact: evictions = inserts - entries - deleted.
-	deleted uint64
+	deleted atomic.Uint64
 }
 
 // New wraps the four maps of the spiwatch object.
@@ -90,4 +91,20 @@ func (m *Maps) Tally() (Tally, error) {
 }
 
 // Deleted is the number of unknown-table entries removed through these Maps.
-func (m *Maps) Deleted() uint64 { return m.deleted }
+func (m *Maps) Deleted() uint64 { return m.deleted.Load() }
+
+// ResetCounters zeroes one interface slot's counters on every CPU, so an interface
+// that takes over a slot starts from zero.
+func (m *Maps) ResetCounters(slot int) error {
+	if slot < 0 || slot >= MaxIfaces {
+		return fmt.Errorf("resetting counters: slot %d out of range 0-%d", slot, MaxIfaces-1)
+	}
+	zero := make([]swCount, m.ncpu)
+	for i := 0; i < slotsPerIface; i++ {
+		k := uint32(slot*slotsPerIface + i)
+		if err := m.counters.Update(k, zero, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("resetting counter %d: %w", k, err)
+		}
+	}
+	return nil
+}

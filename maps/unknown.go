@@ -78,7 +78,7 @@ func (m *Maps) ClearUnknown() error {
 	for _, k := range keys {
 		err := m.unknown.Delete(k)
 		if err == nil {
-			m.deleted++
+			m.deleted.Add(1)
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("clearing unknown-SPI table: %w", err)
 		}
@@ -102,7 +102,7 @@ func (m *Maps) UnknownTableStats(entries int) (TableStats, error) {
 		return TableStats{}, err
 	}
 	s := TableStats{Entries: entries, Capacity: m.UnknownCapacity(), Inserts: t.Inserts, InsertFails: t.InsertFails}
-	if gone := uint64(entries) + m.deleted; t.Inserts > gone {
+	if gone := uint64(entries) + m.deleted.Load(); t.Inserts > gone {
 		s.Evictions = t.Inserts - gone
 	}
 	return s, nil

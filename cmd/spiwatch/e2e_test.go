@@ -512,3 +512,36 @@ func htons(v uint16) uint16 {
 	binary.BigEndian.PutUint16(b[:], v)
 	return *(*uint16)(unsafe.Pointer(&b[0]))
 }
+
+// TestSignalsDetach: SIGTERM, like SIGINT, ends spiwatch with status 0 and a last
+// report, and leaves no XDP program behind.
+func TestSignalsDetach(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, _ := buildBinaries(t)
+	lab, err := netlab.New("swsig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--json", "--interval", "1h")
+	if !xdpAttached(t, lab.NSB, lab.Receiver) {
+		t.Fatal("not attached")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	for l := range s.lines {
+		last = l
+	}
+	if err := <-s.done; err != nil {
+		t.Fatalf("exit after SIGTERM: %v: %s", err, s.stderr)
+	}
+	var o output
+	if err := json.Unmarshal([]byte(last), &o); err != nil {
+		t.Fatalf("no final report after SIGTERM: %q: %v", last, err)
+	}
+	if xdpAttached(t, lab.NSB, lab.Receiver) {
+		t.Error("XDP program still attached after SIGTERM")
+	}
+}

@@ -105,6 +105,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 			return err
 		}
 		ifaces = append(ifaces, report.Iface{Name: a.Iface, Ifindex: a.Ifindex, Mode: a.Mode.String(), Slot: a.Slot})
+		if a.Fallback != nil {
+			fmt.Fprintf(stderr, "spiwatch: %s: native XDP refused (%v); using generic XDP, which is slower\n", a.Iface, a.Fallback)
+		}
 		fmt.Fprintf(stderr, "spiwatch: watching %s (%s XDP, program id %d)\n", a.Iface, a.Mode, a.ProgID)
 	}
 	if v.Settings.DropUnknown {

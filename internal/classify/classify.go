@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package classify is the pure-Go reference classifier: it puts an Ethernet
 // frame in exactly one class following docs/CLASSES.md step by step, the
 // same procedure as the XDP program, so the two can be fuzzed against each

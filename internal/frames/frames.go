@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package frames builds complete Ethernet frames from a declarative
 // description, so that tests, the traffic generator, the demo and the
 // benchmarks all send the same well-formed bytes (valid IPv4 header, UDP and

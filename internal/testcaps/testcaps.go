@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package testcaps loads the real IPsec captures kept in
 // shared/testdata/pcaps (beside the repository, not in it) together with
 // their tshark reference counts, for tests in any package. Import it only

@@ -1,0 +1,52 @@
+# spiwatch. Targets: build (default), generate, check-generated, test, fuzz, lint, demo.
+# Tests, demo and generate need root (BPF, network namespaces); build does not.
+
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+FUZZTIME  ?= 60s
+BINARIES  := bin/spiwatch bin/spiwatch-gen
+
+.PHONY: all build generate check-generated test fuzz lint demo clean
+
+all: build
+
+build: $(BINARIES)
+
+bin/%: FORCE
+	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/$*
+
+FORCE:
+
+# Rebuild the BPF objects (needs clang and llvm-strip).
+generate:
+	$(GO) generate ./bpf
+
+# Fail when the committed BPF objects do not match bpf/*.c.
+check-generated: generate
+	@git diff --exit-code --stat -- bpf/ || \
+	  { echo "the committed BPF objects are stale: run make generate and commit them" >&2; exit 1; }
+
+# The test command (as root; with CI=true privileged tests fail instead of skipping).
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+# Differential fuzzing of the BPF program against the Go reference, then the
+# reference and the known-SPI parser on their own, FUZZTIME each.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./bpf
+	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./internal/classify
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/knownsa
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed" >&2; exit 1; }
+	$(GO) vet ./...
+
+# A namespace lab with spiwatch on one end of a veth and realistic traffic on the
+# other, for about 20 seconds; everything is removed afterwards.
+demo: build
+	$(GO) run ./cmd/spiwatch-demo -spiwatch bin/spiwatch -gen bin/spiwatch-gen
+
+clean:
+	rm -rf bin
