@@ -1,5 +1,6 @@
-# spiwatch. Targets: build (default), generate, check-generated, test, fuzz, lint, demo.
-# Tests, demo and generate need root (BPF, network namespaces); build does not.
+# spiwatch. Targets: build (default), generate, check-generated, test, fuzz, lint,
+# demo, bench. test, fuzz, demo and bench need root (BPF, network namespaces);
+# generate needs clang and llvm; build needs only Go.
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

@@ -7,3 +7,4 @@ package bpf
 
 //go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Wextra -Werror -mcpu=v3" -go-package bpf Spiwatch spiwatch.c
 //go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Wextra -Werror -mcpu=v3" -go-package bpf Txgen txgen.c
+//go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Wextra -Werror -mcpu=v3" -go-package bpf Baseline baseline.c

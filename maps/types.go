@@ -82,15 +82,15 @@ func (s SA) key() saKey {
 }
 
 func (k saKey) sa() SA {
+	if k.Daddr == ([16]byte{}) {
+		return SA{SPI: k.SPI} // the any-destination entry
+	}
 	return SA{SPI: k.SPI, Dst: addrFrom16(k.Daddr)}
 }
 
 // addrFrom16 turns a map address back into a netip.Addr: IPv4-mapped addresses
-// become IPv4, all zeroes becomes the invalid Addr ("any").
+// become IPv4. All zeroes is the IPv6 address ::, which packets can carry.
 func addrFrom16(b [16]byte) netip.Addr {
-	if b == ([16]byte{}) {
-		return netip.Addr{}
-	}
 	return netip.AddrFrom16(b).Unmap()
 }
 

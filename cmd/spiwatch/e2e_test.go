@@ -545,3 +545,44 @@ func TestSignalsDetach(t *testing.T) {
 		t.Error("XDP program still attached after SIGTERM")
 	}
 }
+
+// TestClosedStdout: spiwatch --json | head -1 must end spiwatch cleanly (status 0,
+// detached) when head closes the pipe, not kill it with SIGPIPE.
+func TestClosedStdout(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, _ := buildBinaries(t)
+	lab, err := netlab.New("swpipe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	cmd := netlab.Command(lab.NSB, spiwatch, "-i", lab.Receiver, "--json", "--interval", "50ms")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "{") {
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	stdout.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("spiwatch ended with %v after its reader went away: %s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("spiwatch kept running after its reader went away")
+	}
+	if xdpAttached(t, lab.NSB, lab.Receiver) {
+		t.Error("XDP program still attached")
+	}
+}

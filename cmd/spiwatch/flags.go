@@ -138,8 +138,22 @@ func (c *Config) Validate() (*Validated, error) {
 		}
 		v.Known = append(v.Known, fromFile...)
 	}
+	v.Known = dedupe(v.Known) // the same SA twice takes one map entry
 	if len(v.Known) > int(c.KnownMax) {
 		return nil, fmt.Errorf("%d known SAs do not fit --known-table-size %d", len(v.Known), c.KnownMax)
 	}
 	return v, nil
+}
+
+// dedupe drops repeated SAs, keeping the first of each.
+func dedupe(sas []maps.SA) []maps.SA {
+	seen := make(map[maps.SA]bool, len(sas))
+	out := sas[:0]
+	for _, sa := range sas {
+		if !seen[sa] {
+			seen[sa] = true
+			out = append(out, sa)
+		}
+	}
+	return out
 }

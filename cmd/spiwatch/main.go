@@ -81,6 +81,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Without this, Go kills the process on a write to a closed stdout (| head);
+	// with it the write fails with EPIPE and spiwatch detaches and exits cleanly.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	if err := watch(ctx, &cfg, v, stdout, stderr); err != nil {
 		fmt.Fprintf(stderr, "spiwatch: %v\n", err)
 		return exitError
@@ -119,6 +122,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
+	rep.Action = cfg.Action
 	write := func() (bool, error) {
 		s, err := rep.Take()
 		if err != nil {

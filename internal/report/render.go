@@ -20,7 +20,7 @@ type jsonCount struct {
 	Packets uint64  `json:"packets"`
 	Bytes   uint64  `json:"bytes"`
 	PPS     float64 `json:"pps"`
-	BPS     float64 `json:"bps"`
+	BPS     float64 `json:"bytes_per_s"` // bytes, not bits
 }
 
 type jsonClass struct {
@@ -73,6 +73,7 @@ type jsonKnown struct {
 type jsonSnapshot struct {
 	Time         string        `json:"time"`
 	IntervalS    float64       `json:"interval_s"`
+	Action       string        `json:"action"` // pass or drop: what happens to unknown-SPI packets
 	Interfaces   []jsonIface   `json:"interfaces"`
 	Total        jsonCount     `json:"total"`
 	Classes      []jsonClass   `json:"classes"`
@@ -127,6 +128,7 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 	js := jsonSnapshot{
 		Time:      stamp(s.Time),
 		IntervalS: s.Interval.Seconds(),
+		Action:    s.Action,
 		Total:     count(s.Total.Now.Total(), s.Total.Delta.Total(), s.Interval),
 		Classes:   classesJSON(s.Total, s.Interval),
 		UnknownTable: jsonTable{Entries: s.Table.Entries, Capacity: s.Table.Capacity, Inserts: s.Table.Inserts,
@@ -174,6 +176,9 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 	if s.Table.InsertFails > 0 {
 		fmt.Fprintf(&b, ", %d not recorded", s.Table.InsertFails)
 	}
+	if s.Action == "drop" {
+		b.WriteString("  DROPPING unknown-SPI packets")
+	}
 	b.WriteString("\n")
 	const row = "%-14s %-9s %9s %9s %14s %16s\n"
 	fmt.Fprintf(&b, row, "class", "outcome", "pkt/s", "bit/s", "packets", "bytes")
@@ -220,6 +225,9 @@ func hostPort(a netip.Addr, port uint16) string {
 	if port == 0 {
 		return addrString(a)
 	}
+	if !a.IsValid() { // an all-zero address: netip would print "invalid AddrPort"
+		return fmt.Sprintf("%s:%d", addrString(a), port)
+	}
 	return netip.AddrPortFrom(a, port).String()
 }
 
@@ -239,14 +247,15 @@ func ago(now, t time.Time) string {
 	return fmt.Sprintf("%dh ago", int(d.Hours()))
 }
 
-// human prints a rate with k/M/G suffixes.
+// human prints a rate with k/M/G suffixes. Each threshold is where the smaller
+// unit would round up to 1000 (999.6 is "1.0k", not "1000").
 func human(v float64) string {
 	switch {
-	case v >= 1e9:
+	case v >= 999.995e6:
 		return fmt.Sprintf("%.2fG", v/1e9)
-	case v >= 1e6:
+	case v >= 999.95e3:
 		return fmt.Sprintf("%.2fM", v/1e6)
-	case v >= 1e3:
+	case v >= 999.5:
 		return fmt.Sprintf("%.1fk", v/1e3)
 	}
 	return fmt.Sprintf("%.0f", v)

@@ -59,6 +59,7 @@ type KnownRow struct {
 type Snapshot struct {
 	Time     time.Time
 	Interval time.Duration // since the previous snapshot (or the start)
+	Action   string        // "pass" or "drop" (unknown-SPI packets)
 	Ifaces   []IfaceCounts
 	Total    IfaceCounts  // all interfaces
 	Unknown  []UnknownRow // sorted by rate, then packets, highest first
@@ -75,6 +76,10 @@ type unknownID struct {
 
 // Reporter takes snapshots and remembers the previous one for rates.
 type Reporter struct {
+	// Action is what the program does with unknown-SPI packets ("pass" or
+	// "drop"), shown in every report so nobody wonders whether traffic is dropped.
+	Action string
+
 	src      Source
 	ifaces   []Iface
 	names    map[uint32]string
@@ -127,7 +132,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		}
 		return wall.Add(-time.Duration(int64(mono - ns)))
 	}
-	s := &Snapshot{Time: wall, Interval: wall.Sub(r.prevTime)}
+	s := &Snapshot{Time: wall, Interval: wall.Sub(r.prevTime), Action: r.Action}
 	secs := s.Interval.Seconds()
 	s.Total.Name = "all"
 	for _, i := range r.ifaces {

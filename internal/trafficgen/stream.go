@@ -105,7 +105,9 @@ func ParseStream(s string) (Stream, error) {
 			ids := strings.Split(v, ",")
 			if len(ids) > 2 {
 				err = fmt.Errorf("at most two tags")
+				break
 			}
+			st.Frame.VLANs = nil // the last vlan= wins, like every other key
 			for i, id := range ids {
 				var n uint64
 				if n, err = strconv.ParseUint(id, 10, 12); err != nil {
@@ -135,6 +137,13 @@ func ParseStream(s string) (Stream, error) {
 	}
 	if st.Frame.Src.Is4() != st.Frame.Dst.Is4() {
 		return Stream{}, fmt.Errorf("stream %q: src and dst must be the same IP version", s)
+	}
+	if (st.Kind == "esp" || st.Kind == "esp-in-udp") && uint64(st.SPI)+uint64(max(st.SPIs, 1))-1 > 0xFFFFFFFF {
+		return Stream{}, fmt.Errorf("stream %q: spi + spis - 1 does not fit in 32 bits", s)
+	}
+	if st.Kind == "esp-in-udp" && st.SPI == 0 {
+		// Four zero bytes after a NAT-T UDP header are the non-ESP marker: IKE.
+		return Stream{}, fmt.Errorf("stream %q: esp-in-udp needs spi= other than 0 (a zero SPI is the non-ESP marker of IKE)", s)
 	}
 	if st.Kind == "fragment" {
 		st.Frame.Frag = &frames.Frag{Offset: 185, ID: 7}
