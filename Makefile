@@ -8,7 +8,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 60s
 BINARIES  := bin/spiwatch bin/spiwatch-gen
 
-.PHONY: all build generate check-generated test fuzz lint demo clean
+.PHONY: all build generate check-generated test fuzz lint demo bench clean
 
 all: build
 
@@ -48,6 +48,11 @@ lint:
 # other, for about 20 seconds; everything is removed afterwards.
 demo: build
 	$(GO) run ./cmd/spiwatch-demo -spiwatch bin/spiwatch -gen bin/spiwatch-gen
+
+# Per-packet cost against baselines, end to end on veth, an unknown-SPI flood and
+# the loader's cost, all in one run: writes docs/PERFORMANCE.md (a few minutes).
+bench: build
+	$(GO) run ./cmd/spiwatch-bench -spiwatch bin/spiwatch -out docs/PERFORMANCE.md
 
 clean:
 	rm -rf bin

@@ -14,7 +14,9 @@
 volatile const __u16 natt_ports[MAX_NATT_PORTS] = {4500};
 volatile const __u32 natt_port_count = 1;
 
-/* What the classifier learnt about an esp or esp-in-udp frame. Addresses are
+/* What the classifier learnt about an esp or esp-in-udp frame; every field is set
+ * for those two classes (and only read for them), so it needs no zeroing per
+ * packet. Addresses are
  * copied out of the packet here, so that the code after classify() depends on no
  * packet offset: the verifier then sees the same state whatever the path through
  * the headers was (VLAN depth, IPv4 options, IPv6 extensions) and prunes, instead
@@ -90,6 +92,8 @@ static __always_inline int parse_l4(void *data, void *data_end, __u8 proto, __u3
 			return SW_CLASS_MALFORMED;
 		p->spi = bpf_ntohl(esp->spi);
 		p->seq = bpf_ntohl(esp->seq);
+		p->sport = 0;
+		p->dport = 0;
 		return SW_CLASS_ESP;
 	}
 	if (proto != IPPROTO_UDP)
@@ -237,6 +241,8 @@ static __always_inline int classify(void *data, void *data_end, __u32 len, struc
 
 	__be16 proto = eth->h_proto;
 	__u32 off = ETH_HLEN;
+	if (proto == bpf_htons(ETH_P_IP)) /* the common case first */
+		return parse_ipv4(data, data_end, off, len, p);
 #pragma unroll
 	for (int i = 0; i < MAX_VLAN_DEPTH; i++) {
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))

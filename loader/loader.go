@@ -85,16 +85,24 @@ func Load(s Settings) (*Objects, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	s = s.withDefaults()
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
 	}
-	memlockErr := rlimit.RemoveMemlock() // needed before 5.11 only; reported if loading fails
-
 	spec, err := bpf.LoadSpiwatch()
 	if err != nil {
 		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
 	}
+	return LoadSpec(spec, s)
+}
+
+// LoadSpec is Load for another build of the classifier (benchmarks compare
+// variants in one run); Load uses the committed object.
+func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	s = s.withDefaults()
+	memlockErr := rlimit.RemoveMemlock() // needed before 5.11 only; reported if loading fails
 	var ports [MaxNATTPorts]uint16
 	copy(ports[:], s.NATTPorts)
 	drop := uint32(0)

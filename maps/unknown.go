@@ -18,7 +18,14 @@ const batchSize = 4096
 // iterating. The table keeps changing while it is read, so a snapshot is
 // consistent per entry, not across entries.
 func (m *Maps) UnknownSnapshot() ([]Unknown, error) {
-	out := make([]Unknown, 0, 256)
+	return m.UnknownSnapshotInto(nil)
+}
+
+// UnknownSnapshotInto is UnknownSnapshot appending to buf[:0], so that a caller
+// reading a full table every interval reuses one buffer instead of growing a new
+// one (a 65,536-row table is 6 MiB of rows).
+func (m *Maps) UnknownSnapshotInto(buf []Unknown) ([]Unknown, error) {
+	out := buf[:0]
 	keys := make([]unknownKey, batchSize)
 	vals := make([]unknownStats, batchSize)
 	var cursor ebpf.MapBatchCursor

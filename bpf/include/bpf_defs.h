@@ -45,6 +45,9 @@ enum {
 #define BPF_NOEXIST 1
 #define BPF_EXIST 2
 
+/* map creation flags */
+#define BPF_F_NO_COMMON_LRU (1U << 1)
+
 #define EEXIST 17
 
 /* BTF-style map definitions, as libbpf and cilium/ebpf read them. */

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -44,7 +45,14 @@ Examples:
 Flags:
 `
 
+// memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says otherwise: a full
+// unknown table makes garbage every interval, and a gateway tool should stay small.
+const memoryLimit = 40 << 20
+
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -122,7 +130,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	rep.Action = cfg.Action
+	rep.Action, rep.Top = cfg.Action, cfg.Top
 	write := func() (bool, error) {
 		s, err := rep.Take()
 		if err != nil {

@@ -207,7 +207,7 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 	if len(s.Unknown) == 0 {
 		b.WriteString("no unknown SPIs\n")
 	} else {
-		fmt.Fprintf(&b, "unknown SPIs: %d of %d by rate\n", n, len(s.Unknown))
+		fmt.Fprintf(&b, "unknown SPIs: %d of %d by rate\n", n, max(s.UnknownRows, len(s.Unknown)))
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "SPI\tsource\tdestination\tiface\tpackets\tpkt/s\tfirst seen\tlast seen\tverdict")
 		for _, u := range s.Unknown[:n] {

@@ -5,8 +5,9 @@
 package report
 
 import (
+	"cmp"
 	"fmt"
-	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 // Source is what a Reporter reads: *maps.Maps.
 type Source interface {
 	Counters(slot int) (maps.Counters, error)
-	UnknownSnapshot() ([]maps.Unknown, error)
+	UnknownSnapshotInto(buf []maps.Unknown) ([]maps.Unknown, error)
 	UnknownTableStats(entries int) (maps.TableStats, error)
 	ListKnown() ([]maps.KnownSA, error)
 }
@@ -62,16 +63,18 @@ type Snapshot struct {
 	Action   string        // "pass" or "drop" (unknown-SPI packets)
 	Ifaces   []IfaceCounts
 	Total    IfaceCounts  // all interfaces
-	Unknown  []UnknownRow // sorted by rate, then packets, highest first
-	Table    maps.TableStats
-	Known    []KnownRow
+	Unknown  []UnknownRow // the top rows (Reporter.Top) by rate, then packets
+	// UnknownRows is how many rows the unknown table held.
+	UnknownRows int
+	Table       maps.TableStats
+	Known       []KnownRow
 }
 
+// unknownID identifies a row across snapshots; plain arrays hash fast.
 type unknownID struct {
-	spi          uint32
-	src, dst     netip.Addr
+	src, dst     [16]byte
+	spi, ifindex uint32
 	sport, dport uint16
-	ifindex      uint32
 }
 
 // Reporter takes snapshots and remembers the previous one for rates.
@@ -79,6 +82,8 @@ type Reporter struct {
 	// Action is what the program does with unknown-SPI packets ("pass" or
 	// "drop"), shown in every report so nobody wonders whether traffic is dropped.
 	Action string
+	// Top limits Snapshot.Unknown to the highest-rate rows; 0 keeps all.
+	Top int
 
 	src      Source
 	ifaces   []Iface
@@ -86,6 +91,8 @@ type Reporter struct {
 	prevTime time.Time
 	prev     map[int]maps.Counters
 	prevUnk  map[unknownID]uint64
+	spareUnk map[unknownID]uint64 // the map before prevUnk, reused
+	snapBuf  []maps.Unknown       // the table as last read, reused
 	// now returns wall time and CLOCK_MONOTONIC in ns (the BPF timestamps' clock).
 	now func() (time.Time, uint64)
 }
@@ -102,7 +109,7 @@ func New(src Source, ifaces []Iface) (*Reporter, error) {
 		r.prev[i.Slot] = c
 	}
 	r.prevTime, _ = r.now()
-	snap, err := src.UnknownSnapshot()
+	snap, err := src.UnknownSnapshotInto(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +127,43 @@ func clockNow() (time.Time, uint64) {
 }
 
 func idOf(u maps.Unknown) unknownID {
-	return unknownID{u.SPI, u.Src, u.Dst, u.SrcPort, u.DstPort, u.Ifindex}
+	return unknownID{u.Src.As16(), u.Dst.As16(), u.SPI, u.Ifindex, u.SrcPort, u.DstPort}
+}
+
+// topIndices returns the indices of the top rows (all when top is 0) by rate,
+// then packets, then SPI. With a limit it keeps only the best top while scanning,
+// so a 65,536-row table costs one pass, not a sort.
+func topIndices(rows []maps.Unknown, rates []float64, top int) []int32 {
+	before := func(a, b int32) int { // <0: a ranks above b
+		switch {
+		case rates[a] != rates[b]:
+			return cmp.Compare(rates[b], rates[a])
+		case rows[a].Packets != rows[b].Packets:
+			return cmp.Compare(rows[b].Packets, rows[a].Packets)
+		}
+		return cmp.Compare(rows[a].SPI, rows[b].SPI)
+	}
+	if top <= 0 || top >= len(rows) {
+		idx := make([]int32, len(rows))
+		for i := range idx {
+			idx[i] = int32(i)
+		}
+		slices.SortFunc(idx, before)
+		return idx
+	}
+	best := make([]int32, 0, top+1) // sorted, best first
+	for i := range rows {
+		j := int32(i)
+		if len(best) == top && before(j, best[top-1]) >= 0 {
+			continue
+		}
+		at, _ := slices.BinarySearchFunc(best, j, before)
+		best = slices.Insert(best, at, j)
+		if len(best) > top {
+			best = best[:top]
+		}
+	}
+	return best
 }
 
 // Take reads the maps and returns a snapshot with rates since the previous one.
@@ -147,37 +190,38 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		s.Total.Delta = add(s.Total.Delta, ic.Delta)
 	}
 
-	snap, err := r.src.UnknownSnapshot()
+	snap, err := r.src.UnknownSnapshotInto(r.snapBuf)
 	if err != nil {
 		return nil, err
 	}
+	r.snapBuf = snap
 	if s.Table, err = r.src.UnknownTableStats(len(snap)); err != nil {
 		return nil, err
 	}
-	cur := make(map[unknownID]uint64, len(snap))
-	s.Unknown = make([]UnknownRow, 0, len(snap))
-	for _, u := range snap {
+	// Rates need the previous packet counts; two maps take turns so a flood's
+	// 65,536 rows are not reallocated every interval.
+	cur := r.spareUnk
+	if cur == nil {
+		cur = make(map[unknownID]uint64, len(snap))
+	}
+	clear(cur)
+	rates := make([]float64, len(snap))
+	for i, u := range snap {
 		id := idOf(u)
 		cur[id] = u.Packets
-		row := UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs),
-			Verdict: verdictOf(u.SPI)}
 		if secs > 0 {
-			row.Rate = float64(u.Packets-min(u.Packets, r.prevUnk[id])) / secs
+			rates[i] = float64(u.Packets-min(u.Packets, r.prevUnk[id])) / secs
 		}
-		s.Unknown = append(s.Unknown, row)
 	}
-	r.prevUnk = cur
+	r.spareUnk, r.prevUnk = r.prevUnk, cur
 	r.prevTime = wall
-	sort.Slice(s.Unknown, func(a, b int) bool {
-		x, y := s.Unknown[a], s.Unknown[b]
-		if x.Rate != y.Rate {
-			return x.Rate > y.Rate
-		}
-		if x.Packets != y.Packets {
-			return x.Packets > y.Packets
-		}
-		return x.SPI < y.SPI
-	})
+	s.UnknownRows = len(snap)
+	// Full rows only for what the report shows.
+	for _, i := range topIndices(snap, rates, r.Top) {
+		u := snap[i]
+		s.Unknown = append(s.Unknown, UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), Rate: rates[i],
+			FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: verdictOf(u.SPI)})
+	}
 
 	known, err := r.src.ListKnown()
 	if err != nil {

@@ -30,8 +30,8 @@ func (f *fakeSource) Counters(slot int) (maps.Counters, error) {
 	return f.counters[slot], f.err
 }
 
-func (f *fakeSource) UnknownSnapshot() ([]maps.Unknown, error) {
-	return slices.Clone(f.unknown), f.err
+func (f *fakeSource) UnknownSnapshotInto(buf []maps.Unknown) ([]maps.Unknown, error) {
+	return append(buf[:0], f.unknown...), f.err
 }
 
 func (f *fakeSource) UnknownTableStats(entries int) (maps.TableStats, error) {
@@ -411,5 +411,26 @@ func TestZeroInterval(t *testing.T) {
 	s := take(t, r)
 	if s.Interval != 0 || s.Unknown[0].Rate != 0 {
 		t.Errorf("interval %v, rate %v: want 0, 0", s.Interval, s.Unknown[0].Rate)
+	}
+}
+
+func TestTopIndices(t *testing.T) {
+	rows := []maps.Unknown{{SPI: 0x300, Packets: 5}, {SPI: 0x100, Packets: 9}, {SPI: 0x200, Packets: 8}, {SPI: 0x050, Packets: 8}, {SPI: 0x400, Packets: 1}}
+	rates := []float64{1, 7, 7, 7, 0}
+	want := []uint32{0x100, 0x050, 0x200, 0x300, 0x400} // rate, then packets, then SPI
+	for _, top := range []int{0, 1, 3, 5, 9} {
+		got := topIndices(rows, rates, top)
+		n := len(want)
+		if top > 0 && top < n {
+			n = top
+		}
+		if len(got) != n {
+			t.Fatalf("top %d: %d rows, want %d", top, len(got), n)
+		}
+		for i, j := range got {
+			if rows[j].SPI != want[i] {
+				t.Errorf("top %d: row %d is 0x%x, want 0x%x", top, i, rows[j].SPI, want[i])
+			}
+		}
 	}
 }

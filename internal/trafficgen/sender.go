@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/bpf"
@@ -39,6 +41,8 @@ type Vary struct {
 
 // Sender transmits frames out of one interface of the current network namespace.
 type Sender struct {
+	iface    string
+	ns       netns.NsHandle // the namespace iface is in
 	ifindex  int
 	prog     *ebpf.Program
 	template *ebpf.Map
@@ -50,8 +54,19 @@ type Sender struct {
 
 // NewSender loads the generator program for iface.
 func NewSender(iface string, v Vary) (*Sender, error) {
+	// The kernel resolves the test run's ingress ifindex in the namespace of the
+	// thread that runs it, so remember ours: every Send runs in it, whatever thread
+	// or namespace the caller is on. Otherwise the same index could name another
+	// interface, in another namespace, and frames would leave there.
+	runtime.LockOSThread()
+	ns, err := netns.Get()
+	runtime.UnlockOSThread()
+	if err != nil {
+		return nil, fmt.Errorf("reading the network namespace: %w", err)
+	}
 	ifc, err := net.InterfaceByName(iface)
 	if err != nil {
+		ns.Close()
 		return nil, fmt.Errorf("interface %s not found: %w", iface, err)
 	}
 	spec, err := bpf.LoadTxgen()
@@ -76,7 +91,7 @@ func NewSender(iface string, v Vary) (*Sender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading generator program: %w", err)
 	}
-	s := &Sender{ifindex: ifc.Index, prog: coll.DetachProgram("txgen"), template: coll.DetachMap("tx_frame")}
+	s := &Sender{iface: iface, ns: ns, ifindex: ifc.Index, prog: coll.DetachProgram("txgen"), template: coll.DetachMap("tx_frame")}
 	coll.Close()
 	return s, nil
 }
@@ -98,6 +113,27 @@ func (s *Sender) Send(frame []byte, count int) error {
 			return fmt.Errorf("writing frame template: %w", err)
 		}
 		s.last = append(s.last[:0], frame...)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cur, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("reading the network namespace: %w", err)
+	}
+	defer cur.Close()
+	if !cur.Equal(s.ns) {
+		if err := netns.Set(s.ns); err != nil {
+			return fmt.Errorf("entering the namespace of %s: %w", s.iface, err)
+		}
+		defer func() {
+			if err := netns.Set(cur); err != nil {
+				panic(fmt.Sprintf("returning to the caller's network namespace: %v", err))
+			}
+		}()
+	}
+	// Belt and braces: the index must still name our interface.
+	if ifc, err := net.InterfaceByIndex(s.ifindex); err != nil || ifc.Name != s.iface {
+		return fmt.Errorf("sending on %s: interface index %d no longer names it", s.iface, s.ifindex)
 	}
 	for count > 0 {
 		n := min(count, 1<<30)
@@ -126,8 +162,9 @@ type txTemplate struct {
 	Data [maxFrame]byte
 }
 
-// Close releases the program and its map.
+// Close releases the program, its map and the namespace handle.
 func (s *Sender) Close() error {
+	s.ns.Close()
 	s.template.Close()
 	return s.prog.Close()
 }

@@ -202,3 +202,40 @@ func TestSendVarying(t *testing.T) {
 		})
 	}
 }
+
+// TestSendFromAnotherNamespace: a Sender made in the lab's namespace sends there
+// even when Send is called from another namespace, where the same interface index
+// names some other interface (in the root namespace, possibly a real NIC).
+func TestSendFromAnotherNamespace(t *testing.T) {
+	testenv.RequireNetns(t)
+	lab, err := netlab.New("swtgns")
+	if err != nil {
+		t.Fatalf("creating lab: %v", err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	rx := listen(t, lab)
+	var s *Sender
+	if err := netlab.In(lab.NSA, func() error {
+		s, err = NewSender(lab.Sender, Vary{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	frame, _ := ParseStream("esp spi=0x4242 count=1")
+	// Called from the test's own namespace, on another thread for good measure.
+	done := make(chan error)
+	go func() { done <- s.Send(frame.Build(), 5) }()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		got, err := rx.next()
+		if err != nil {
+			t.Fatalf("frame %d of 5 did not arrive in the lab: %v", i, err)
+		}
+		if !bytes.Equal(got, frame.Build()) {
+			t.Fatalf("frame %d: %x", i, got)
+		}
+	}
+}

@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Command spiwatch-bench (make bench) measures spiwatch against baselines in the
+// same run and writes docs/PERFORMANCE.md. Root; it builds its own namespace labs,
+// and all its traffic stays on their veth pairs.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/spiwatch/spiwatch/internal/classify"
+)
+
+type results struct {
+	repeat, rounds int
+	perPacket      []perPacketRow
+	e2eFrames      int
+	e2eKnown       []vethRun
+	e2eFlood       []vethRun
+	flood          *floodResult
+	floodFrames    int
+	reportEntries  int
+	reportMedian   time.Duration
+	reportRows     int
+	started        time.Time
+	took           time.Duration
+}
+
+func main() {
+	repeat := flag.Int("repeat", 1_000_000, "test runs per round for the per-packet table")
+	rounds := flag.Int("rounds", 9, "rounds per program and frame (the median is reported)")
+	only := flag.String("only", "", "comma-separated frame kinds to run (default: all)")
+	variants := flag.String("variant", "", "comma-separated BPF object files: other builds of the classifier to compare in the same run")
+	e2eFrames := flag.Int("e2e-frames", 10_000_000, "frames per receiver in the end-to-end veth runs")
+	floodFrames := flag.Int("flood-frames", 1_000_000, "frames of the unknown-SPI flood (distinct SPIs, 1,000 sources)")
+	spiwatchBin := flag.String("spiwatch", "bin/spiwatch", "spiwatch binary for the flood and loader-cost runs")
+	out := flag.String("out", "docs/PERFORMANCE.md", "where to write the report (- for stdout)")
+	quick := flag.Bool("per-packet-only", false, "run only the per-packet table and print it (for A/B work)")
+	reportOnly := flag.Bool("report-time-only", false, "time only the full report at 65,536 rows and print it (for profiling)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "spiwatch-bench: %v\n", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *reportOnly {
+		d, n, err := reportTime(65536, 11)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "spiwatch-bench: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Printf("one full report of %d rows: %s (median of 11)\n", n, d)
+		return
+	}
+	if err := run(*repeat, *rounds, *only, *variants, *e2eFrames, *floodFrames, *spiwatchBin, *out, *quick); err != nil {
+		fmt.Fprintf(os.Stderr, "spiwatch-bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, spiwatchBin, out string, quick bool) error {
+	r := &results{repeat: repeat, rounds: rounds, e2eFrames: e2eFrames, floodFrames: floodFrames, started: time.Now()}
+	var vfiles []string
+	if variants != "" {
+		vfiles = strings.Split(variants, ",")
+	}
+
+	// Per-packet costs: one CPU for the whole table, since test runs execute on
+	// the calling thread's CPU.
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(0)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pinning to CPU 0: %w", err)
+	}
+	step("per-packet cost: %d frame kinds x 4 programs x %d rounds of %d runs", len(frameKinds()), rounds, repeat)
+	var err error
+	if r.perPacket, err = perPacket(repeat, rounds, only, vfiles); err != nil {
+		return err
+	}
+	set.Set(1)
+	unix.SchedSetaffinity(0, &set)
+	runtime.UnlockOSThread()
+	if quick {
+		printPerPacket(os.Stdout, r.perPacket)
+		return nil
+	}
+
+	step("end to end: %d frames of known ESP into the empty program, then the classifier", e2eFrames)
+	known := "esp spi=0x1000 src=198.51.100.1 dst=203.0.113.1 len=56"
+	if r.e2eKnown, err = endToEnd(known, e2eFrames, []receiver{
+		baselineReceiver("empty XDP program", emptyProg),
+		classifierReceiver(classify.ClassESP, classify.OutcomeKnown),
+	}); err != nil {
+		return err
+	}
+	step("end to end: %d frames, a new unknown SPI each, into the minimal SPI counter, then the classifier", e2eFrames)
+	if r.e2eFlood, err = endToEnd(floodStream, e2eFrames, []receiver{
+		baselineReceiver("minimal SPI counter", spiProg),
+		classifierReceiver(classify.ClassESP, classify.OutcomeUnknown),
+	}); err != nil {
+		return err
+	}
+	step("unknown-SPI flood: %d frames through spiwatch %s", floodFrames, spiwatchBin)
+	if r.flood, err = flood(spiwatchBin, floodFrames, 5*time.Second); err != nil {
+		return err
+	}
+	r.reportEntries = 65536
+	step("one full report at %d unknown-table entries", r.reportEntries)
+	if r.reportMedian, r.reportRows, err = reportTime(r.reportEntries, 11); err != nil {
+		return err
+	}
+	r.took = time.Since(r.started)
+	return writeReport(out, r)
+}
+
+func step(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "spiwatch-bench: "+format+"\n", args...)
+}

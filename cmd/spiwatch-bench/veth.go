@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/spiwatch/spiwatch/bpf"
+	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/netlab"
+	"github.com/spiwatch/spiwatch/internal/trafficgen"
+	"github.com/spiwatch/spiwatch/loader"
+)
+
+// vethRun is one receiver program fed by the generator through a veth pair.
+type vethRun struct {
+	name     string
+	frames   uint64        // sent
+	runs     uint64        // times the receiving program ran (bpf_stats)
+	elapsed  time.Duration // from the first frame sent to the last one received
+	progTime time.Duration // in-kernel run time of the receiving program (bpf_stats)
+	counted  uint64        // frames the classifier counted (0 for baselines)
+	rightly  uint64        // of those, in the expected class and outcome
+}
+
+func (r vethRun) mpps() float64 { return float64(r.runs) / r.elapsed.Seconds() / 1e6 }
+func (r vethRun) nsPerPkt() float64 {
+	return float64(r.progTime.Nanoseconds()) / float64(max(r.runs, 1))
+}
+
+// receiver is what runs on the receiving veth during a vethRun.
+type receiver struct {
+	name   string
+	attach func(lab *netlab.Lab) (prog *ebpf.Program, detach func(), err error)
+	check  func() (counted, rightly uint64, err error)
+}
+
+// endToEnd sends frames of stream through a fresh lab once per receiver, and
+// reads bpf_stats of the receiving program.
+func endToEnd(stream string, frames int, receivers []receiver) ([]vethRun, error) {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enabling bpf_stats: %w", err)
+	}
+	defer stats.Close()
+	st, err := trafficgen.ParseStream(stream)
+	if err != nil {
+		return nil, err
+	}
+	vary, err := st.Vary()
+	if err != nil {
+		return nil, err
+	}
+	var out []vethRun
+	for _, rc := range receivers {
+		lab, err := netlab.New("swbench")
+		if err != nil {
+			return nil, err
+		}
+		r, err := oneRun(lab, rc, st.Build(), vary, frames)
+		lab.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", rc.name, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func oneRun(lab *netlab.Lab, rc receiver, frame []byte, vary trafficgen.Vary, frames int) (vethRun, error) {
+	r := vethRun{name: rc.name, frames: uint64(frames)}
+	var prog *ebpf.Program
+	var detach func()
+	err := netlab.In(lab.NSB, func() error {
+		var err error
+		prog, detach, err = rc.attach(lab)
+		return err
+	})
+	if err != nil {
+		return r, err
+	}
+	defer detach()
+	var s *trafficgen.Sender
+	if err := netlab.In(lab.NSA, func() error {
+		var err error
+		s, err = trafficgen.NewSender(lab.Sender, vary)
+		return err
+	}); err != nil {
+		return r, err
+	}
+	defer s.Close()
+	before, err := prog.Stats()
+	if err != nil {
+		return r, err
+	}
+	start := time.Now()
+	// The sender's ifindex is resolved at NewSender; runs need no namespace.
+	if err := s.Send(frame, frames); err != nil {
+		return r, err
+	}
+	// Wait until the receiver has run for every frame, or stops progressing.
+	var after *ebpf.ProgramStats
+	last, stuck := uint64(0), 0
+	for {
+		if after, err = prog.Stats(); err != nil {
+			return r, err
+		}
+		n := after.RunCount - before.RunCount
+		if n >= uint64(frames) || stuck > 50 {
+			break
+		}
+		if n == last {
+			stuck++
+		} else {
+			stuck, last = 0, n
+			r.elapsed = time.Since(start)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if r.runs = after.RunCount - before.RunCount; r.runs >= uint64(frames) {
+		r.elapsed = time.Since(start)
+	}
+	r.progTime = after.Runtime - before.Runtime
+	if rc.check != nil {
+		if r.counted, r.rightly, err = rc.check(); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// emptyReceiver attaches the empty baseline natively.
+func baselineReceiver(name string, pick func(*bpf.BaselineObjects) *ebpf.Program) receiver {
+	var objs bpf.BaselineObjects
+	return receiver{
+		name: name,
+		attach: func(lab *netlab.Lab) (*ebpf.Program, func(), error) {
+			if err := bpf.LoadBaselineObjects(&objs, nil); err != nil {
+				return nil, nil, err
+			}
+			ifindex, err := ifindexOf(lab.Receiver)
+			if err != nil {
+				return nil, nil, err
+			}
+			p := pick(&objs)
+			l, err := link.AttachXDP(link.XDPOptions{Program: p, Interface: ifindex, Flags: link.XDPDriverMode})
+			if err != nil {
+				objs.Close()
+				return nil, nil, err
+			}
+			return p, func() { l.Close(); objs.Close() }, nil
+		},
+	}
+}
+
+// classifierReceiver attaches spiwatch's program natively with the bench SAs
+// known; check counts what it classified and how much of it as want/outcome.
+func classifierReceiver(want classify.Class, outcome classify.Outcome) receiver {
+	var objs *loader.Objects
+	var slot int
+	return receiver{
+		name: "spiwatch classifier",
+		attach: func(lab *netlab.Lab) (*ebpf.Program, func(), error) {
+			var err error
+			if objs, err = loader.Load(loader.Settings{}); err != nil {
+				return nil, nil, err
+			}
+			if err := objs.Maps.AddKnown(benchKnown...); err != nil {
+				objs.Close()
+				return nil, nil, err
+			}
+			a, err := objs.Attach(lab.Receiver, loader.ModeNative, false)
+			if err != nil {
+				objs.Close()
+				return nil, nil, err
+			}
+			slot = a.Slot
+			p, err := objs.Program(a.Slot)
+			return p, func() { objs.Close() }, err
+		},
+		check: func() (uint64, uint64, error) {
+			c, err := objs.Maps.Counters(slot)
+			if err != nil {
+				return 0, 0, err
+			}
+			return c.Total().Packets, c[want][outcome].Packets, nil
+		},
+	}
+}
+
+func emptyProg(o *bpf.BaselineObjects) *ebpf.Program { return o.BaseEmpty }
+func spiProg(o *bpf.BaselineObjects) *ebpf.Program   { return o.BaseSpi }
