@@ -101,15 +101,8 @@ func (c *Config) Validate() (*Validated, error) {
 	default:
 		return nil, fmt.Errorf("--action %q: want pass or drop", c.Action)
 	}
-	for _, p := range c.NATTPorts {
-		n, err := strconv.ParseUint(p, 10, 16)
-		if err != nil || n == 0 {
-			return nil, fmt.Errorf("--natt-port %q: not a UDP port (1-65535)", p)
-		}
-		v.Settings.NATTPorts = append(v.Settings.NATTPorts, uint16(n))
-	}
-	if err := v.Settings.Validate(); err != nil {
-		return nil, fmt.Errorf("--natt-port: %w", err)
+	if v.Settings.NATTPorts, err = parseNATTPorts(c.NATTPorts); err != nil {
+		return nil, err
 	}
 	if c.UnknownMax < 1 {
 		return nil, errors.New("--unknown-table-size must be at least 1")
@@ -128,19 +121,8 @@ func (c *Config) Validate() (*Validated, error) {
 		return nil, fmt.Errorf("--count %d: must be 0 (no limit) or more", c.Count)
 	}
 
-	if v.Known, err = knownsa.ParseAll(c.KnownSPIs); err != nil {
+	if v.Known, err = readKnown(c.KnownSPIs, c.KnownFile, c.KnownMax); err != nil {
 		return nil, err
-	}
-	if c.KnownFile != "" {
-		fromFile, err := knownsa.ReadFile(c.KnownFile)
-		if err != nil {
-			return nil, err
-		}
-		v.Known = append(v.Known, fromFile...)
-	}
-	v.Known = dedupe(v.Known) // the same SA twice takes one map entry
-	if len(v.Known) > int(c.KnownMax) {
-		return nil, fmt.Errorf("%d known SAs do not fit --known-table-size %d", len(v.Known), c.KnownMax)
 	}
 	return v, nil
 }
@@ -156,4 +138,40 @@ func dedupe(sas []maps.SA) []maps.SA {
 		}
 	}
 	return out
+}
+
+// parseNATTPorts reads --natt-port values and checks the set.
+func parseNATTPorts(in []string) ([]uint16, error) {
+	var ports []uint16
+	for _, p := range in {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("--natt-port %q: not a UDP port (1-65535)", p)
+		}
+		ports = append(ports, uint16(n))
+	}
+	if err := (loader.Settings{NATTPorts: ports}).Validate(); err != nil {
+		return nil, fmt.Errorf("--natt-port: %w", err)
+	}
+	return ports, nil
+}
+
+// readKnown gathers the known SAs of --known-spi and --known-file.
+func readKnown(spis []string, file string, limit uint32) ([]maps.SA, error) {
+	known, err := knownsa.ParseAll(spis)
+	if err != nil {
+		return nil, err
+	}
+	if file != "" {
+		fromFile, err := knownsa.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		known = append(known, fromFile...)
+	}
+	known = dedupe(known) // the same SA twice takes one map entry
+	if len(known) > int(limit) {
+		return nil, fmt.Errorf("%d known SAs do not fit --known-table-size %d", len(known), limit)
+	}
+	return known, nil
 }

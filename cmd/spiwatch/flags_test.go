@@ -194,7 +194,7 @@ func TestHelp(t *testing.T) {
 		}
 		out := stderr.String()
 		for _, want := range []string{
-			"Usage:\n  spiwatch -i IFACE [-i IFACE ...] [flags]\n",
+			"Usage:\n  spiwatch -i IFACE [-i IFACE ...] [flags]     watch interfaces live\n  spiwatch read FILE [flags]",
 			"Examples:\n",
 			"-i, --interface stringArray",
 			"--xdp-mode string",

@@ -35,7 +35,9 @@ const usageHead = `spiwatch watches IPsec traffic with XDP and counts packets wh
 Security Association ("invalid SPI"), per class, peer and SPI.
 
 Usage:
-  spiwatch -i IFACE [-i IFACE ...] [flags]
+  spiwatch -i IFACE [-i IFACE ...] [flags]     watch interfaces live
+  spiwatch read FILE [flags]                   classify a pcap or pcapng file
+                                               (spiwatch read --help)
 
 Examples:
   spiwatch -i eth0 --known-spi 0xc1a2b3c4@192.0.2.1 --known-spi 0xc5d6e7f8
@@ -57,6 +59,9 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "read" {
+		return runRead(args[1:], stdout, stderr)
+	}
 	var cfg Config
 	fs := pflag.NewFlagSet("spiwatch", pflag.ContinueOnError)
 	fs.SetOutput(stderr)

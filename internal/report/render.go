@@ -74,6 +74,8 @@ type jsonSnapshot struct {
 	Time         string        `json:"time"`
 	IntervalS    float64       `json:"interval_s"`
 	Action       string        `json:"action"` // pass or drop: what happens to unknown-SPI packets
+	Source       string        `json:"source,omitempty"`
+	Partial      string        `json:"partial,omitempty"`
 	Interfaces   []jsonIface   `json:"interfaces"`
 	Total        jsonCount     `json:"total"`
 	Classes      []jsonClass   `json:"classes"`
@@ -129,6 +131,8 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 		Time:      stamp(s.Time),
 		IntervalS: s.Interval.Seconds(),
 		Action:    s.Action,
+		Source:    s.Source,
+		Partial:   s.Partial,
 		Total:     count(s.Total.Now.Total(), s.Total.Delta.Total(), s.Interval),
 		Classes:   classesJSON(s.Total, s.Interval),
 		UnknownTable: jsonTable{Entries: s.Table.Entries, Capacity: s.Table.Capacity, Inserts: s.Table.Inserts,
@@ -180,6 +184,12 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 		b.WriteString("  DROPPING unknown-SPI packets")
 	}
 	b.WriteString("\n")
+	if s.Source != "" {
+		fmt.Fprintf(&b, "capture %s: %s, rates averaged over it\n", s.Source, s.Interval.Round(time.Millisecond))
+	}
+	if s.Partial != "" {
+		fmt.Fprintf(&b, "PARTIAL: the capture could not be read to its end: %s\n", s.Partial)
+	}
 	const row = "%-14s %-9s %9s %9s %14s %16s\n"
 	fmt.Fprintf(&b, row, "class", "outcome", "pkt/s", "bit/s", "packets", "bytes")
 	for c := classify.Class(0); c < classify.NumClasses; c++ {

@@ -61,6 +61,8 @@ type Snapshot struct {
 	Time     time.Time
 	Interval time.Duration // since the previous snapshot (or the start)
 	Action   string        // "pass" or "drop" (unknown-SPI packets)
+	Source   string        // a capture file, for spiwatch read; empty when live
+	Partial  string        // why the capture was not read to its end; empty if it was
 	Ifaces   []IfaceCounts
 	Total    IfaceCounts  // all interfaces
 	Unknown  []UnknownRow // the top rows (Reporter.Top) by rate, then packets
@@ -130,10 +132,10 @@ func idOf(u maps.Unknown) unknownID {
 	return unknownID{u.Src.As16(), u.Dst.As16(), u.SPI, u.Ifindex, u.SrcPort, u.DstPort}
 }
 
-// topIndices returns the indices of the top rows (all when top is 0) by rate,
-// then packets, then SPI. With a limit it keeps only the best top while scanning,
+// TopIndices returns the indices of the top rows (all when top is 0) by rate,
+// then packets, then SPI and addresses. With a limit it keeps only the best top while scanning,
 // so a 65,536-row table costs one pass, not a sort.
-func topIndices(rows []maps.Unknown, rates []float64, top int) []int32 {
+func TopIndices(rows []maps.Unknown, rates []float64, top int) []int32 {
 	before := func(a, b int32) int { // <0: a ranks above b
 		switch {
 		case rates[a] != rates[b]:
@@ -141,7 +143,9 @@ func topIndices(rows []maps.Unknown, rates []float64, top int) []int32 {
 		case rows[a].Packets != rows[b].Packets:
 			return cmp.Compare(rows[b].Packets, rows[a].Packets)
 		}
-		return cmp.Compare(rows[a].SPI, rows[b].SPI)
+		x, y := &rows[a], &rows[b] // ties: a stable order, for reports that compare
+		return cmp.Or(cmp.Compare(x.SPI, y.SPI), x.Dst.Compare(y.Dst), x.Src.Compare(y.Src),
+			cmp.Compare(x.DstPort, y.DstPort), cmp.Compare(x.SrcPort, y.SrcPort), cmp.Compare(x.Ifindex, y.Ifindex))
 	}
 	if top <= 0 || top >= len(rows) {
 		idx := make([]int32, len(rows))
@@ -217,10 +221,10 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	r.prevTime = wall
 	s.UnknownRows = len(snap)
 	// Full rows only for what the report shows.
-	for _, i := range topIndices(snap, rates, r.Top) {
+	for _, i := range TopIndices(snap, rates, r.Top) {
 		u := snap[i]
 		s.Unknown = append(s.Unknown, UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), Rate: rates[i],
-			FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: verdictOf(u.SPI)})
+			FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: VerdictOf(u.SPI)})
 	}
 
 	known, err := r.src.ListKnown()
@@ -230,12 +234,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	for _, k := range known {
 		s.Known = append(s.Known, KnownRow{KnownSA: k, LastSeen: toWall(k.LastSeenNs)})
 	}
-	sort.Slice(s.Known, func(a, b int) bool {
-		if s.Known[a].SPI != s.Known[b].SPI {
-			return s.Known[a].SPI < s.Known[b].SPI
-		}
-		return s.Known[a].Dst.Less(s.Known[b].Dst)
-	})
+	SortKnown(s.Known)
 	return s, nil
 }
 
@@ -274,10 +273,20 @@ func outcomesOf(c classify.Class) []classify.Outcome {
 	return []classify.Outcome{classify.OutcomeNone}
 }
 
-// verdictOf says why an SPI is in the unknown table.
-func verdictOf(spi uint32) string {
+// VerdictOf says why an SPI is in the unknown table.
+func VerdictOf(spi uint32) string {
 	if spi < 256 {
 		return classify.OutcomeReserved.String()
 	}
 	return classify.OutcomeUnknown.String()
+}
+
+// SortKnown orders known SAs by SPI, then destination.
+func SortKnown(k []KnownRow) {
+	sort.Slice(k, func(a, b int) bool {
+		if k[a].SPI != k[b].SPI {
+			return k[a].SPI < k[b].SPI
+		}
+		return k[a].Dst.Less(k[b].Dst)
+	})
 }

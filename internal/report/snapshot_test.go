@@ -380,8 +380,8 @@ func TestRowFields(t *testing.T) {
 
 func TestVerdictBoundary(t *testing.T) {
 	for spi, want := range map[uint32]string{0: "reserved", 1: "reserved", 255: "reserved", 256: "unknown", 0xffffffff: "unknown"} {
-		if got := verdictOf(spi); got != want {
-			t.Errorf("verdictOf(%d) = %q, want %q", spi, got, want)
+		if got := VerdictOf(spi); got != want {
+			t.Errorf("VerdictOf(%d) = %q, want %q", spi, got, want)
 		}
 	}
 }
@@ -419,7 +419,7 @@ func TestTopIndices(t *testing.T) {
 	rates := []float64{1, 7, 7, 7, 0}
 	want := []uint32{0x100, 0x050, 0x200, 0x300, 0x400} // rate, then packets, then SPI
 	for _, top := range []int{0, 1, 3, 5, 9} {
-		got := topIndices(rows, rates, top)
+		got := TopIndices(rows, rates, top)
 		n := len(want)
 		if top > 0 && top < n {
 			n = top

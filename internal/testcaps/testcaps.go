@@ -8,8 +8,6 @@ package testcaps
 
 import (
 	"bufio"
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -23,7 +21,7 @@ import (
 	"testing"
 
 	"github.com/google/gopacket/layers"
-	"github.com/google/gopacket/pcapgo"
+	"github.com/spiwatch/spiwatch/internal/capread"
 )
 
 // relDir is where the captures live, relative to the module root.
@@ -90,20 +88,11 @@ func (c Capture) Ethernet() bool {
 	return c.LinkType == layers.LinkTypeEthernet
 }
 
-// BSD address families found in DLT_NULL headers.
-const (
-	afInet         = 2
-	afInet6BSD     = 24 // NetBSD, OpenBSD
-	afInet6FreeBSD = 28
-	afInet6Darwin  = 30
-	afInet6Linux   = 10
-)
-
 // AsEthernet returns the frames as Ethernet frames, the way they would be
 // replayed into XDP: Ethernet captures unchanged, DLT_NULL ones with the
 // 4-byte address-family word swapped for a 14-byte Ethernet header
-// (02:00:00:00:00:01 → 02:00:00:00:00:02). ok is false for any other link
-// type, or a DLT_NULL frame of an unknown family.
+// (02:00:00:00:00:01 → 02:00:00:00:00:02), converted by capread. ok is
+// false for any other link type, or a DLT_NULL frame of an unknown family.
 func (c Capture) AsEthernet() (frames [][]byte, ok bool) {
 	switch c.LinkType {
 	case layers.LinkTypeEthernet:
@@ -113,25 +102,12 @@ func (c Capture) AsEthernet() (frames [][]byte, ok bool) {
 		return nil, false
 	}
 	for _, f := range c.Frames {
-		if len(f) < 4 {
+		e, known, err := capread.ToEthernet(nil, capread.LinkTypeNull, f)
+		if err != nil || !known {
 			return nil, false
 		}
-		// The word is in the capturing host's order; try both.
-		fam := binary.LittleEndian.Uint32(f)
-		if fam > 0xffff {
-			fam = binary.BigEndian.Uint32(f)
-		}
-		var et uint16
-		switch fam {
-		case afInet:
-			et = 0x0800
-		case afInet6BSD, afInet6FreeBSD, afInet6Darwin, afInet6Linux:
-			et = 0x86dd
-		default:
-			return nil, false
-		}
-		e := []byte{0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, byte(et >> 8), byte(et)}
-		frames = append(frames, append(e, f[4:]...))
+		copy(e, []byte{0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01})
+		frames = append(frames, e)
 	}
 	return frames, true
 }
@@ -184,44 +160,38 @@ func load(dir, path string) (Capture, error) {
 	return c, nil
 }
 
-// pcapngMagic is the block type of a pcapng Section Header Block; the
-// format is chosen by content, not by file name.
-var pcapngMagic = []byte{0x0a, 0x0d, 0x0d, 0x0a}
-
+// readFrames returns the link type and the frames, as captured, of the
+// capture at path (pcap or pcapng, told apart by content). As with
+// pcapgo's pcapng defaults, only frames of the first interface's link type
+// are kept.
 func readFrames(path string) (layers.LinkType, [][]byte, error) {
-	raw, err := os.ReadFile(path)
+	r, err := capread.Open(path)
 	if err != nil {
 		return 0, nil, err
 	}
+	defer r.Close()
 	var (
-		lt   layers.LinkType
-		next func() ([]byte, error)
+		lt     capread.LinkType
+		known  bool
+		frames [][]byte
 	)
-	if bytes.HasPrefix(raw, pcapngMagic) {
-		r, err := pcapgo.NewNgReader(bytes.NewReader(raw), pcapgo.DefaultNgReaderOptions)
-		if err != nil {
-			return 0, nil, fmt.Errorf("opening pcapng: %w", err)
-		}
-		lt = r.LinkType()
-		next = func() ([]byte, error) { b, _, err := r.ReadPacketData(); return b, err }
-	} else {
-		r, err := pcapgo.NewReader(bytes.NewReader(raw))
-		if err != nil {
-			return 0, nil, fmt.Errorf("opening pcap: %w", err)
-		}
-		lt = r.LinkType()
-		next = func() ([]byte, error) { b, _, err := r.ReadPacketData(); return b, err }
+	if lts := r.LinkTypes(); len(lts) > 0 {
+		lt, known = lts[0], true
 	}
-	var frames [][]byte
 	for {
-		b, err := next()
+		p, err := r.NextRaw()
 		if errors.Is(err, io.EOF) {
-			return lt, frames, nil
+			return layers.LinkType(lt), frames, nil
 		}
 		if err != nil {
-			return 0, nil, fmt.Errorf("reading frame %d: %w", len(frames)+1, err)
+			return 0, nil, err
 		}
-		frames = append(frames, slices.Clone(b))
+		if !known {
+			lt, known = p.LinkType, true
+		}
+		if p.LinkType == lt {
+			frames = append(frames, slices.Clone(p.Data))
+		}
 	}
 }
 

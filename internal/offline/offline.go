@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package offline classifies a packet capture the way spiwatch classifies live
+// traffic, and builds the same report. By default every frame goes through the real
+// XDP program with BPF_PROG_TEST_RUN (root); the Go reference classifier does it
+// without privileges. Both must agree on every frame.
+package offline
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/spiwatch/spiwatch/internal/capread"
+	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/report"
+	"github.com/spiwatch/spiwatch/loader"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// ifindex is the interface every row is recorded on: BPF test runs without a
+// context run as if received on the namespace's loopback.
+const ifindex = 1
+
+// Options say how to classify.
+type Options struct {
+	Settings loader.Settings // NAT-T ports, table sizes; the action does not apply
+	Known    []maps.SA
+	NoBPF    bool // use the Go reference classifier
+	Top      int  // unknown rows in the report (0: all)
+}
+
+// Read classifies every packet of the capture at path and returns the report. A
+// capture that ends early (truncated, corrupt) still gives a report of what was
+// read, marked partial, together with the error.
+func Read(path string, o Options) (*report.Snapshot, error) {
+	r, err := capread.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return ReadFrom(r, filepath.Base(path), o)
+}
+
+// acc accumulates what the capture holds, in the report's terms.
+type acc struct {
+	counters    maps.Counters
+	rows        map[rowKey]*maps.Unknown
+	rowTimes    map[rowKey][2]time.Time
+	known       map[maps.SA]*report.KnownRow
+	first, last time.Time
+	packets     int
+}
+
+type rowKey struct {
+	spi          uint32
+	src, dst     netip.Addr
+	sport, dport uint16
+}
+
+// ReadFrom is Read on an open capture; name labels the report.
+func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, error) {
+	a := &acc{rows: map[rowKey]*maps.Unknown{}, rowTimes: map[rowKey][2]time.Time{}, known: map[maps.SA]*report.KnownRow{}}
+	cfg := classify.Config{NATTPorts: o.Settings.NATTPorts}
+	set := classify.SASet{}
+	for _, sa := range o.Known {
+		set.Add(sa.SPI, sa.Dst)
+	}
+
+	var run func([]byte) error
+	mode := "reference"
+	var objs *loader.Objects
+	if !o.NoBPF {
+		var err error
+		if objs, err = loader.Load(o.Settings); err != nil {
+			return nil, fmt.Errorf("%w (or use --no-bpf for the Go reference classifier)", err)
+		}
+		defer objs.Close()
+		if err := objs.Maps.AddKnown(o.Known...); err != nil {
+			return nil, err
+		}
+		prog, err := objs.Program(0)
+		if err != nil {
+			return nil, err
+		}
+		mode = "bpf"
+		run = func(frame []byte) error {
+			_, err := prog.Run(&ebpf.RunOptions{Data: frame})
+			return err
+		}
+	}
+
+	var readErr error
+	for {
+		p, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+		frame := p.Data
+		if len(frame) < 14 {
+			// BPF test runs need an Ethernet header; such a runt is other either way.
+			frame = append(append([]byte(nil), frame...), make([]byte, 14-len(frame))...)
+		}
+		if run != nil {
+			if err := run(frame); err != nil {
+				return nil, fmt.Errorf("%s: packet %d: running the classifier: %w", name, p.Index, err)
+			}
+		}
+		// The reference pass gives the capture's own timestamps per row (the
+		// kernel's clock means nothing offline) and, without BPF, the counts.
+		a.add(frame, p.Time, &cfg, set, run == nil)
+	}
+
+	s := &report.Snapshot{Time: a.last, Interval: a.last.Sub(a.first), Action: "pass", Source: name}
+	if readErr != nil {
+		s.Partial = readErr.Error()
+	}
+	if objs != nil {
+		if err := a.fromMaps(objs.Maps); err != nil {
+			return nil, err
+		}
+	}
+	a.fill(s, mode, o.Top)
+	if objs != nil {
+		ts, err := objs.Maps.UnknownTableStats(len(a.rows))
+		if err != nil {
+			return nil, err
+		}
+		s.Table = ts
+	} else {
+		// The reference keeps every row; capacity is what the program would have had.
+		capacity := int(o.Settings.UnknownMax)
+		if capacity == 0 {
+			capacity = loader.DefaultUnknownMax
+		}
+		s.Table = maps.TableStats{Entries: len(a.rows), Capacity: capacity, Inserts: uint64(len(a.rows))}
+	}
+	return s, readErr
+}
+
+// add classifies frame with the reference classifier; counts only when count is
+// set (otherwise the maps count), timestamps always.
+func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify.SASet, count bool) {
+	if a.packets == 0 || ts.Before(a.first) {
+		a.first = ts
+	}
+	if ts.After(a.last) {
+		a.last = ts
+	}
+	a.packets++
+	res := classify.Classify(frame, cfg)
+	oc := classify.OutcomeOf(res, set)
+	n := uint64(len(frame))
+	if count {
+		a.counters[res.Class][oc] = a.counters[res.Class][oc].Add(maps.Count{Packets: 1, Bytes: n})
+	}
+	switch oc {
+	case classify.OutcomeUnknown, classify.OutcomeReserved:
+		k := rowKey{res.SPI, res.Src, res.Dst, res.SrcPort, res.DstPort}
+		t := a.rowTimes[k]
+		if t[0].IsZero() || ts.Before(t[0]) {
+			t[0] = ts
+		}
+		if ts.After(t[1]) {
+			t[1] = ts
+		}
+		a.rowTimes[k] = t
+		if count {
+			u := a.rows[k]
+			if u == nil {
+				u = &maps.Unknown{SPI: res.SPI, Src: res.Src, Dst: res.Dst, SrcPort: res.SrcPort, DstPort: res.DstPort, Ifindex: ifindex}
+				a.rows[k] = u
+			}
+			u.Packets++
+			u.Bytes += n
+			u.LastSeq = res.Seq
+		}
+	case classify.OutcomeKnown:
+		sa := maps.SA{SPI: res.SPI, Dst: res.Dst}
+		if _, ok := set[classify.MakeSAKey(res.SPI, res.Dst)]; !ok {
+			sa.Dst = netip.Addr{}
+		}
+		k := a.known[sa]
+		if k == nil {
+			k = &report.KnownRow{KnownSA: maps.KnownSA{SA: sa}}
+			a.known[sa] = k
+		}
+		k.LastSeen = ts
+		if count {
+			k.Packets++
+			k.Bytes += n
+			k.MaxSeq = max(k.MaxSeq, res.Seq)
+		}
+	}
+}
+
+// fromMaps takes the counts from the program's maps.
+func (a *acc) fromMaps(m *maps.Maps) error {
+	var err error
+	if a.counters, err = m.Counters(0); err != nil {
+		return err
+	}
+	snap, err := m.UnknownSnapshot()
+	if err != nil {
+		return err
+	}
+	a.rows = map[rowKey]*maps.Unknown{}
+	for i := range snap {
+		u := snap[i]
+		a.rows[rowKey{u.SPI, u.Src, u.Dst, u.SrcPort, u.DstPort}] = &u
+	}
+	known, err := m.ListKnown()
+	if err != nil {
+		return err
+	}
+	seen := a.known
+	a.known = map[maps.SA]*report.KnownRow{}
+	for _, k := range known {
+		row := &report.KnownRow{KnownSA: k}
+		if r := seen[k.SA]; r != nil {
+			row.LastSeen = r.LastSeen
+		}
+		a.known[k.SA] = row
+	}
+	return nil
+}
+
+// fill puts the totals, rows and known SAs into the snapshot. Rates are averages
+// over the capture's duration.
+func (a *acc) fill(s *report.Snapshot, mode string, top int) {
+	ic := report.IfaceCounts{Iface: report.Iface{Name: s.Source, Ifindex: ifindex, Mode: mode}, Now: a.counters, Delta: a.counters}
+	s.Ifaces = []report.IfaceCounts{ic}
+	s.Total = ic
+	s.Total.Name = "all"
+	secs := s.Interval.Seconds()
+	var rows []maps.Unknown
+	var rates []float64
+	for _, u := range a.rows {
+		rows = append(rows, *u)
+		rate := 0.0
+		if secs > 0 {
+			rate = float64(u.Packets) / secs
+		}
+		rates = append(rates, rate)
+	}
+	s.UnknownRows = len(rows)
+	for _, i := range report.TopIndices(rows, rates, top) {
+		u := rows[i]
+		t := a.rowTimes[rowKey{u.SPI, u.Src, u.Dst, u.SrcPort, u.DstPort}]
+		s.Unknown = append(s.Unknown, report.UnknownRow{Unknown: u, Iface: s.Source, Rate: rates[i],
+			FirstSeen: t[0], LastSeen: t[1], Verdict: report.VerdictOf(u.SPI)})
+	}
+	for _, k := range a.known {
+		s.Known = append(s.Known, *k)
+	}
+	report.SortKnown(s.Known)
+}
