@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/spiwatch/spiwatch/internal/knownsa"
+	"github.com/spiwatch/spiwatch/internal/metrics"
 	"github.com/spiwatch/spiwatch/loader"
 	"github.com/spiwatch/spiwatch/maps"
 )
@@ -37,6 +38,10 @@ type Config struct {
 	Top      int
 	Count    int
 
+	// metrics
+	MetricsAddr       string
+	MetricsTopUnknown int
+
 	Version bool
 }
 
@@ -58,14 +63,18 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.Top, "top", 20, "unknown SPIs shown per report, highest rate first (0: all)")
 	fs.IntVar(&c.Count, "count", 0, "stop after this many reports (0: run until interrupted)")
 
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; :PORT binds 127.0.0.1; default off)")
+	fs.IntVar(&c.MetricsTopUnknown, "metrics-top-unknown", 20, "unknown-SPI rows exported as labelled series, most packets first (at most 200)")
+
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 }
 
 // Validated is the checked configuration, ready to use.
 type Validated struct {
-	Settings loader.Settings
-	Mode     loader.Mode
-	Known    []maps.SA
+	Settings    loader.Settings
+	Mode        loader.Mode
+	Known       []maps.SA
+	MetricsAddr string // completed HOST:PORT; empty: no metrics
 }
 
 // Validate checks every flag before anything touches the kernel.
@@ -123,6 +132,14 @@ func (c *Config) Validate() (*Validated, error) {
 
 	if v.Known, err = readKnown(c.KnownSPIs, c.KnownFile, c.KnownMax); err != nil {
 		return nil, err
+	}
+	if c.MetricsAddr != "" {
+		if v.MetricsAddr, err = metrics.ListenAddr(c.MetricsAddr); err != nil {
+			return nil, err
+		}
+	}
+	if c.MetricsTopUnknown < 0 || c.MetricsTopUnknown > metrics.MaxUnknownSeries {
+		return nil, fmt.Errorf("--metrics-top-unknown %d: must be 0-%d", c.MetricsTopUnknown, metrics.MaxUnknownSeries)
 	}
 	return v, nil
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/spiwatch/spiwatch/internal/metrics"
 	"github.com/spiwatch/spiwatch/internal/report"
 	"github.com/spiwatch/spiwatch/loader"
 )
@@ -106,6 +108,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // watch loads, attaches, reports every interval until ctx ends, and detaches.
 func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Writer) error {
+	var metricsLn net.Listener
+	if v.MetricsAddr != "" {
+		var err error
+		if metricsLn, err = metrics.Listen(v.MetricsAddr); err != nil {
+			return err
+		}
+		defer metricsLn.Close()
+	}
 	objs, err := loader.Load(v.Settings)
 	if err != nil {
 		return err
@@ -128,6 +138,14 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	}
 	if v.Settings.DropUnknown {
 		fmt.Fprintln(stderr, "spiwatch: --action drop: packets with an unknown SPI are dropped")
+	}
+	if metricsLn != nil {
+		srv, err := metrics.Serve(metricsLn, metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown))
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		fmt.Fprintf(stderr, "spiwatch: Prometheus metrics at http://%s/metrics\n", metricsLn.Addr())
 	}
 	fmt.Fprintf(stderr, "spiwatch: %d known SAs; reporting every %s\n", len(v.Known), cfg.Interval)
 

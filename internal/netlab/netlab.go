@@ -47,6 +47,7 @@ func New(prefix string) (*Lab, error) {
 			{"netns", "exec", x.ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"},
 			{"netns", "exec", x.ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"},
 			{"-n", x.ns, "link", "set", x.dev, "up"},
+			{"-n", x.ns, "link", "set", "lo", "up"}, // for services tests run inside
 		} {
 			if err := ip(s...); err != nil {
 				l.Close()

@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package metrics exposes spiwatch's BPF maps to Prometheus. Every value is read
+// from the maps when Prometheus scrapes, not copied on a timer, so a scrape sees the
+// kernel's counts of that moment.
+package metrics
+
+import (
+	"cmp"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/report"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// Source is what the collector reads: *maps.Maps.
+type Source interface {
+	Counters(slot int) (maps.Counters, error)
+	UnknownSnapshotInto(buf []maps.Unknown) ([]maps.Unknown, error)
+	UnknownTableStats(entries int) (maps.TableStats, error)
+	ListKnown() ([]maps.KnownSA, error)
+	KnownCapacity() int
+}
+
+// MaxUnknownSeries is the hard cap on labelled unknown-SPI series per scrape,
+// whatever TopUnknown says: a flood of random SPIs must not flood Prometheus.
+const MaxUnknownSeries = 200
+
+var (
+	packetsDesc = prometheus.NewDesc("spiwatch_packets_total",
+		"Frames seen by the XDP program, by interface, class and SPI outcome.", []string{"interface", "class", "outcome"}, nil)
+	bytesDesc = prometheus.NewDesc("spiwatch_bytes_total",
+		"Bytes of the frames seen by the XDP program, by interface, class and SPI outcome.", []string{"interface", "class", "outcome"}, nil)
+	knownDesc = prometheus.NewDesc("spiwatch_known_sas",
+		"Security Associations in the known-SA map.", nil, nil)
+	knownCapDesc = prometheus.NewDesc("spiwatch_known_sas_capacity",
+		"Size of the known-SA map.", nil, nil)
+	saPacketsDesc = prometheus.NewDesc("spiwatch_sa_packets_total",
+		"Packets of each known SA (SPI in hex, destination or \"any\").", []string{"spi", "dst"}, nil)
+	saBytesDesc = prometheus.NewDesc("spiwatch_sa_bytes_total",
+		"Bytes of each known SA.", []string{"spi", "dst"}, nil)
+	saSeqDesc = prometheus.NewDesc("spiwatch_sa_highest_sequence",
+		"Highest ESP sequence number seen on each known SA.", []string{"spi", "dst"}, nil)
+	entriesDesc = prometheus.NewDesc("spiwatch_unknown_table_entries",
+		"Rows in the unknown-SPI table.", nil, nil)
+	capacityDesc = prometheus.NewDesc("spiwatch_unknown_table_capacity",
+		"Size of the unknown-SPI table.", nil, nil)
+	insertsDesc = prometheus.NewDesc("spiwatch_unknown_table_inserts_total",
+		"Rows the XDP program created in the unknown-SPI table.", nil, nil)
+	evictionsDesc = prometheus.NewDesc("spiwatch_unknown_table_evictions_total",
+		"Rows evicted from the full unknown-SPI table, with their counts.", nil, nil)
+	insertFailsDesc = prometheus.NewDesc("spiwatch_unknown_table_insert_failures_total",
+		"Packets with an unknown or reserved SPI whose row could not be created.", nil, nil)
+	unknownDesc = prometheus.NewDesc("spiwatch_unknown_spi_packets_total",
+		"Packets of the unknown-SPI rows with the most packets (at most --metrics-top-unknown, hard cap 200).",
+		[]string{"spi", "src", "sport", "dst", "dport", "interface", "verdict"}, nil)
+	unknownShownDesc = prometheus.NewDesc("spiwatch_unknown_spi_series_dropped",
+		"Unknown-SPI rows left out of spiwatch_unknown_spi_packets_total by the cardinality cap.", nil, nil)
+	scrapeErrDesc = prometheus.NewDesc("spiwatch_scrape_errors_total",
+		"Scrapes in which reading a BPF map failed.", nil, nil)
+)
+
+// Collector reads the maps at each scrape.
+type Collector struct {
+	src        Source
+	ifaces     []report.Iface
+	names      map[uint32]string
+	topUnknown int
+	errors     atomic.Uint64 // scrapes with a failed map read
+}
+
+// NewCollector exposes src for the watched interfaces; topUnknown rows of the
+// unknown table (capped at MaxUnknownSeries) become labelled series.
+func NewCollector(src Source, ifaces []report.Iface, topUnknown int) *Collector {
+	c := &Collector{src: src, ifaces: ifaces, names: map[uint32]string{}, topUnknown: min(max(topUnknown, 0), MaxUnknownSeries)}
+	for _, i := range ifaces {
+		c.names[uint32(i.Ifindex)] = i.Name
+	}
+	return c
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{packetsDesc, bytesDesc, knownDesc, knownCapDesc, saPacketsDesc, saBytesDesc, saSeqDesc,
+		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, scrapeErrDesc} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: one read of every map.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	failed := false
+	fail := func(err error) {
+		if !failed {
+			c.errors.Add(1)
+			failed = true
+		}
+		ch <- prometheus.NewInvalidMetric(scrapeErrDesc, err)
+	}
+	defer func() {
+		ch <- prometheus.MustNewConstMetric(scrapeErrDesc, prometheus.CounterValue, float64(c.errors.Load()))
+	}()
+
+	for _, i := range c.ifaces {
+		cnt, err := c.src.Counters(i.Slot)
+		if err != nil {
+			fail(fmt.Errorf("reading counters of %s: %w", i.Name, err))
+			continue
+		}
+		for cl := classify.Class(0); cl < classify.NumClasses; cl++ {
+			for o := classify.Outcome(0); o < classify.NumOutcomes; o++ {
+				if (o == classify.OutcomeNone) == (cl == classify.ClassESP || cl == classify.ClassESPInUDP) {
+					continue // esp classes have known/unknown/reserved, the others none
+				}
+				v := cnt[cl][o]
+				ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(v.Packets), i.Name, cl.String(), o.String())
+				ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(v.Bytes), i.Name, cl.String(), o.String())
+			}
+		}
+	}
+
+	if known, err := c.src.ListKnown(); err != nil {
+		fail(err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(knownDesc, prometheus.GaugeValue, float64(len(known)))
+		ch <- prometheus.MustNewConstMetric(knownCapDesc, prometheus.GaugeValue, float64(c.src.KnownCapacity()))
+		for _, k := range known {
+			spi, dst := fmt.Sprintf("0x%08x", k.SPI), "any"
+			if k.Dst.IsValid() {
+				dst = k.Dst.String()
+			}
+			ch <- prometheus.MustNewConstMetric(saPacketsDesc, prometheus.CounterValue, float64(k.Packets), spi, dst)
+			ch <- prometheus.MustNewConstMetric(saBytesDesc, prometheus.CounterValue, float64(k.Bytes), spi, dst)
+			ch <- prometheus.MustNewConstMetric(saSeqDesc, prometheus.GaugeValue, float64(k.MaxSeq), spi, dst)
+		}
+	}
+
+	snap, err := c.src.UnknownSnapshotInto(nil)
+	if err != nil {
+		fail(err)
+		return
+	}
+	ts, err := c.src.UnknownTableStats(len(snap))
+	if err != nil {
+		fail(err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(entriesDesc, prometheus.GaugeValue, float64(ts.Entries))
+	ch <- prometheus.MustNewConstMetric(capacityDesc, prometheus.GaugeValue, float64(ts.Capacity))
+	ch <- prometheus.MustNewConstMetric(insertsDesc, prometheus.CounterValue, float64(ts.Inserts))
+	ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(ts.Evictions))
+	ch <- prometheus.MustNewConstMetric(insertFailsDesc, prometheus.CounterValue, float64(ts.InsertFails))
+
+	// The rows with the most packets: a stable choice between scrapes, unlike rates.
+	slices.SortFunc(snap, func(a, b maps.Unknown) int {
+		return cmp.Or(cmp.Compare(b.Packets, a.Packets), cmp.Compare(a.SPI, b.SPI), a.Src.Compare(b.Src), a.Dst.Compare(b.Dst))
+	})
+	shown := min(len(snap), c.topUnknown)
+	for _, u := range snap[:shown] {
+		iface := c.names[u.Ifindex]
+		if iface == "" {
+			iface = fmt.Sprintf("if%d", u.Ifindex)
+		}
+		ch <- prometheus.MustNewConstMetric(unknownDesc, prometheus.CounterValue, float64(u.Packets),
+			fmt.Sprintf("0x%08x", u.SPI), u.Src.String(), strconv.Itoa(int(u.SrcPort)), u.Dst.String(), strconv.Itoa(int(u.DstPort)),
+			iface, report.VerdictOf(u.SPI))
+	}
+	ch <- prometheus.MustNewConstMetric(unknownShownDesc, prometheus.GaugeValue, float64(len(snap)-shown))
+}
+
+// ListenAddr completes ADDR: a port alone (":9101" or "9101") binds 127.0.0.1, so
+// metrics are not exposed to the network unless asked.
+func ListenAddr(addr string) (string, error) {
+	if _, err := strconv.Atoi(addr); err == nil {
+		addr = ":" + addr
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("--metrics-addr %q: want HOST:PORT or :PORT (%v)", addr, err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return "", fmt.Errorf("--metrics-addr %q: port must be 1-65535", addr)
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// Listen opens the metrics port: done before anything is attached, so a port in
+// use is an error at start, not after the program is on the interface.
+func Listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: listening on %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// Serve serves /metrics from c on ln in the background. Close the returned server
+// to stop.
+func Serve(ln net.Listener, c *Collector) (*http.Server, error) {
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(c); err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "spiwatch: metrics are at /metrics", http.StatusNotFound)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	return srv, nil
+}
