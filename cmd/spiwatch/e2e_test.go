@@ -190,7 +190,13 @@ type started struct {
 
 func startSpiwatch(t *testing.T, bin, ns string, args ...string) *started {
 	t.Helper()
-	s := &started{cmd: netlab.Command(ns, bin, args...), lines: make(chan string, 1024), stderr: &strings.Builder{}, done: make(chan error, 1)}
+	return startCmd(t, netlab.Command(ns, bin, args...))
+}
+
+// startCmd starts cmd (a spiwatch command line) and waits until it reports.
+func startCmd(t *testing.T, cmd *exec.Cmd) *started {
+	t.Helper()
+	s := &started{cmd: cmd, lines: make(chan string, 1024), stderr: &strings.Builder{}, done: make(chan error, 1)}
 	stdout, err := s.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
