@@ -239,3 +239,25 @@ func removeXDP(l netlink.Link, ifindex int, prog ebpf.ProgramID) error {
 	}
 	return nil
 }
+
+// Problem says why the program no longer sees the interface's traffic: the
+// interface was deleted (the kernel then drops the attachment), or another tool
+// removed or replaced our program. Empty while all is well.
+func (a *Attachment) Problem() string {
+	l, err := netlink.LinkByIndex(a.Ifindex)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, syscall.ENODEV) {
+			return "interface deleted"
+		}
+		return fmt.Sprintf("cannot check the interface: %v", err)
+	}
+	x := l.Attrs().Xdp
+	if x == nil || !x.Attached {
+		return "program detached by someone else"
+	}
+	if a.ProgID != 0 && ebpf.ProgramID(x.ProgId) != a.ProgID {
+		return fmt.Sprintf("program replaced by %s", describeProg(ebpf.ProgramID(x.ProgId)))
+	}
+	return ""
+}

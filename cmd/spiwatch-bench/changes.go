@@ -27,4 +27,5 @@ Measured but not (yet) taken:
 |---|---|---:|---:|---|
 | known-SA map keyed by SPI only (4-byte hash instead of 20) | esp known | 41 | 31 | changes the map contract (SPI + destination, as the kernel looks SAs up); needs a second map for SPIs with several destinations |
 | plain adds instead of atomics in the unknown table | esp unknown | 93 | 85 | counts would be lost when two CPUs update one row |
+| a 65,536-bit filter of known SPIs checked before the known-SA lookups | esp unknown | 95 | 95 | no gain: a miss in the sparse known-SA hash costs little; the unknown row's update is the cost |
 `

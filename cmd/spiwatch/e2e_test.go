@@ -592,3 +592,72 @@ func TestClosedStdout(t *testing.T) {
 		t.Error("XDP program still attached")
 	}
 }
+
+// TestInterfaceDeleted: when one watched interface is deleted, spiwatch says so on
+// stderr and in every report, keeps counting on the other, and ends with status 1
+// once nothing is left to watch.
+func TestInterfaceDeleted(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab, err := netlab.New("swdel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	// A second watched interface in the receiver's namespace: another veth pair
+	// (this kernel has no dummy devices), removed with the namespace.
+	if out, err := exec.Command("ip", "-n", lab.NSB, "link", "add", "swdummy0", "type", "veth", "peer", "name", "swdummy1").CombinedOutput(); err != nil {
+		t.Fatalf("adding a second interface: %v: %s", err, out)
+	}
+	exec.Command("ip", "-n", lab.NSB, "link", "set", "swdummy0", "up").Run()
+	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-i", "swdummy0", "--json", "--interval", "100ms")
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=50"})
+	s.waitTotal(t, 50)
+
+	if out, err := exec.Command("ip", "-n", lab.NSB, "link", "del", lab.Receiver).CombinedOutput(); err != nil {
+		t.Fatalf("deleting %s: %v: %s", lab.Receiver, err, out)
+	}
+	// Reports go on, saying the receiver is gone and keeping its counts.
+	deadline := time.After(10 * time.Second)
+	for seen := false; !seen; {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				t.Fatalf("spiwatch ended while swdummy0 was still watched: %s", s.stderr)
+			}
+			var o struct {
+				Total      struct{ Packets uint64 }
+				Interfaces []struct {
+					Name, Problem string
+				}
+			}
+			if err := json.Unmarshal([]byte(l), &o); err != nil {
+				t.Fatal(err)
+			}
+			for _, i := range o.Interfaces {
+				if i.Name == lab.Receiver && i.Problem == "interface deleted" {
+					seen = true
+					if o.Total.Packets != 50 {
+						t.Errorf("counts after the deletion: %d packets, want the 50 seen before", o.Total.Packets)
+					}
+				}
+				if i.Name == "swdummy0" && i.Problem != "" {
+					t.Errorf("swdummy0: %q, want no problem", i.Problem)
+				}
+			}
+		case <-deadline:
+			t.Fatalf("no report marked %s deleted: %s", lab.Receiver, s.stderr)
+		}
+	}
+	if !strings.Contains(s.stderr.String(), lab.Receiver+": interface deleted") {
+		t.Errorf("stderr does not say the interface was deleted: %s", s.stderr)
+	}
+	// Then the last one goes: spiwatch ends with status 1 and says why.
+	exec.Command("ip", "-n", lab.NSB, "link", "del", "swdummy0").Run()
+	for range s.lines {
+	}
+	err = <-s.done
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(s.stderr.String(), "no interface left to watch") {
+		t.Errorf("after every interface was deleted: %v: %s", err, s.stderr)
+	}
+}

@@ -203,7 +203,7 @@ func TestHelp(t *testing.T) {
 			`--action string               what to do with unknown-SPI packets: pass or drop (default "pass")`,
 			"--interval duration",
 			"--version",
-			"Exit status: 0 stopped normally, 1 runtime error, 2 bad usage (nothing attached).",
+			"Exit status: 0 stopped normally, 1 runtime error or no interface left to watch, 2 bad usage (nothing attached).",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%s: usage lacks %q:\n%s", arg, want, out)

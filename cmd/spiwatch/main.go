@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,7 +30,7 @@ var version = "dev"
 // Exit codes.
 const (
 	exitOK    = 0
-	exitError = 1 // runtime failure: loading, attaching, reading maps
+	exitError = 1 // runtime failure: loading, attaching, reading maps; every interface gone
 	exitUsage = 2 // bad flags or input; nothing was attached
 )
 
@@ -72,7 +73,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageHead)
 		fs.PrintDefaults()
-		fmt.Fprint(stderr, "\nExit status: 0 stopped normally, 1 runtime error, 2 bad usage (nothing attached).\n")
+		fmt.Fprint(stderr, "\nExit status: 0 stopped normally, 1 runtime error or no interface left to watch, 2 bad usage (nothing attached).\n")
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -125,11 +126,13 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err
 	}
 	var ifaces []report.Iface
+	var attached []*loader.Attachment
 	for _, name := range cfg.Interfaces {
 		a, err := objs.Attach(name, v.Mode, cfg.Force)
 		if err != nil {
 			return err
 		}
+		attached = append(attached, a)
 		ifaces = append(ifaces, report.Iface{Name: a.Iface, Ifindex: a.Ifindex, Mode: a.Mode.String(), Slot: a.Slot})
 		if a.Fallback != nil {
 			fmt.Fprintf(stderr, "spiwatch: %s: native XDP refused (%v); using generic XDP, which is slower\n", a.Iface, a.Fallback)
@@ -154,7 +157,31 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err
 	}
 	rep.Action, rep.Top = cfg.Action, cfg.Top
+	// lost remembers interfaces that stopped being watched, to say so once on
+	// stderr and in every report; with none left, spiwatch ends.
+	lost := map[string]string{}
+	checkIfaces := func() error {
+		for _, a := range attached {
+			p := a.Problem()
+			if p != "" && lost[a.Iface] == "" {
+				fmt.Fprintf(stderr, "spiwatch: %s: %s; its counts so far stay in the reports\n", a.Iface, p)
+			}
+			if p != "" {
+				lost[a.Iface] = p
+			}
+			rep.SetProblem(a.Ifindex, lost[a.Iface])
+		}
+		if len(lost) == len(attached) {
+			var why []string
+			for _, a := range attached {
+				why = append(why, a.Iface+": "+lost[a.Iface])
+			}
+			return fmt.Errorf("no interface left to watch (%s)", strings.Join(why, "; "))
+		}
+		return nil
+	}
 	write := func() (bool, error) {
+		ifErr := checkIfaces()
 		s, err := rep.Take()
 		if err != nil {
 			return false, err
@@ -166,6 +193,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		}
 		if errors.Is(err, syscall.EPIPE) {
 			return false, nil // the reader went away (| head): stop quietly
+		}
+		if err == nil && ifErr != nil {
+			return false, ifErr // the last report shows why
 		}
 		return err == nil, err
 	}

@@ -165,6 +165,8 @@ func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify
 	}
 	switch oc {
 	case classify.OutcomeUnknown, classify.OutcomeReserved:
+		// As in the program's keys, an IPv4-mapped address is the IPv4 one.
+		res.Src, res.Dst = res.Src.Unmap(), res.Dst.Unmap()
 		k := rowKey{res.SPI, res.Src, res.Dst, res.SrcPort, res.DstPort}
 		t := a.rowTimes[k]
 		if t[0].IsZero() || ts.Before(t[0]) {
@@ -185,7 +187,7 @@ func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify
 			u.LastSeq = res.Seq
 		}
 	case classify.OutcomeKnown:
-		sa := maps.SA{SPI: res.SPI, Dst: res.Dst}
+		sa := maps.SA{SPI: res.SPI, Dst: res.Dst.Unmap()}
 		if _, ok := set[classify.MakeSAKey(res.SPI, res.Dst)]; !ok {
 			sa.Dst = netip.Addr{}
 		}

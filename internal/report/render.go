@@ -33,6 +33,7 @@ type jsonIface struct {
 	Name    string      `json:"name"`
 	Ifindex int         `json:"ifindex"`
 	Mode    string      `json:"mode"`
+	Problem string      `json:"problem,omitempty"` // the interface was deleted, or our program detached
 	Total   jsonCount   `json:"total"`
 	Classes []jsonClass `json:"classes"`
 }
@@ -141,7 +142,7 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 		KnownSAs:    []jsonKnown{},
 	}
 	for _, ic := range s.Ifaces {
-		js.Interfaces = append(js.Interfaces, jsonIface{Name: ic.Name, Ifindex: ic.Ifindex, Mode: ic.Mode,
+		js.Interfaces = append(js.Interfaces, jsonIface{Name: ic.Name, Ifindex: ic.Ifindex, Mode: ic.Mode, Problem: ic.Problem,
 			Total: count(ic.Now.Total(), ic.Delta.Total(), s.Interval), Classes: classesJSON(ic, s.Interval)})
 	}
 	for i, u := range s.Unknown {
@@ -172,6 +173,10 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 	var b strings.Builder
 	var ifs []string
 	for _, i := range s.Ifaces {
+		if i.Problem != "" {
+			ifs = append(ifs, fmt.Sprintf("%s (%s, NOT WATCHED: %s)", i.Name, i.Mode, i.Problem))
+			continue
+		}
 		ifs = append(ifs, fmt.Sprintf("%s (%s)", i.Name, i.Mode))
 	}
 	fmt.Fprintf(&b, "%s  %s  known SAs %d  unknown table %d/%d, %d evicted",

@@ -463,3 +463,20 @@ func TestAgo(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteTextInterfaceProblem(t *testing.T) {
+	s := sampleSnapshot()
+	s.Ifaces[0].Problem = "interface deleted"
+	first, _, _ := strings.Cut(writeText(t, s, 0), "\n")
+	if !strings.Contains(first, "eth0 (native, NOT WATCHED: interface deleted), eth1 (generic)") {
+		t.Errorf("header %q: want eth0 marked as not watched", first)
+	}
+	m, _ := writeJSON(t, s, 0)
+	i0 := m["interfaces"].([]any)[0].(map[string]any)
+	if i0["problem"] != "interface deleted" {
+		t.Errorf("JSON interface %v: want problem", i0)
+	}
+	if _, ok := m["interfaces"].([]any)[1].(map[string]any)["problem"]; ok {
+		t.Error("JSON: a watched interface has a problem field")
+	}
+}

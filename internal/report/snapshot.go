@@ -31,6 +31,9 @@ type Iface struct {
 	Ifindex int
 	Mode    string
 	Slot    int
+	// Problem is empty while the program is attached, else what happened to the
+	// interface ("deleted", "program detached by someone else"); its counts stay.
+	Problem string
 }
 
 // IfaceCounts is one interface's counters at a snapshot, with the change since the
@@ -97,6 +100,15 @@ type Reporter struct {
 	snapBuf  []maps.Unknown       // the table as last read, reused
 	// now returns wall time and CLOCK_MONOTONIC in ns (the BPF timestamps' clock).
 	now func() (time.Time, uint64)
+}
+
+// SetProblem records what happened to a watched interface (see Iface.Problem).
+func (r *Reporter) SetProblem(ifindex int, problem string) {
+	for i := range r.ifaces {
+		if r.ifaces[i].Ifindex == ifindex {
+			r.ifaces[i].Problem = problem
+		}
+	}
 }
 
 // New starts a Reporter; rates of the first snapshot are since now.
