@@ -58,6 +58,7 @@ type Attachment struct {
 	// otherwise.
 	Fallback error
 	link     link.Link
+	pinned   string // path of the pinned link, if pinned
 }
 
 // Attach attaches a program instance to iface. With force, an XDP program already
@@ -79,6 +80,12 @@ func (o *Objects) Attach(iface string, mode Mode, force bool) (*Attachment, erro
 		return nil, fmt.Errorf("looking up interface %s: %w", iface, err)
 	}
 	ifindex := nl.Attrs().Index
+	if o.Settings.PinPath != "" {
+		// Our own link from an earlier run: take it over, counting without a gap.
+		if a, err := o.attachPinned(iface, ifindex, mode); a != nil || err != nil {
+			return a, err
+		}
+	}
 	if cur := nl.Attrs().Xdp; cur != nil && cur.Attached {
 		if !force {
 			return nil, fmt.Errorf("interface %s already has XDP program %s attached (%s mode); spiwatch does not replace it unless given --force",
@@ -123,6 +130,14 @@ func (o *Objects) Attach(iface string, mode Mode, force bool) (*Attachment, erro
 	if len(raw) > 0 {
 		a.Fallback = raw[0]
 	}
+	if o.Settings.PinPath != "" {
+		path := linkPin(o.Settings.PinPath, slot, iface)
+		if err := a.link.Pin(path); err != nil {
+			a.detach()
+			return nil, fmt.Errorf("pinning the link of %s at %s: %w", iface, path, err)
+		}
+		a.pinned = path
+	}
 	if info, err := prog.Info(); err == nil {
 		a.ProgID, _ = info.ID()
 	}
@@ -134,6 +149,12 @@ func (o *Objects) freeSlot() int {
 	used := map[int]bool{}
 	for _, a := range o.attached {
 		used[a.Slot] = true
+	}
+	if o.Settings.PinPath != "" {
+		pins, _ := PinnedLinks(o.Settings.PinPath) // other interfaces' counts live there
+		for _, p := range pins {
+			used[p.Slot] = true
+		}
 	}
 	for s := 0; ; s++ {
 		if !used[s] {
@@ -158,6 +179,11 @@ func (o *Objects) Detach(a *Attachment) error {
 func (a *Attachment) detach() error {
 	if a.link == nil {
 		return nil
+	}
+	if a.pinned != "" {
+		if err := a.link.Unpin(); err != nil {
+			return fmt.Errorf("unpinning the link of %s: %w", a.Iface, err)
+		}
 	}
 	err := a.link.Close()
 	a.link = nil
@@ -260,4 +286,16 @@ func (a *Attachment) Problem() string {
 		return fmt.Sprintf("program replaced by %s", describeProg(ebpf.ProgramID(x.ProgId)))
 	}
 	return ""
+}
+
+// xdpState is what netlink says is attached to the interface; nil if nothing.
+func xdpState(ifindex int) *netlink.LinkXdp {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return nil
+	}
+	if x := l.Attrs().Xdp; x != nil && x.Attached {
+		return x
+	}
+	return nil
 }

@@ -32,6 +32,9 @@ type Settings struct {
 	DropUnknown bool     // XDP_DROP packets with an unknown SPI
 	KnownMax    uint32   // known-SA map size; 0: DefaultKnownMax
 	UnknownMax  uint32   // unknown-SPI table size; 0: DefaultUnknownMax
+	// PinPath, if set, is a directory on the BPF filesystem where maps and links
+	// are pinned: they outlive the process, and the next one continues from them.
+	PinPath string
 }
 
 // Validate checks the settings without touching the kernel.
@@ -126,9 +129,19 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	spec.Maps[maps.KnownName].MaxEntries = s.KnownMax
 	spec.Maps[maps.UnknownName].MaxEntries = s.UnknownMax
 
-	coll, err := ebpf.NewCollection(spec)
+	var opts ebpf.CollectionOptions
+	if s.PinPath != "" {
+		if err := prepareBPFFS(s.PinPath); err != nil {
+			return nil, err
+		}
+		for _, name := range pinnedMaps {
+			spec.Maps[name].Pinning = ebpf.PinByName
+		}
+		opts.Maps.PinPath = s.PinPath
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
 	if err != nil {
-		return nil, loadError(err, memlockErr)
+		return nil, pinError(s.PinPath, loadError(err, memlockErr))
 	}
 	m, err := maps.FromCollection(coll.Maps)
 	if err != nil {
@@ -201,12 +214,18 @@ func (o *Objects) Attached() []*Attachment {
 	return append([]*Attachment(nil), o.attached...)
 }
 
-// Close detaches every interface and releases all kernel objects. Safe to call twice.
+// Close detaches every interface and releases all kernel objects; with a pin path
+// the pinned links stay attached and the pinned maps keep counting. Safe to call
+// twice.
 func (o *Objects) Close() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	var errs []error
 	for _, a := range o.attached {
+		if a.pinned != "" {
+			a.link.Close() // the pin keeps it attached
+			continue
+		}
 		if err := a.detach(); err != nil {
 			errs = append(errs, err)
 		}

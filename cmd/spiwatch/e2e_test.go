@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -169,15 +171,37 @@ func parseKnown(s string) (maps.SA, error) {
 // buildBinaries compiles spiwatch and spiwatch-gen once per test binary.
 func buildBinaries(t *testing.T) (spiwatch, gen string) {
 	t.Helper()
-	dir := t.TempDir()
-	spiwatch, gen = filepath.Join(dir, "spiwatch"), filepath.Join(dir, "spiwatch-gen")
-	for bin, pkg := range map[string]string{spiwatch: ".", gen: "../spiwatch-gen"} {
-		out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
-		if err != nil {
-			t.Fatalf("building %s: %v\n%s", pkg, err, out)
+	binOnce.Do(func() {
+		binDir, binErr = os.MkdirTemp("", "spiwatch-test-bin")
+		if binErr != nil {
+			return
 		}
+		for bin, pkg := range map[string]string{"spiwatch": ".", "spiwatch-gen": "../spiwatch-gen"} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, bin), pkg).CombinedOutput()
+			if err != nil {
+				binErr = fmt.Errorf("building %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
 	}
-	return spiwatch, gen
+	return filepath.Join(binDir, "spiwatch"), filepath.Join(binDir, "spiwatch-gen")
+}
+
+var (
+	binOnce sync.Once
+	binDir  string
+	binErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 // started is a running spiwatch with its output.

@@ -23,6 +23,8 @@ type Config struct {
 	Interfaces []string
 	XDPMode    string
 	Force      bool
+	Pin        bool
+	PinPath    string
 
 	// what the program knows and does
 	KnownSPIs  []string
@@ -50,6 +52,8 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVarP(&c.Interfaces, "interface", "i", nil, "interface to watch (repeatable)")
 	fs.StringVar(&c.XDPMode, "xdp-mode", "auto", "XDP attach mode: auto (native, else generic), native or generic")
 	fs.BoolVar(&c.Force, "force", false, "replace an XDP program already attached to the interface")
+	fs.BoolVar(&c.Pin, "pin", false, "pin program links and maps so counting goes on after spiwatch exits; a later run --pin continues the counts")
+	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "directory on the BPF filesystem for --pin")
 
 	fs.StringArrayVar(&c.KnownSPIs, "known-spi", nil, "known SA as SPI[@DESTINATION], SPI in hex (0x...) or decimal (repeatable)")
 	fs.StringVar(&c.KnownFile, "known-file", "", "file of known SAs, one SPI[@DESTINATION] per line, # comments")
@@ -120,6 +124,12 @@ func (c *Config) Validate() (*Validated, error) {
 		return nil, errors.New("--known-table-size must be at least 1")
 	}
 	v.Settings.UnknownMax, v.Settings.KnownMax = c.UnknownMax, c.KnownMax
+	if c.Pin {
+		if c.PinPath == "" {
+			return nil, errors.New("--pin-path: empty")
+		}
+		v.Settings.PinPath = c.PinPath
+	}
 	if c.Interval < 10*time.Millisecond {
 		return nil, fmt.Errorf("--interval %s: must be at least 10ms", c.Interval)
 	}

@@ -194,7 +194,8 @@ func TestHelp(t *testing.T) {
 		}
 		out := stderr.String()
 		for _, want := range []string{
-			"Usage:\n  spiwatch -i IFACE [-i IFACE ...] [flags]     watch interfaces live\n  spiwatch read FILE [flags]",
+			"Usage:\n  spiwatch [run] -i IFACE [-i IFACE ...] [flags]  watch interfaces live\n  spiwatch read FILE [flags]",
+			"spiwatch status | stats | detach [flags]",
 			"Examples:\n",
 			"-i, --interface stringArray",
 			"--xdp-mode string",

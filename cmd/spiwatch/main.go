@@ -38,9 +38,10 @@ const usageHead = `spiwatch watches IPsec traffic with XDP and counts packets wh
 Security Association ("invalid SPI"), per class, peer and SPI.
 
 Usage:
-  spiwatch -i IFACE [-i IFACE ...] [flags]     watch interfaces live
-  spiwatch read FILE [flags]                   classify a pcap or pcapng file
-                                               (spiwatch read --help)
+  spiwatch [run] -i IFACE [-i IFACE ...] [flags]  watch interfaces live
+  spiwatch read FILE [flags]                      classify a pcap or pcapng file
+  spiwatch status | stats | detach [flags]        what run --pin left in the kernel
+  (spiwatch COMMAND --help for each)
 
 Examples:
   spiwatch -i eth0 --known-spi 0xc1a2b3c4@192.0.2.1 --known-spi 0xc5d6e7f8
@@ -62,8 +63,21 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "read" {
-		return runRead(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "read":
+			return runRead(args[1:], stdout, stderr)
+		case "stats":
+			return runStats(args[1:], stdout, stderr)
+		case "status":
+			return runStatus(args[1:], stdout, stderr)
+		case "detach":
+			return runDetach(args[1:], stdout, stderr)
+		case "run":
+			args = args[1:] // the same as without it
+		case "help":
+			args = []string{"--help"}
+		}
 	}
 	var cfg Config
 	fs := pflag.NewFlagSet("spiwatch", pflag.ContinueOnError)
@@ -121,7 +135,10 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	defer objs.Close() // detaches every interface
+	defer objs.Close() // detaches every interface not pinned
+	if v.Settings.PinPath != "" {
+		defer fmt.Fprintf(stderr, "spiwatch: left attached and counting, pinned in %s (spiwatch stats reads it, spiwatch detach removes it)\n", v.Settings.PinPath)
+	}
 	if err := objs.Maps.AddKnown(v.Known...); err != nil {
 		return err
 	}

@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/spiwatch/spiwatch/internal/report"
+	"github.com/spiwatch/spiwatch/loader"
+)
+
+// pinnedFlags parses the flags of status, stats and detach.
+type pinnedFlags struct {
+	pinPath  string
+	json     bool
+	interval time.Duration
+	top      int
+	ifaces   []string
+}
+
+func parsePinned(name, usage string, args []string, stderr io.Writer, withReport, withIfaces bool) (*pinnedFlags, int, bool) {
+	var f pinnedFlags
+	fs := pflag.NewFlagSet("spiwatch "+name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.SortFlags = false
+	fs.StringVar(&f.pinPath, "pin-path", loader.DefaultPinPath, "directory on the BPF filesystem holding spiwatch's pins")
+	if withReport {
+		fs.BoolVar(&f.json, "json", false, "print the report as one JSON object")
+		fs.DurationVar(&f.interval, "interval", time.Second, "time over which rates are measured")
+		fs.IntVar(&f.top, "top", 20, "unknown SPIs shown, highest rate first (0: all)")
+	}
+	if withIfaces {
+		fs.StringArrayVarP(&f.ifaces, "interface", "i", nil, "detach only this interface (repeatable; default: all, and remove the maps)")
+	}
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, exitOK, false
+		}
+		fmt.Fprintf(stderr, "spiwatch %s: %v (see spiwatch %s --help)\n", name, err, name)
+		return nil, exitUsage, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "spiwatch %s: unexpected argument %q\n", name, fs.Arg(0))
+		return nil, exitUsage, false
+	}
+	if withReport && (f.interval < 10*time.Millisecond || f.top < 0) {
+		fmt.Fprintf(stderr, "spiwatch %s: --interval must be at least 10ms and --top 0 or more\n", name)
+		return nil, exitUsage, false
+	}
+	return &f, exitOK, true
+}
+
+// pinnedIfaces describes the interfaces spiwatch left pinned.
+func pinnedIfaces(dir string) ([]report.Iface, []loader.PinnedLink, error) {
+	pins, err := loader.PinnedLinks(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("nothing pinned in %s (%w): start spiwatch run --pin first", dir, err)
+	}
+	var ifs []report.Iface
+	for _, p := range pins {
+		i := report.Iface{Name: p.Iface, Slot: p.Slot, Mode: "pinned"}
+		if ifc, err := net.InterfaceByName(p.Iface); err == nil {
+			i.Ifindex = ifc.Index
+		} else {
+			i.Problem = "interface not found"
+		}
+		ifs = append(ifs, i)
+	}
+	return ifs, pins, nil
+}
+
+const statsUsage = `spiwatch stats reads the maps that spiwatch run --pin left pinned and prints one
+report, rates measured over --interval, without loading or attaching anything.
+
+Usage:
+  spiwatch stats [--json] [--interval 1s] [--top N] [--pin-path DIR]
+
+Flags:
+`
+
+func runStats(args []string, stdout, stderr io.Writer) int {
+	f, code, ok := parsePinned("stats", statsUsage, args, stderr, true, false)
+	if !ok {
+		return code
+	}
+	ifs, _, err := pinnedIfaces(f.pinPath)
+	if err == nil && len(ifs) == 0 {
+		err = fmt.Errorf("no interface is pinned in %s", f.pinPath)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "spiwatch stats: %v\n", err)
+		return exitError
+	}
+	m, closeMaps, err := loader.OpenPinnedMaps(f.pinPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "spiwatch stats: %v\n", err)
+		return exitError
+	}
+	defer closeMaps()
+	rep, err := report.New(m, ifs)
+	if err != nil {
+		fmt.Fprintf(stderr, "spiwatch stats: %v\n", err)
+		return exitError
+	}
+	rep.Top = f.top
+	time.Sleep(f.interval)
+	s, err := rep.Take()
+	if err == nil {
+		if f.json {
+			err = report.WriteJSON(stdout, s, f.top)
+		} else {
+			err = report.WriteText(stdout, s, f.top)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "spiwatch stats: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
+
+const statusUsage = `spiwatch status lists where spiwatch run --pin left its program attached: interface,
+XDP mode, program id and packets counted so far.
+
+Usage:
+  spiwatch status [--pin-path DIR]
+
+Flags:
+`
+
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	f, code, ok := parsePinned("status", statusUsage, args, stderr, false, false)
+	if !ok {
+		return code
+	}
+	ifs, pins, err := pinnedIfaces(f.pinPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "spiwatch status: %v\n", err)
+		return exitError
+	}
+	if len(pins) == 0 {
+		fmt.Fprintf(stdout, "spiwatch: nothing attached (no pinned links in %s)\n", f.pinPath)
+		return exitOK
+	}
+	m, closeMaps, err := loader.OpenPinnedMaps(f.pinPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "spiwatch status: %v\n", err)
+		return exitError
+	}
+	defer closeMaps()
+	fmt.Fprintf(stdout, "%-16s %-8s %-10s %-28s %14s\n", "interface", "slot", "mode", "program", "packets")
+	for i, p := range pins {
+		mode, prog := "-", "not attached: "+ifs[i].Problem
+		if ifs[i].Ifindex != 0 {
+			mode, prog = loader.DescribeAttachment(ifs[i].Ifindex)
+		}
+		c, err := m.Counters(p.Slot)
+		if err != nil {
+			fmt.Fprintf(stderr, "spiwatch status: %v\n", err)
+			return exitError
+		}
+		fmt.Fprintf(stdout, "%-16s %-8d %-10s %-28s %14d\n", p.Iface, p.Slot, mode, prog, c.Total().Packets)
+	}
+	return exitOK
+}
+
+const detachUsage = `spiwatch detach removes what spiwatch run --pin left: the XDP program from the
+interfaces and, when none is left, the pinned maps and their directory.
+
+Usage:
+  spiwatch detach [-i IFACE ...] [--pin-path DIR]
+
+Flags:
+`
+
+func runDetach(args []string, stdout, stderr io.Writer) int {
+	f, code, ok := parsePinned("detach", detachUsage, args, stderr, false, true)
+	if !ok {
+		return code
+	}
+	_, pins, err := pinnedIfaces(f.pinPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "spiwatch detach: %v\n", err)
+		return exitError
+	}
+	want := map[string]bool{}
+	for _, i := range f.ifaces {
+		want[i] = true
+	}
+	left := 0
+	for _, p := range pins {
+		if len(want) > 0 && !want[p.Iface] {
+			left++
+			continue
+		}
+		delete(want, p.Iface)
+		if err := loader.UnpinLink(p.Path); err != nil {
+			fmt.Fprintf(stderr, "spiwatch detach: %v\n", err)
+			return exitError
+		}
+		fmt.Fprintf(stdout, "spiwatch: detached from %s\n", p.Iface)
+	}
+	for i := range want {
+		fmt.Fprintf(stderr, "spiwatch detach: %s is not attached by spiwatch (no pin in %s)\n", i, f.pinPath)
+		return exitError
+	}
+	if left == 0 {
+		if err := loader.Unpin(f.pinPath); err != nil {
+			fmt.Fprintf(stderr, "spiwatch detach: %v\n", err)
+			return exitError
+		}
+		fmt.Fprintf(stdout, "spiwatch: removed %s\n", f.pinPath)
+	}
+	return exitOK
+}
