@@ -37,6 +37,18 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Errorf("counted %d packets with the unit's capabilities, want 100", o.Total.Packets)
 	}
 
+	// The unit's pinned mode with the same capabilities: pins made, then removed.
+	pins := testBPFFS(t)
+	if out, err := withCaps("+bpf,+perfmon,+net_admin", "run", "--pin", "--pin-path", pins, "-i", lab.Receiver, "--count", "1", "--interval", "10ms").CombinedOutput(); err != nil {
+		t.Errorf("run --pin with the unit's capabilities: %v: %s", err, out)
+	}
+	if !xdpAttached(t, lab.NSB, lab.Receiver) {
+		t.Error("run --pin left nothing attached")
+	}
+	if out, err := withCaps("+bpf,+perfmon,+net_admin", "detach", "--pin-path", pins).CombinedOutput(); err != nil || xdpAttached(t, lab.NSB, lab.Receiver) {
+		t.Errorf("detach with the unit's capabilities: %v: %s", err, out)
+	}
+
 	for caps, missing := range map[string]string{
 		"+perfmon,+net_admin": "CAP_BPF",
 		"+bpf,+perfmon":       "CAP_NET_ADMIN",
