@@ -87,8 +87,10 @@ func run(spiwatch, gen string, duration time.Duration) error {
 	fmt.Printf("gateway knows: %s\n", strings.Join(strings.Fields(strings.ReplaceAll(known[strings.Index(known, "\n")+1:], "\n", " ")), ", "))
 	fmt.Printf("running: spiwatch -i %s --known-file %s --interval 2s --top 5\n\n", lab.Receiver, knownFile)
 
+	// On a terminal spiwatch shows its live view (q quits it early); otherwise it
+	// prints a report every 2 s.
 	sw := netlab.Command(lab.NSB, spiwatch, "-i", lab.Receiver, "--known-file", knownFile, "--interval", "2s", "--top", "5")
-	sw.Stdout = os.Stdout
+	sw.Stdin, sw.Stdout = os.Stdin, os.Stdout
 	stderr, err := sw.StderrPipe()
 	if err != nil {
 		return err
@@ -96,12 +98,14 @@ func run(spiwatch, gen string, duration time.Duration) error {
 	if err := sw.Start(); err != nil {
 		return err
 	}
-	defer func() {
+	swDone := make(chan error, 1)
+	stop := func() {
 		sw.Process.Signal(syscall.SIGINT)
-		sw.Wait()
-	}()
+		<-swDone
+	}
 	ready := make(chan struct{})
 	go func() {
+		defer func() { swDone <- sw.Wait() }()
 		sc := bufio.NewScanner(stderr)
 		once := false
 		for sc.Scan() {
@@ -115,6 +119,7 @@ func run(spiwatch, gen string, duration time.Duration) error {
 	select {
 	case <-ready:
 	case <-time.After(15 * time.Second):
+		stop()
 		return fmt.Errorf("spiwatch did not start")
 	}
 
@@ -132,13 +137,19 @@ func run(spiwatch, gen string, duration time.Duration) error {
 	select {
 	case err := <-done:
 		if err != nil {
+			stop()
 			return fmt.Errorf("generator: %w", err)
 		}
+		time.Sleep(2500 * time.Millisecond) // one more report after the traffic stops
 	case <-sig:
 		g.Process.Signal(syscall.SIGINT)
 		<-done
+	case <-swDone: // q in the live view
+		swDone <- nil
+		g.Process.Signal(syscall.SIGINT)
+		<-done
 	}
-	time.Sleep(2500 * time.Millisecond) // one more report after the traffic stops
-	fmt.Println("demo done: detaching and removing the lab")
+	stop()
+	fmt.Println("demo done: spiwatch detached; removing the lab")
 	return nil
 }

@@ -37,6 +37,7 @@ type Config struct {
 	// reporting
 	Interval time.Duration
 	JSON     bool
+	Plain    bool
 	Top      int
 	Count    int
 
@@ -64,6 +65,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 
 	fs.DurationVar(&c.Interval, "interval", time.Second, "time between reports")
 	fs.BoolVar(&c.JSON, "json", false, "print one JSON object per interval instead of text")
+	fs.BoolVar(&c.Plain, "plain", false, "print text reports line by line even on a terminal (default there: the live view)")
 	fs.IntVar(&c.Top, "top", 20, "unknown SPIs shown per report, highest rate first (0: all)")
 	fs.IntVar(&c.Count, "count", 0, "stop after this many reports (0: run until interrupted)")
 

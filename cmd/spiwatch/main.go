@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
+	"github.com/spiwatch/spiwatch/internal/liveview"
 	"github.com/spiwatch/spiwatch/internal/metrics"
 	"github.com/spiwatch/spiwatch/internal/report"
 	"github.com/spiwatch/spiwatch/loader"
@@ -216,6 +218,25 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		}
 		return err == nil, err
 	}
+	if out, in, ok := liveTerminal(cfg, stdout); ok {
+		sources := []string{}
+		if len(cfg.KnownSPIs) > 0 {
+			sources = append(sources, "--known-spi")
+		}
+		if cfg.KnownFile != "" {
+			sources = append(sources, cfg.KnownFile)
+		}
+		if len(sources) == 0 {
+			sources = append(sources, "none given")
+		}
+		rep.Top = 0 // the view sorts by the column asked for and fits the rows to the screen
+		return liveview.Run(ctx, in, out, cfg.Interval, func() (*report.Snapshot, error) {
+			if err := checkIfaces(); err != nil {
+				return nil, err
+			}
+			return rep.Take()
+		}, liveview.Info{Started: time.Now(), KnownSources: strings.Join(sources, ", ")})
+	}
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
 	for n := 0; cfg.Count == 0 || n < cfg.Count; n++ {
@@ -230,4 +251,14 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		}
 	}
 	return nil
+}
+
+// liveTerminal says whether to show the live view: text output (not --json, not
+// --plain, no --count) to a terminal, with a terminal to read keys from.
+func liveTerminal(cfg *Config, stdout io.Writer) (out, in *os.File, ok bool) {
+	f, isFile := stdout.(*os.File)
+	if cfg.JSON || cfg.Plain || cfg.Count > 0 || !isFile || !term.IsTerminal(int(f.Fd())) || !term.IsTerminal(int(os.Stdin.Fd())) {
+		return nil, nil, false
+	}
+	return f, os.Stdin, true
 }

@@ -207,12 +207,12 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 			if o == classify.OutcomeNone {
 				oname = "-"
 			}
-			fmt.Fprintf(&b, row, c, oname, human(rate(d.Packets, s.Interval)),
-				human(8*rate(d.Bytes, s.Interval)), fmt.Sprint(now.Packets), fmt.Sprint(now.Bytes))
+			fmt.Fprintf(&b, row, c, oname, Human(rate(d.Packets, s.Interval)),
+				Human(8*rate(d.Bytes, s.Interval)), fmt.Sprint(now.Packets), fmt.Sprint(now.Bytes))
 		}
 	}
 	tot, dt := s.Total.Now.Total(), s.Total.Delta.Total()
-	fmt.Fprintf(&b, row, "total", "", human(rate(dt.Packets, s.Interval)), human(8*rate(dt.Bytes, s.Interval)),
+	fmt.Fprintf(&b, row, "total", "", Human(rate(dt.Packets, s.Interval)), Human(8*rate(dt.Bytes, s.Interval)),
 		fmt.Sprint(tot.Packets), fmt.Sprint(tot.Bytes))
 
 	n := len(s.Unknown)
@@ -226,8 +226,8 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "SPI\tsource\tdestination\tiface\tpackets\tpkt/s\tfirst seen\tlast seen\tverdict")
 		for _, u := range s.Unknown[:n] {
-			fmt.Fprintf(tw, "0x%08x\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", u.SPI, hostPort(u.Src, u.SrcPort),
-				hostPort(u.Dst, u.DstPort), u.Iface, u.Packets, human(u.Rate), u.FirstSeen.Format("15:04:05"), ago(s.Time, u.LastSeen), u.Verdict)
+			fmt.Fprintf(tw, "0x%08x\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", u.SPI, HostPort(u.Src, u.SrcPort),
+				HostPort(u.Dst, u.DstPort), u.Iface, u.Packets, Human(u.Rate), u.FirstSeen.Format("15:04:05"), Ago(s.Time, u.LastSeen), u.Verdict)
 		}
 		tw.Flush()
 	}
@@ -236,7 +236,8 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 	return err
 }
 
-func hostPort(a netip.Addr, port uint16) string {
+// HostPort prints an address with its port, or alone when the port is 0 (ESP).
+func HostPort(a netip.Addr, port uint16) string {
 	if port == 0 {
 		return addrString(a)
 	}
@@ -246,7 +247,8 @@ func hostPort(a netip.Addr, port uint16) string {
 	return netip.AddrPortFrom(a, port).String()
 }
 
-func ago(now, t time.Time) string {
+// Ago says how long before now t was: "now", "3s ago", "2m ago", "never".
+func Ago(now, t time.Time) string {
 	if t.IsZero() {
 		return "never"
 	}
@@ -262,9 +264,9 @@ func ago(now, t time.Time) string {
 	return fmt.Sprintf("%dh ago", int(d.Hours()))
 }
 
-// human prints a rate with k/M/G suffixes. Each threshold is where the smaller
+// Human prints a rate with k/M/G suffixes. Each threshold is where the smaller
 // unit would round up to 1000 (999.6 is "1.0k", not "1000").
-func human(v float64) string {
+func Human(v float64) string {
 	switch {
 	case v >= 999.995e6:
 		return fmt.Sprintf("%.2fG", v/1e9)

@@ -401,8 +401,8 @@ func TestHostPort(t *testing.T) {
 		if c.addr != "" {
 			a = netip.MustParseAddr(c.addr)
 		}
-		if got := hostPort(a, c.port); got != c.want {
-			t.Errorf("hostPort(%q, %d) = %q, want %q", c.addr, c.port, got, c.want)
+		if got := HostPort(a, c.port); got != c.want {
+			t.Errorf("HostPort(%q, %d) = %q, want %q", c.addr, c.port, got, c.want)
 		}
 	}
 }
@@ -435,8 +435,8 @@ func TestHuman(t *testing.T) {
 		{1e9, "1.00G"},
 		{2.5e12, "2500.00G"},
 	} {
-		if got := human(c.v); got != c.want {
-			t.Errorf("human(%v) = %q, want %q", c.v, got, c.want)
+		if got := Human(c.v); got != c.want {
+			t.Errorf("Human(%v) = %q, want %q", c.v, got, c.want)
 		}
 	}
 }
@@ -458,8 +458,8 @@ func TestAgo(t *testing.T) {
 		{now.Add(-time.Hour), "1h ago"},
 		{now.Add(-49 * time.Hour), "49h ago"},
 	} {
-		if got := ago(now, c.t); got != c.want {
-			t.Errorf("ago(%v before) = %q, want %q", now.Sub(c.t), got, c.want)
+		if got := Ago(now, c.t); got != c.want {
+			t.Errorf("Ago(%v before) = %q, want %q", now.Sub(c.t), got, c.want)
 		}
 	}
 }
