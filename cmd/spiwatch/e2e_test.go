@@ -204,11 +204,40 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// syncBuilder is a strings.Builder for one writer goroutine and readers.
+type syncBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuilder) WriteString(x string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.WriteString(x)
+}
+
+func (s *syncBuilder) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitStderr waits a little for text on spiwatch's stderr, which arrives on its own
+// pipe, apart from the reports.
+func (s *started) waitStderr(text string) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(s.stderr.String(), text) {
+			return true
+		}
+	}
+	return false
+}
+
 // started is a running spiwatch with its output.
 type started struct {
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr *strings.Builder
+	stderr *syncBuilder
 	done   chan error
 }
 
@@ -220,7 +249,7 @@ func startSpiwatch(t *testing.T, bin, ns string, args ...string) *started {
 // startCmd starts cmd (a spiwatch command line) and waits until it reports.
 func startCmd(t *testing.T, cmd *exec.Cmd) *started {
 	t.Helper()
-	s := &started{cmd: cmd, lines: make(chan string, 1024), stderr: &strings.Builder{}, done: make(chan error, 1)}
+	s := &started{cmd: cmd, lines: make(chan string, 1024), stderr: &syncBuilder{}, done: make(chan error, 1)}
 	stdout, err := s.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -673,7 +702,7 @@ func TestInterfaceDeleted(t *testing.T) {
 			t.Fatalf("no report marked %s deleted: %s", lab.Receiver, s.stderr)
 		}
 	}
-	if !strings.Contains(s.stderr.String(), lab.Receiver+": interface deleted") {
+	if !s.waitStderr(lab.Receiver + ": interface deleted") {
 		t.Errorf("stderr does not say the interface was deleted: %s", s.stderr)
 	}
 	// Then the last one goes: spiwatch ends with status 1 and says why.

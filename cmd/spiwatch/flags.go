@@ -41,6 +41,11 @@ type Config struct {
 	Top      int
 	Count    int
 
+	// event log
+	LogFile   string
+	LogFormat string
+	LogEvery  time.Duration
+
 	// metrics
 	MetricsAddr       string
 	MetricsTopUnknown int
@@ -68,6 +73,10 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Plain, "plain", false, "print text reports line by line even on a terminal (default there: the live view)")
 	fs.IntVar(&c.Top, "top", 20, "unknown SPIs shown per report, highest rate first (0: all)")
 	fs.IntVar(&c.Count, "count", 0, "stop after this many reports (0: run until interrupted)")
+
+	fs.StringVar(&c.LogFile, "log-file", "", "write the event log (new unknown SPIs, table evictions, lost interfaces) to this file; - is stderr (default: stderr, off in the live view)")
+	fs.StringVar(&c.LogFormat, "log-format", "logfmt", "event log format: logfmt or json")
+	fs.DurationVar(&c.LogEvery, "log-every", 10*time.Second, "at most one event line per SPI and per peer in this time")
 
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; :PORT binds 127.0.0.1; default off)")
 	fs.IntVar(&c.MetricsTopUnknown, "metrics-top-unknown", 20, "unknown-SPI rows exported as labelled series, most packets first (at most 200)")
@@ -149,6 +158,12 @@ func (c *Config) Validate() (*Validated, error) {
 		if v.MetricsAddr, err = metrics.ListenAddr(c.MetricsAddr); err != nil {
 			return nil, err
 		}
+	}
+	if c.LogFormat != "logfmt" && c.LogFormat != "json" {
+		return nil, fmt.Errorf("--log-format %q: want logfmt or json", c.LogFormat)
+	}
+	if c.LogEvery < 0 {
+		return nil, fmt.Errorf("--log-every %s: must be 0 or more", c.LogEvery)
 	}
 	if c.MetricsTopUnknown < 0 || c.MetricsTopUnknown > metrics.MaxUnknownSeries {
 		return nil, fmt.Errorf("--metrics-top-unknown %d: must be 0-%d", c.MetricsTopUnknown, metrics.MaxUnknownSeries)

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/spiwatch/spiwatch/internal/eventlog"
 	"github.com/spiwatch/spiwatch/internal/liveview"
 	"github.com/spiwatch/spiwatch/internal/metrics"
 	"github.com/spiwatch/spiwatch/internal/report"
@@ -125,6 +126,35 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // watch loads, attaches, reports every interval until ctx ends, and detaches.
 func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Writer) error {
+	// The event log: stderr by default, off in the live view unless --log-file.
+	_, _, live := liveTerminal(cfg, stdout)
+	var events *eventlog.Logger
+	logToStderr := cfg.LogFile == "-" || (cfg.LogFile == "" && !live)
+	if logToStderr || cfg.LogFile != "" {
+		w := stderr
+		if !logToStderr {
+			f, err := os.OpenFile(cfg.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+			if err != nil {
+				return fmt.Errorf("opening the event log: %w", err)
+			}
+			defer f.Close()
+			w = f
+		}
+		var err error
+		if events, err = eventlog.New(w, cfg.LogFormat, cfg.LogEvery); err != nil {
+			return err
+		}
+	}
+	logSnapshot := func(s *report.Snapshot) {
+		if events == nil {
+			return
+		}
+		for _, u := range s.NewUnknown {
+			events.UnknownSPI(u)
+		}
+		events.Table(s.Table)
+	}
+
 	var metricsLn net.Listener
 	if v.MetricsAddr != "" {
 		var err error
@@ -184,6 +214,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 			p := a.Problem()
 			if p != "" && lost[a.Iface] == "" {
 				fmt.Fprintf(stderr, "spiwatch: %s: %s; its counts so far stay in the reports\n", a.Iface, p)
+				if events != nil && !logToStderr {
+					events.Interface(a.Iface, p)
+				}
 			}
 			if p != "" {
 				lost[a.Iface] = p
@@ -205,6 +238,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		if err != nil {
 			return false, err
 		}
+		logSnapshot(s)
 		if cfg.JSON {
 			err = report.WriteJSON(stdout, s, cfg.Top)
 		} else {
@@ -234,7 +268,11 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 			if err := checkIfaces(); err != nil {
 				return nil, err
 			}
-			return rep.Take()
+			s, err := rep.Take()
+			if err == nil {
+				logSnapshot(s)
+			}
+			return s, err
 		}, liveview.Info{Started: time.Now(), KnownSources: strings.Join(sources, ", ")})
 	}
 	tick := time.NewTicker(cfg.Interval)

@@ -90,7 +90,7 @@ func TestMetrics(t *testing.T) {
 	defer lab.Close()
 	args := append([]string{"-i", lab.Receiver, "--json", "--interval", "100ms", "--metrics-addr", ":9464", "--metrics-top-unknown", "200"}, e2eKnown...)
 	s := startSpiwatch(t, spiwatch, lab.NSB, args...)
-	if !strings.Contains(s.stderr.String(), "metrics at http://127.0.0.1:9464/metrics") {
+	if !s.waitStderr("metrics at http://127.0.0.1:9464/metrics") {
 		t.Errorf("stderr does not say where the metrics are: %s", s.stderr)
 	}
 	e := expect(t, e2eMix, e2eKnown, false)

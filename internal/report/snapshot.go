@@ -71,8 +71,10 @@ type Snapshot struct {
 	Unknown  []UnknownRow // the top rows (Reporter.Top) by rate, then packets
 	// UnknownRows is how many rows the unknown table held.
 	UnknownRows int
-	Table       maps.TableStats
-	Known       []KnownRow
+	// NewUnknown are the rows that appeared since the previous snapshot.
+	NewUnknown []UnknownRow
+	Table      maps.TableStats
+	Known      []KnownRow
 }
 
 // unknownID identifies a row across snapshots; plain arrays hash fast.
@@ -225,8 +227,13 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	for i, u := range snap {
 		id := idOf(u)
 		cur[id] = u.Packets
+		prev, seen := r.prevUnk[id]
 		if secs > 0 {
-			rates[i] = float64(u.Packets-min(u.Packets, r.prevUnk[id])) / secs
+			rates[i] = float64(u.Packets-min(u.Packets, prev)) / secs
+		}
+		if !seen {
+			s.NewUnknown = append(s.NewUnknown, UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), Rate: rates[i],
+				FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: VerdictOf(u.SPI)})
 		}
 	}
 	r.spareUnk, r.prevUnk = r.prevUnk, cur

@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package eventlog writes one structured line per event, the way gateways log bad
+// SPIs (FortiGate's "Received ESP packet with unknown SPI", ScreenOS's BAD SPI):
+// logfmt or JSON, so journald and log shippers take it as is. Lines about the
+// same SPI or the same peer are rate-limited, and each line says how many were
+// held back since the previous one: nothing is dropped silently.
+package eventlog
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiwatch/spiwatch/internal/report"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// Logger writes events.
+type Logger struct {
+	mu    sync.Mutex
+	w     io.Writer
+	json  bool
+	every time.Duration
+	now   func() time.Time
+
+	lastSPI  map[uint32]time.Time
+	lastPeer map[netip.Addr]time.Time
+	held     int // unknown-SPI lines held back since the last one written
+	lastLine time.Time
+	evicting bool // the unknown table was evicting at the last check
+	lastEv   uint64
+}
+
+// New makes a Logger writing format ("logfmt" or "json") to w, at most one line
+// per SPI and per peer every `every`.
+func New(w io.Writer, format string, every time.Duration) (*Logger, error) {
+	if format != "logfmt" && format != "json" {
+		return nil, fmt.Errorf("--log-format %q: want logfmt or json", format)
+	}
+	return &Logger{w: w, json: format == "json", every: every, now: time.Now,
+		lastSPI: map[uint32]time.Time{}, lastPeer: map[netip.Addr]time.Time{}}, nil
+}
+
+// kv is one field of a line, in order.
+type kv struct {
+	k string
+	v any
+}
+
+func (l *Logger) write(level, event, msg string, fields ...kv) {
+	all := append([]kv{{"time", l.now().UTC().Format(time.RFC3339Nano)}, {"level", level}, {"event", event}, {"msg", msg}}, fields...)
+	var b strings.Builder
+	if l.json {
+		b.WriteByte('{')
+		for i, f := range all {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			k, _ := json.Marshal(f.k)
+			v, _ := json.Marshal(f.v)
+			b.Write(k)
+			b.WriteByte(':')
+			b.Write(v)
+		}
+		b.WriteString("}\n")
+	} else {
+		for i, f := range all {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			b.WriteString(f.k)
+			b.WriteByte('=')
+			b.WriteString(logfmtValue(fmt.Sprint(f.v)))
+		}
+		b.WriteByte('\n')
+	}
+	io.WriteString(l.w, b.String())
+	l.lastLine = l.now()
+}
+
+// logfmtValue quotes a value when it holds spaces, quotes or equals signs.
+func logfmtValue(s string) string {
+	if s == "" || strings.ContainsAny(s, " \"=\t\n") {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// UnknownSPI logs a row that appeared in the unknown-SPI table, unless a line for
+// the same SPI or the same peer was written less than `every` ago; held_back says
+// how many such lines were held back since the previous one.
+func (l *Logger) UnknownSPI(u report.UnknownRow) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if now.Sub(l.lastSPI[u.SPI]) < l.every || now.Sub(l.lastPeer[u.Src]) < l.every {
+		l.held++
+		return
+	}
+	l.lastSPI[u.SPI], l.lastPeer[u.Src] = now, now
+	msg, level := "Received ESP packet with unknown SPI", "warn"
+	if u.Verdict == "reserved" {
+		msg = "Received ESP packet with reserved SPI (0-255, never valid)"
+	}
+	l.write(level, "unknown_spi", msg,
+		kv{"spi", fmt.Sprintf("0x%08x", u.SPI)}, kv{"src", u.Src.String()}, kv{"sport", u.SrcPort},
+		kv{"dst", u.Dst.String()}, kv{"dport", u.DstPort}, kv{"iface", u.Iface}, kv{"seq", u.LastSeq},
+		kv{"packets", u.Packets}, kv{"verdict", u.Verdict}, kv{"held_back", l.held})
+	l.held = 0
+	l.forget(now)
+}
+
+// forget drops rate-limit state older than the window, so that a flood of random
+// SPIs does not grow it without bound.
+func (l *Logger) forget(now time.Time) {
+	if len(l.lastSPI) < 4096 {
+		return
+	}
+	for k, t := range l.lastSPI {
+		if now.Sub(t) >= l.every {
+			delete(l.lastSPI, k)
+		}
+	}
+	for k, t := range l.lastPeer {
+		if now.Sub(t) >= l.every {
+			delete(l.lastPeer, k)
+		}
+	}
+}
+
+// Table logs when the unknown table starts evicting rows (and when it starts
+// again after a quiet interval). Called once per report, it also writes how many
+// unknown-SPI lines the rate limit held back, once no line has said so for a
+// window.
+func (l *Logger) Table(t maps.TableStats) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held > 0 && l.now().Sub(l.lastLine) >= l.every {
+		l.write("info", "lines_held_back", "Unknown-SPI lines held back by the rate limit (--log-every)", kv{"held_back", l.held})
+		l.held = 0
+	}
+	evicting := t.Evictions > l.lastEv
+	if evicting && !l.evicting {
+		l.write("warn", "table_evicting", "Unknown-SPI table full: evicting the least recently seen rows with their counts",
+			kv{"entries", t.Entries}, kv{"capacity", t.Capacity}, kv{"evictions", t.Evictions})
+	}
+	l.evicting, l.lastEv = evicting, t.Evictions
+}
+
+// Interface logs that a watched interface stopped being watched.
+func (l *Logger) Interface(name, problem string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.write("error", "interface_lost", "Interface no longer watched", kv{"iface", name}, kv{"problem", problem})
+}
