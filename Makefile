@@ -34,11 +34,13 @@ test:
 	$(GO) test -count=1 -timeout 20m ./...
 
 # Differential fuzzing of the BPF program against the Go reference, then the
-# reference and the known-SPI parser on their own, FUZZTIME each.
+# reference, the known-SPI parsers and the capture reader on their own, FUZZTIME each.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./bpf
 	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./internal/classify
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/knownsa
+	$(GO) test -run '^$$' -fuzz '^FuzzRead$$' -fuzztime $(FUZZTIME) ./internal/knownsa
+	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./internal/capread
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed" >&2; exit 1; }

@@ -101,3 +101,30 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRead: any file content either loads entirely or fails naming a line; never a
+// panic, never a reserved SPI or a duplicate in the result.
+func FuzzRead(f *testing.F) {
+	for _, s := range []string{"0x1000\n4097@10.0.0.1\n# c\n", "\x00\x01\x02", "0x1000\n\n\n0x1000", strings.Repeat("0xffffffff\n", 50), "1@::1 # x\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sas, err := Read(strings.NewReader(string(data)), "fuzz")
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "fuzz:") {
+				t.Fatalf("error %q does not name the file", err)
+			}
+			if sas != nil {
+				t.Fatalf("error %v with %d SAs: a bad file must load nothing", err, len(sas))
+			}
+			return
+		}
+		seen := map[maps.SA]bool{}
+		for _, sa := range sas {
+			if sa.SPI < 256 || seen[sa] {
+				t.Fatalf("loaded %v (reserved or duplicate)", sa)
+			}
+			seen[sa] = true
+		}
+	})
+}
