@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/spiwatch/spiwatch/internal/knownsa"
+	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/metrics"
 	"github.com/spiwatch/spiwatch/loader"
 	"github.com/spiwatch/spiwatch/maps"
@@ -41,6 +42,10 @@ type Config struct {
 	Top      int
 	Count    int
 
+	// diagnosis
+	RekeyGrace   time.Duration
+	StaleHistory time.Duration
+
 	// event log
 	LogFile   string
 	LogFormat string
@@ -62,7 +67,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "directory on the BPF filesystem for --pin")
 
 	fs.StringArrayVar(&c.KnownSPIs, "known-spi", nil, "known SA as SPI[@DESTINATION], SPI in hex (0x...) or decimal (repeatable)")
-	fs.StringVar(&c.KnownFile, "known-file", "", "file of known SAs, one SPI[@DESTINATION] per line, # comments")
+	fs.StringVar(&c.KnownFile, "known-file", "", "file of known SAs, one SPI[@DESTINATION] per line, # comments; re-read on SIGHUP and when it changes")
 	fs.StringArrayVar(&c.NATTPorts, "natt-port", nil, "UDP port carrying ESP-in-UDP (repeatable, up to 8; default 4500)")
 	fs.StringVar(&c.Action, "action", "pass", "what to do with unknown-SPI packets: pass or drop")
 	fs.Uint32Var(&c.UnknownMax, "unknown-table-size", loader.DefaultUnknownMax, "entries in the unknown-SPI table (least recently seen are evicted, and counted)")
@@ -73,6 +78,9 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Plain, "plain", false, "print text reports line by line even on a terminal (default there: the live view)")
 	fs.IntVar(&c.Top, "top", 20, "unknown SPIs shown per report, highest rate first (0: all)")
 	fs.IntVar(&c.Count, "count", 0, "stop after this many reports (0: run until interrupted)")
+
+	fs.DurationVar(&c.RekeyGrace, "rekey-grace", knownset.DefaultRekeyGrace, "an SPI unknown when first seen and known within this time is a rekey race, not a fault")
+	fs.DurationVar(&c.StaleHistory, "stale-history", knownset.DefaultHistory, "an SPI whose SA was removed this recently is stale (the peer still uses a forgotten SA)")
 
 	fs.StringVar(&c.LogFile, "log-file", "", "write the event log (new unknown SPIs, table evictions, lost interfaces) to this file; - is stderr (default: stderr, off in the live view)")
 	fs.StringVar(&c.LogFormat, "log-format", "logfmt", "event log format: logfmt or json")
@@ -88,8 +96,10 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 type Validated struct {
 	Settings    loader.Settings
 	Mode        loader.Mode
-	Known       []maps.SA
-	MetricsAddr string // completed HOST:PORT; empty: no metrics
+	Known       []maps.SA // all of them
+	FlagKnown   []maps.SA // from --known-spi
+	FileKnown   []maps.SA // from --known-file
+	MetricsAddr string    // completed HOST:PORT; empty: no metrics
 }
 
 // Validate checks every flag before anything touches the kernel.
@@ -153,6 +163,17 @@ func (c *Config) Validate() (*Validated, error) {
 
 	if v.Known, err = readKnown(c.KnownSPIs, c.KnownFile, c.KnownMax); err != nil {
 		return nil, err
+	}
+	if v.FlagKnown, err = knownsa.ParseAll(c.KnownSPIs); err != nil {
+		return nil, err
+	}
+	if c.KnownFile != "" {
+		if v.FileKnown, err = knownsa.ReadFile(c.KnownFile); err != nil {
+			return nil, err
+		}
+	}
+	if c.RekeyGrace < 0 || c.StaleHistory < 0 {
+		return nil, errors.New("--rekey-grace and --stale-history must be 0 or more")
 	}
 	if c.MetricsAddr != "" {
 		if v.MetricsAddr, err = metrics.ListenAddr(c.MetricsAddr); err != nil {

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -21,6 +22,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/spiwatch/spiwatch/internal/eventlog"
+	"github.com/spiwatch/spiwatch/internal/knownsa"
+	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/liveview"
 	"github.com/spiwatch/spiwatch/internal/metrics"
 	"github.com/spiwatch/spiwatch/internal/report"
@@ -152,6 +155,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		for _, u := range s.NewUnknown {
 			events.UnknownSPI(u)
 		}
+		for _, c := range s.VerdictChanges {
+			events.VerdictChange(c.Row, c.From)
+		}
 		events.Table(s.Table)
 	}
 
@@ -171,8 +177,47 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if v.Settings.PinPath != "" {
 		defer fmt.Fprintf(stderr, "spiwatch: left attached and counting, pinned in %s (spiwatch stats reads it, spiwatch detach removes it)\n", v.Settings.PinPath)
 	}
-	if err := objs.Maps.AddKnown(v.Known...); err != nil {
+	known := knownset.New(objs.Maps, cfg.StaleHistory, cfg.RekeyGrace)
+	if err := known.Update("--known-spi", v.FlagKnown); err != nil {
 		return err
+	}
+	reloadFile := func() {} // re-reads --known-file on SIGHUP or when it changes
+	if cfg.KnownFile != "" {
+		src := "file " + cfg.KnownFile
+		if err := known.Update(src, v.FileKnown); err != nil {
+			return err
+		}
+		var hup atomic.Bool
+		hupCh := make(chan os.Signal, 1)
+		signal.Notify(hupCh, syscall.SIGHUP)
+		go func() {
+			for range hupCh {
+				hup.Store(true)
+			}
+		}()
+		lastStat := fileStamp(cfg.KnownFile)
+		reloadFile = func() {
+			stamp := fileStamp(cfg.KnownFile)
+			if !hup.Swap(false) && stamp == lastStat {
+				return
+			}
+			lastStat = stamp
+			sas, err := knownsa.ReadFile(cfg.KnownFile)
+			if err == nil {
+				err = known.Update(src, sas)
+			}
+			if err != nil {
+				fmt.Fprintf(stderr, "spiwatch: %v; keeping the previous %d known SAs\n", err, known.Len())
+				if events != nil {
+					events.SourceError(src, err)
+				}
+				return
+			}
+			fmt.Fprintf(stderr, "spiwatch: reloaded %s: %d known SAs in all\n", cfg.KnownFile, known.Len())
+			if events != nil {
+				events.SourceSync(src, len(sas))
+			}
+		}
 	}
 	var ifaces []report.Iface
 	var attached []*loader.Attachment
@@ -192,7 +237,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		fmt.Fprintln(stderr, "spiwatch: --action drop: packets with an unknown SPI are dropped")
 	}
 	if metricsLn != nil {
-		srv, err := metrics.Serve(metricsLn, metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown))
+		col := metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown)
+		col.Verdict = known.Verdict
+		srv, err := metrics.Serve(metricsLn, col)
 		if err != nil {
 			return err
 		}
@@ -206,6 +253,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err
 	}
 	rep.Action, rep.Top = cfg.Action, cfg.Top
+	rep.Verdict = known.Verdict
 	// lost remembers interfaces that stopped being watched, to say so once on
 	// stderr and in every report; with none left, spiwatch ends.
 	lost := map[string]string{}
@@ -233,6 +281,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return nil
 	}
 	write := func() (bool, error) {
+		reloadFile()
 		ifErr := checkIfaces()
 		s, err := rep.Take()
 		if err != nil {
@@ -265,6 +314,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		}
 		rep.Top = 0 // the view sorts by the column asked for and fits the rows to the screen
 		return liveview.Run(ctx, in, out, cfg.Interval, func() (*report.Snapshot, error) {
+			reloadFile()
 			if err := checkIfaces(); err != nil {
 				return nil, err
 			}
@@ -299,4 +349,13 @@ func liveTerminal(cfg *Config, stdout io.Writer) (out, in *os.File, ok bool) {
 		return nil, nil, false
 	}
 	return f, os.Stdin, true
+}
+
+// fileStamp is what tells a changed file: modification time and size.
+func fileStamp(path string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "missing"
+	}
+	return fmt.Sprint(st.ModTime().UnixNano(), st.Size())
 }

@@ -159,3 +159,28 @@ func (l *Logger) Interface(name, problem string) {
 	defer l.mu.Unlock()
 	l.write("error", "interface_lost", "Interface no longer watched", kv{"iface", name}, kv{"problem", problem})
 }
+
+// VerdictChange logs a row whose verdict changed, e.g. an unknown SPI that became
+// a rekey race when its SA was installed, or stale.
+func (l *Logger) VerdictChange(u report.UnknownRow, from string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.write("info", "verdict_change", "Unknown-SPI verdict changed",
+		kv{"spi", fmt.Sprintf("0x%08x", u.SPI)}, kv{"src", u.Src.String()}, kv{"sport", u.SrcPort},
+		kv{"dst", u.Dst.String()}, kv{"dport", u.DstPort}, kv{"iface", u.Iface}, kv{"from", from}, kv{"verdict", u.Verdict},
+		kv{"packets", u.Packets})
+}
+
+// SourceSync logs that a known-SA source was read again.
+func (l *Logger) SourceSync(source string, sas int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.write("info", "source_sync", "Known SAs reloaded", kv{"source", source}, kv{"sas", sas})
+}
+
+// SourceError logs that a known-SA source failed; the previous SAs stay.
+func (l *Logger) SourceError(source string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.write("error", "source_error", "Known-SA source failed; keeping the previous SAs", kv{"source", source}, kv{"error", err.Error()})
+}

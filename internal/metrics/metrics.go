@@ -77,6 +77,8 @@ type Collector struct {
 	names      map[uint32]string
 	topUnknown int
 	errors     atomic.Uint64 // scrapes with a failed map read
+	// Verdict diagnoses a row (nil: by its SPI alone), as in the reports.
+	Verdict func(spi uint32, firstSeen time.Time) string
 }
 
 // NewCollector exposes src for the watched interfaces; topUnknown rows of the
@@ -173,7 +175,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(unknownDesc, prometheus.CounterValue, float64(u.Packets),
 			fmt.Sprintf("0x%08x", u.SPI), u.Src.String(), strconv.Itoa(int(u.SrcPort)), u.Dst.String(), strconv.Itoa(int(u.DstPort)),
-			iface, report.VerdictOf(u.SPI))
+			iface, c.verdict(u))
 	}
 	ch <- prometheus.MustNewConstMetric(unknownShownDesc, prometheus.GaugeValue, float64(len(snap)-shown))
 }
@@ -222,4 +224,11 @@ func Serve(ln net.Listener, c *Collector) (*http.Server, error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	return srv, nil
+}
+
+func (c *Collector) verdict(u maps.Unknown) string {
+	if c.Verdict == nil {
+		return report.VerdictOf(u.SPI)
+	}
+	return c.Verdict(u.SPI, report.MonoToWall(u.FirstSeenNs))
 }

@@ -50,7 +50,7 @@ type UnknownRow struct {
 	Rate      float64 // packets per second over the last interval
 	FirstSeen time.Time
 	LastSeen  time.Time
-	Verdict   string // "reserved" (SPI 0-255) or "unknown"
+	Verdict   string // reserved, unknown, or with known-SA history stale or rekey-race
 }
 
 // KnownRow is a known SA with wall-clock last-seen time.
@@ -73,8 +73,22 @@ type Snapshot struct {
 	UnknownRows int
 	// NewUnknown are the rows that appeared since the previous snapshot.
 	NewUnknown []UnknownRow
-	Table      maps.TableStats
-	Known      []KnownRow
+	// VerdictChanges are rows whose verdict changed since the previous snapshot.
+	VerdictChanges []VerdictChange
+	Table          maps.TableStats
+	Known          []KnownRow
+}
+
+// VerdictChange is a row whose verdict changed (say rekey-race, then stale).
+type VerdictChange struct {
+	Row  UnknownRow
+	From string
+}
+
+// rowState is what a Reporter remembers of a row between snapshots.
+type rowState struct {
+	packets uint64
+	verdict string
 }
 
 // unknownID identifies a row across snapshots; plain arrays hash fast.
@@ -97,9 +111,12 @@ type Reporter struct {
 	names    map[uint32]string
 	prevTime time.Time
 	prev     map[int]maps.Counters
-	prevUnk  map[unknownID]uint64
-	spareUnk map[unknownID]uint64 // the map before prevUnk, reused
-	snapBuf  []maps.Unknown       // the table as last read, reused
+	prevUnk  map[unknownID]rowState
+	spareUnk map[unknownID]rowState // the map before prevUnk, reused
+	// Verdict diagnoses a row first seen at firstSeen; nil: VerdictOf (unknown or
+	// reserved by the SPI alone).
+	Verdict func(spi uint32, firstSeen time.Time) string
+	snapBuf []maps.Unknown // the table as last read, reused
 	// now returns wall time and CLOCK_MONOTONIC in ns (the BPF timestamps' clock).
 	now func() (time.Time, uint64)
 }
@@ -129,11 +146,20 @@ func New(src Source, ifaces []Iface) (*Reporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.prevUnk = make(map[unknownID]uint64, len(snap))
+	r.prevUnk = make(map[unknownID]rowState, len(snap))
 	for _, u := range snap {
-		r.prevUnk[idOf(u)] = u.Packets
+		r.prevUnk[idOf(u)] = rowState{packets: u.Packets}
 	}
 	return r, nil
+}
+
+// MonoToWall turns a BPF timestamp (CLOCK_MONOTONIC ns) into wall-clock time.
+func MonoToWall(ns uint64) time.Time {
+	wall, mono := clockNow()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return wall.Add(-time.Duration(int64(mono - ns)))
 }
 
 func clockNow() (time.Time, uint64) {
@@ -220,20 +246,32 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	// 65,536 rows are not reallocated every interval.
 	cur := r.spareUnk
 	if cur == nil {
-		cur = make(map[unknownID]uint64, len(snap))
+		cur = make(map[unknownID]rowState, len(snap))
 	}
 	clear(cur)
 	rates := make([]float64, len(snap))
+	verdicts := make([]string, len(snap))
+	row := func(i int) UnknownRow {
+		u := snap[i]
+		return UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), Rate: rates[i],
+			FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: verdicts[i]}
+	}
 	for i, u := range snap {
 		id := idOf(u)
-		cur[id] = u.Packets
 		prev, seen := r.prevUnk[id]
 		if secs > 0 {
-			rates[i] = float64(u.Packets-min(u.Packets, prev)) / secs
+			rates[i] = float64(u.Packets-min(u.Packets, prev.packets)) / secs
 		}
-		if !seen {
-			s.NewUnknown = append(s.NewUnknown, UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), Rate: rates[i],
-				FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: VerdictOf(u.SPI)})
+		verdicts[i] = VerdictOf(u.SPI)
+		if r.Verdict != nil {
+			verdicts[i] = r.Verdict(u.SPI, toWall(u.FirstSeenNs))
+		}
+		cur[id] = rowState{packets: u.Packets, verdict: verdicts[i]}
+		switch {
+		case !seen:
+			s.NewUnknown = append(s.NewUnknown, row(i))
+		case prev.verdict != "" && prev.verdict != verdicts[i]:
+			s.VerdictChanges = append(s.VerdictChanges, VerdictChange{Row: row(i), From: prev.verdict})
 		}
 	}
 	r.spareUnk, r.prevUnk = r.prevUnk, cur
@@ -241,9 +279,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	s.UnknownRows = len(snap)
 	// Full rows only for what the report shows.
 	for _, i := range TopIndices(snap, rates, r.Top) {
-		u := snap[i]
-		s.Unknown = append(s.Unknown, UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), Rate: rates[i],
-			FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: VerdictOf(u.SPI)})
+		s.Unknown = append(s.Unknown, row(int(i)))
 	}
 
 	known, err := r.src.ListKnown()

@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package knownset keeps the known-SA map equal to the union of the known-SA
+// sources (command line, files; later xfrm and VICI), remembers where each SA came
+// from, and keeps a bounded history of removed SAs, from which it gives every
+// unknown-SPI row its verdict: stale, rekey-race, unknown or reserved.
+package knownset
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// Verdicts of an unknown-SPI row.
+const (
+	Reserved  = "reserved"   // SPI 0-255: never an SA
+	Stale     = "stale"      // the SPI belonged to an SA removed not long ago
+	RekeyRace = "rekey-race" // unknown when first seen, known within the grace window
+	Unknown   = "unknown"    // neither
+)
+
+// Defaults of the diagnosis windows.
+const (
+	DefaultHistory    = 10 * time.Minute
+	DefaultRekeyGrace = 5 * time.Second
+	maxHistory        = 1 << 16 // removed SAs remembered at most
+)
+
+// Target is where the union goes: *maps.Maps.
+type Target interface {
+	ReplaceKnown(sas []maps.SA) error
+}
+
+// Set is the known SAs by source.
+type Set struct {
+	mu        sync.Mutex
+	target    Target
+	now       func() time.Time
+	sources   map[string][]maps.SA
+	current   map[maps.SA]bool
+	spis      map[uint32]bool      // SPIs of current
+	addedAt   map[uint32]time.Time // when an SA with this SPI last became known
+	removedAt map[uint32]time.Time // when the last SA with this SPI was removed
+	history   time.Duration
+	grace     time.Duration
+}
+
+// New manages target's known SAs.
+func New(target Target, history, grace time.Duration) *Set {
+	return &Set{target: target, now: time.Now, sources: map[string][]maps.SA{}, current: map[maps.SA]bool{}, spis: map[uint32]bool{},
+		addedAt: map[uint32]time.Time{}, removedAt: map[uint32]time.Time{}, history: history, grace: grace}
+}
+
+// Update replaces one source's SAs and applies the union of all sources to the
+// map. On error the map and the Set keep what they had.
+func (s *Set) Update(source string, sas []maps.SA) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := map[string][]maps.SA{}
+	for k, v := range s.sources {
+		next[k] = v
+	}
+	next[source] = slices.Clone(sas)
+	union := map[maps.SA]bool{}
+	spis := map[uint32]bool{}
+	var list []maps.SA
+	for _, src := range sortedKeys(next) {
+		for _, sa := range next[src] {
+			if !union[sa] {
+				union[sa] = true
+				spis[sa.SPI] = true
+				list = append(list, sa)
+			}
+		}
+	}
+	if err := s.target.ReplaceKnown(list); err != nil {
+		return fmt.Errorf("updating known SAs from %s: %w", source, err)
+	}
+	now := s.now()
+	for sa := range union {
+		if !s.current[sa] {
+			s.addedAt[sa.SPI] = now
+			delete(s.removedAt, sa.SPI)
+		}
+	}
+	for sa := range s.current {
+		if !spis[sa.SPI] {
+			s.removedAt[sa.SPI] = now
+			delete(s.addedAt, sa.SPI) // addedAt holds current SPIs only
+		}
+	}
+	s.sources, s.current, s.spis = next, union, spis
+	s.prune(now)
+	return nil
+}
+
+// prune bounds the history: past maxHistory removals it drops the expired ones and
+// then the oldest, down to 7/8 of the cap, so the work is amortized.
+func (s *Set) prune(now time.Time) {
+	if len(s.removedAt) <= maxHistory {
+		return
+	}
+	type r struct {
+		spi uint32
+		t   time.Time
+	}
+	var all []r
+	for spi, t := range s.removedAt {
+		if now.Sub(t) > s.history {
+			delete(s.removedAt, spi)
+			continue
+		}
+		all = append(all, r{spi, t})
+	}
+	if keep := maxHistory * 7 / 8; len(all) > keep {
+		sort.Slice(all, func(i, j int) bool { return all[i].t.Before(all[j].t) })
+		for _, x := range all[:len(all)-keep] {
+			delete(s.removedAt, x.spi)
+		}
+	}
+}
+
+// Verdict diagnoses an unknown-SPI row first seen at firstSeen.
+func (s *Set) Verdict(spi uint32, firstSeen time.Time) string {
+	if spi < 256 {
+		return Reserved
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if at, ok := s.addedAt[spi]; ok && s.spis[spi] && !at.Before(firstSeen) && at.Sub(firstSeen) <= s.grace {
+		return RekeyRace // the peer used it just before we installed it
+	}
+	if at, ok := s.removedAt[spi]; ok && !s.spis[spi] && s.now().Sub(at) <= s.history {
+		return Stale // the peer goes on using an SA we removed
+	}
+	return Unknown
+}
+
+// SourcesOf lists the sources an SA came from.
+func (s *Set) SourcesOf(sa maps.SA) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, src := range sortedKeys(s.sources) {
+		if slices.Contains(s.sources[src], sa) {
+			out = append(out, src)
+		}
+	}
+	return out
+}
+
+// Len is the number of distinct known SAs.
+func (s *Set) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.current)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
