@@ -106,6 +106,16 @@ func (o *Objects) Attach(iface string, mode Mode, force bool) (*Attachment, erro
 		return nil, err
 	}
 	a := &Attachment{Iface: iface, Ifindex: ifindex, Slot: slot}
+	if err := o.link(a, prog, mode); err != nil {
+		return nil, err
+	}
+	o.attached = append(o.attached, a)
+	return a, nil
+}
+
+// link attaches prog to a's interface in mode (auto: native, else generic), pins
+// the link when pinning, and fills a's link, mode, fallback reason and program id.
+func (o *Objects) link(a *Attachment, prog *ebpf.Program, mode Mode) error {
 	tries := []Mode{mode}
 	if mode == ModeAuto {
 		tries = []Mode{ModeNative, ModeGeneric}
@@ -116,33 +126,57 @@ func (o *Objects) Attach(iface string, mode Mode, force bool) (*Attachment, erro
 		if m == ModeGeneric {
 			flags = link.XDPGenericMode
 		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flags})
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: a.Ifindex, Flags: flags})
 		if err == nil {
 			a.link, a.Mode = l, m
 			break
 		}
-		errs = append(errs, attachError(iface, m, err))
+		errs = append(errs, attachError(a.Iface, m, err))
 		raw = append(raw, err)
 	}
 	if a.link == nil {
-		return nil, errors.Join(errs...)
+		return errors.Join(errs...)
 	}
+	a.Fallback = nil
 	if len(raw) > 0 {
 		a.Fallback = raw[0]
 	}
 	if o.Settings.PinPath != "" {
-		path := linkPin(o.Settings.PinPath, slot, iface)
+		path := linkPin(o.Settings.PinPath, a.Slot, a.Iface)
 		if err := a.link.Pin(path); err != nil {
 			a.detach()
-			return nil, fmt.Errorf("pinning the link of %s at %s: %w", iface, path, err)
+			return fmt.Errorf("pinning the link of %s at %s: %w", a.Iface, path, err)
 		}
 		a.pinned = path
 	}
 	if info, err := prog.Info(); err == nil {
 		a.ProgID, _ = info.ID()
 	}
-	o.attached = append(o.attached, a)
-	return a, nil
+	return nil
+}
+
+// Reattach attaches again to an interface of a's name that came back after being
+// deleted (--wait-iface): same counter slot, so its counts go on. It refuses an
+// interface that has another XDP program.
+func (o *Objects) Reattach(a *Attachment, mode Mode) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	l, err := netlink.LinkByName(a.Iface)
+	if err != nil {
+		return fmt.Errorf("interface %s not found", a.Iface)
+	}
+	if cur := l.Attrs().Xdp; cur != nil && cur.Attached {
+		return fmt.Errorf("interface %s came back with XDP program %s attached; not replacing it", a.Iface, describeProg(ebpf.ProgramID(cur.ProgId)))
+	}
+	prog, err := o.programLocked(a.Slot)
+	if err != nil {
+		return err
+	}
+	if a.link != nil {
+		a.detach() // the old link died with the old interface
+	}
+	a.Ifindex = l.Attrs().Index
+	return o.link(a, prog, mode)
 }
 
 func (o *Objects) freeSlot() int {

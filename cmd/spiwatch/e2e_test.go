@@ -714,3 +714,43 @@ func TestInterfaceDeleted(t *testing.T) {
 		t.Errorf("after every interface was deleted: %v: %s", err, s.stderr)
 	}
 }
+
+// TestWaitIface: with --wait-iface, a deleted interface that comes back (same name)
+// is watched again, its counts continuing; spiwatch does not end meanwhile.
+func TestWaitIface(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab, err := netlab.New("swwait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--wait-iface", "--json", "--interval", "100ms")
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=30"})
+	s.waitTotal(t, 30)
+	if out, err := exec.Command("ip", "netns", "exec", lab.NSA, "ip", "link", "del", lab.Sender).CombinedOutput(); err != nil {
+		t.Fatalf("deleting the veth pair: %v: %s", err, out)
+	}
+	if !s.waitStderr(lab.Receiver + ": interface deleted") {
+		t.Fatalf("deletion not noticed: %s", s.stderr)
+	}
+	// The pair comes back under the same names.
+	for _, args := range [][]string{
+		{"link", "add", lab.Sender, "netns", lab.NSA, "type", "veth", "peer", "name", lab.Receiver, "netns", lab.NSB},
+		{"-n", lab.NSA, "link", "set", lab.Sender, "up"},
+		{"-n", lab.NSB, "link", "set", lab.Receiver, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	if !s.waitStderr(lab.Receiver + " is back: watching it again") {
+		t.Fatalf("not re-attached: %s", s.stderr)
+	}
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=20"})
+	s.waitTotal(t, 50)
+	o := s.stop(t)
+	if o.Total.Packets != 50 {
+		t.Errorf("%d packets, want 30 before and 20 after the interface came back", o.Total.Packets)
+	}
+}

@@ -26,6 +26,7 @@ type Config struct {
 	Force      bool
 	Pin        bool
 	PinPath    string
+	WaitIface  bool
 
 	// what the program knows and does
 	KnownSPIs  []string
@@ -63,6 +64,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVarP(&c.Interfaces, "interface", "i", nil, "interface to watch (repeatable)")
 	fs.StringVar(&c.XDPMode, "xdp-mode", "auto", "XDP attach mode: auto (native, else generic), native or generic")
 	fs.BoolVar(&c.Force, "force", false, "replace an XDP program already attached to the interface")
+	fs.BoolVar(&c.WaitIface, "wait-iface", false, "when a watched interface is deleted, wait for one of that name and attach again (default: go on with the others, end when none is left)")
 	fs.BoolVar(&c.Pin, "pin", false, "pin program links and maps so counting goes on after spiwatch exits; a later run --pin continues the counts")
 	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "directory on the BPF filesystem for --pin")
 

@@ -269,9 +269,16 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 			if p != "" {
 				lost[a.Iface] = p
 			}
-			rep.SetProblem(a.Ifindex, lost[a.Iface])
+			// --wait-iface: an interface of that name is back; attach to it again.
+			if cfg.WaitIface && lost[a.Iface] == "interface deleted" {
+				if err := objs.Reattach(a, v.Mode); err == nil {
+					delete(lost, a.Iface)
+					fmt.Fprintf(stderr, "spiwatch: %s is back: watching it again (%s XDP, program id %d)\n", a.Iface, a.Mode, a.ProgID)
+				}
+			}
+			rep.SetIface(a.Slot, a.Ifindex, a.Mode.String(), lost[a.Iface])
 		}
-		if len(lost) == len(attached) {
+		if len(lost) == len(attached) && !cfg.WaitIface {
 			var why []string
 			for _, a := range attached {
 				why = append(why, a.Iface+": "+lost[a.Iface])

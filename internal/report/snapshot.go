@@ -121,11 +121,13 @@ type Reporter struct {
 	now func() (time.Time, uint64)
 }
 
-// SetProblem records what happened to a watched interface (see Iface.Problem).
-func (r *Reporter) SetProblem(ifindex int, problem string) {
+// SetIface updates the watched interface of a counter slot: its problem (see
+// Iface.Problem) and, after a re-attach, its ifindex and mode.
+func (r *Reporter) SetIface(slot, ifindex int, mode, problem string) {
 	for i := range r.ifaces {
-		if r.ifaces[i].Ifindex == ifindex {
-			r.ifaces[i].Problem = problem
+		if r.ifaces[i].Slot == slot {
+			r.ifaces[i].Ifindex, r.ifaces[i].Mode, r.ifaces[i].Problem = ifindex, mode, problem
+			r.names[uint32(ifindex)] = r.ifaces[i].Name
 		}
 	}
 }
