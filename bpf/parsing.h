@@ -75,6 +75,18 @@ static __always_inline int is_ipv6_ext(__u8 nh)
 	       nh == IPPROTO_FRAGMENT;
 }
 
+/* udp_ports_ipsec is false only for a UDP header wholly present whose ports are
+ * neither IKE's nor NAT-T's: exactly the frames parse_l4 calls other for their
+ * ports, decided before any other work. */
+static __always_inline int udp_ports_ipsec(void *data, void *data_end, __u32 l4_off, __u32 l4_end)
+{
+	struct udphdr *udp = data + l4_off;
+	if (l4_off + sizeof(*udp) > l4_end || (void *)(udp + 1) > data_end)
+		return 1; /* let parse_l4 decide */
+	__u16 sport = bpf_ntohs(udp->source), dport = bpf_ntohs(udp->dest);
+	return sport == IKE_PORT || dport == IKE_PORT || is_natt_port(dport) || is_natt_port(sport);
+}
+
 /* Layer 4 of CLASSES.md: ESP over IP, or UDP towards IKE / NAT-T ports. l4_end is
  * where the IP packet ends (the frame's end when its length field is bad). */
 static __always_inline int parse_l4(void *data, void *data_end, __u8 proto, __u32 l4_off,
@@ -173,6 +185,9 @@ static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, __u
 	__u8 proto = ip->protocol;
 	if (proto != IPPROTO_ESP && proto != IPPROTO_UDP)
 		return SW_CLASS_OTHER;
+	if (proto == IPPROTO_UDP && !udp_ports_ipsec(data, data_end, off + hlen,
+						     bad_len ? len : off + tot))
+		return SW_CLASS_OTHER; /* plain UDP pays for nothing more */
 	/* Copied now so the header pointer is dead below (see struct pkt). */
 	addr_v4mapped(p->saddr, ip->saddr);
 	addr_v4mapped(p->daddr, ip->daddr);

@@ -23,12 +23,10 @@ import (
 	"github.com/spiwatch/spiwatch/maps"
 )
 
-// Source is what the collector reads: *maps.Maps.
+// Source is what the collector reads: *maps.Maps, as for reports, and the size
+// of the known-SA map.
 type Source interface {
-	Counters(slot int) (maps.Counters, error)
-	UnknownSnapshotInto(buf []maps.Unknown) ([]maps.Unknown, error)
-	UnknownTableStats(entries int) (maps.TableStats, error)
-	ListKnown() ([]maps.KnownSA, error)
+	report.Source
 	KnownCapacity() int
 }
 
