@@ -31,7 +31,7 @@ func TestKnownFileFollowed(t *testing.T) {
 	file, logFile := filepath.Join(dir, "known"), filepath.Join(dir, "events.log")
 	os.WriteFile(file, []byte("0x1000\n0x2000\n"), 0o600)
 	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--known-file", file, "--json", "--interval", "100ms", "--top", "0",
-		"--log-file", logFile, "--log-format", "json", "--rekey-grace", "30s")
+		"--log-file", logFile, "--log-format", "json", "--rekey-grace", "30s", "--metrics-addr", "127.0.0.1:9467")
 	verdicts := func() map[string]string {
 		var o struct {
 			UnknownSPIs []struct{ SPI, Src, Verdict string } `json:"unknown_spis"`
@@ -69,6 +69,9 @@ func TestKnownFileFollowed(t *testing.T) {
 		t.Errorf("no error naming the bad line: %s", s.stderr)
 	}
 	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x3000 src=198.51.100.3 count=7"})
+	if got, found := value(t, scrape(t, lab.NSB, "127.0.0.1:9467"), "spiwatch_known_source_errors_total", map[string]string{"source": "file " + file}); !found || got != 1 {
+		t.Errorf("spiwatch_known_source_errors_total = %v (found %v), want 1", got, found)
+	}
 	// SIGHUP re-reads even without a change of time or size.
 	os.WriteFile(file, []byte("0x1000\n0x3000\n"), 0o600)
 	s.cmd.Process.Signal(syscall.SIGHUP)

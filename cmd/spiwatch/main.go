@@ -182,6 +182,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err
 	}
 	reloadFile := func() {} // re-reads --known-file on SIGHUP or when it changes
+	var sourceErrors atomic.Uint64
 	if cfg.KnownFile != "" {
 		src := "file " + cfg.KnownFile
 		if err := known.Update(src, v.FileKnown); err != nil {
@@ -207,6 +208,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 				err = known.Update(src, sas)
 			}
 			if err != nil {
+				sourceErrors.Add(1)
 				fmt.Fprintf(stderr, "spiwatch: %v; keeping the previous %d known SAs\n", err, known.Len())
 				if events != nil {
 					events.SourceError(src, err)
@@ -239,6 +241,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if metricsLn != nil {
 		col := metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown)
 		col.Verdict = known.Verdict
+		if cfg.KnownFile != "" {
+			col.SourceErrors = func() map[string]uint64 { return map[string]uint64{"file " + cfg.KnownFile: sourceErrors.Load()} }
+		}
 		srv, err := metrics.Serve(metricsLn, col)
 		if err != nil {
 			return err

@@ -41,6 +41,7 @@ func parsePinned(name, usage string, args []string, stderr io.Writer, withReport
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
+		fmt.Fprint(stderr, "\nExit status: 0 done, 1 nothing pinned or a map or link could not be read or removed, 2 bad usage.\n")
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {

@@ -64,6 +64,8 @@ var (
 		[]string{"spi", "src", "sport", "dst", "dport", "interface", "verdict"}, nil)
 	unknownShownDesc = prometheus.NewDesc("spiwatch_unknown_spi_series_dropped",
 		"Unknown-SPI rows left out of spiwatch_unknown_spi_packets_total by the cardinality cap.", nil, nil)
+	sourceErrDesc = prometheus.NewDesc("spiwatch_known_source_errors_total",
+		"Failed reads of a known-SA source (the previous SAs were kept), by source.", []string{"source"}, nil)
 	scrapeErrDesc = prometheus.NewDesc("spiwatch_scrape_errors_total",
 		"Scrapes in which reading a BPF map failed.", nil, nil)
 )
@@ -77,6 +79,8 @@ type Collector struct {
 	errors     atomic.Uint64 // scrapes with a failed map read
 	// Verdict diagnoses a row (nil: by its SPI alone), as in the reports.
 	Verdict func(spi uint32, firstSeen time.Time) string
+	// SourceErrors returns the failed reads per known-SA source (nil: none).
+	SourceErrors func() map[string]uint64
 }
 
 // NewCollector exposes src for the watched interfaces; topUnknown rows of the
@@ -92,7 +96,7 @@ func NewCollector(src Source, ifaces []report.Iface, topUnknown int) *Collector 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packetsDesc, bytesDesc, knownDesc, knownCapDesc, saPacketsDesc, saBytesDesc, saSeqDesc,
-		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, scrapeErrDesc} {
+		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, sourceErrDesc, scrapeErrDesc} {
 		ch <- d
 	}
 }
@@ -110,6 +114,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	defer func() {
 		ch <- prometheus.MustNewConstMetric(scrapeErrDesc, prometheus.CounterValue, float64(c.errors.Load()))
 	}()
+	if c.SourceErrors != nil {
+		for src, n := range c.SourceErrors() {
+			ch <- prometheus.MustNewConstMetric(sourceErrDesc, prometheus.CounterValue, float64(n), src)
+		}
+	}
 
 	for _, i := range c.ifaces {
 		cnt, err := c.src.Counters(i.Slot)
