@@ -14,8 +14,10 @@ all: build
 
 build: $(BINARIES)
 
+# Static (CGO_ENABLED=0): one file to copy to a gateway, and Go can then change the
+# credentials of every thread when spiwatch drops its privileges.
 bin/%: FORCE
-	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/$*
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/$*
 
 FORCE:
 

@@ -27,6 +27,7 @@ type Config struct {
 	Pin        bool
 	PinPath    string
 	WaitIface  bool
+	User       string
 
 	// what the program knows and does
 	KnownSPIs  []string
@@ -65,6 +66,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.XDPMode, "xdp-mode", "auto", "XDP attach mode: auto (native, else generic), native or generic")
 	fs.BoolVar(&c.Force, "force", false, "replace an XDP program already attached to the interface")
 	fs.BoolVar(&c.WaitIface, "wait-iface", false, "when a watched interface is deleted, wait for one of that name and attach again (default: go on with the others, end when none is left)")
+	fs.StringVar(&c.User, "user", "", "after attaching, run as this user (capabilities are dropped after attaching in any case)")
 	fs.BoolVar(&c.Pin, "pin", false, "pin program links and maps so counting goes on after spiwatch exits; a later run --pin continues the counts")
 	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "directory on the BPF filesystem for --pin")
 
@@ -181,6 +183,9 @@ func (c *Config) Validate() (*Validated, error) {
 		if v.MetricsAddr, err = metrics.ListenAddr(c.MetricsAddr); err != nil {
 			return nil, err
 		}
+	}
+	if c.User != "" && c.WaitIface {
+		return nil, errors.New("--user and --wait-iface: attaching again needs CAP_BPF and CAP_NET_ADMIN, which spiwatch gives up with --user")
 	}
 	if c.LogFormat != "logfmt" && c.LogFormat != "json" {
 		return nil, fmt.Errorf("--log-format %q: want logfmt or json", c.LogFormat)

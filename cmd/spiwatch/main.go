@@ -26,6 +26,7 @@ import (
 	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/liveview"
 	"github.com/spiwatch/spiwatch/internal/metrics"
+	"github.com/spiwatch/spiwatch/internal/privdrop"
 	"github.com/spiwatch/spiwatch/internal/report"
 	"github.com/spiwatch/spiwatch/loader"
 )
@@ -250,6 +251,20 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		}
 		defer srv.Close()
 		fmt.Fprintf(stderr, "spiwatch: Prometheus metrics at http://%s/metrics\n", metricsLn.Addr())
+	}
+	// From here on the maps are used through descriptors we hold, which needs no
+	// capability: give up what re-attaching (--wait-iface) does not need.
+	var keep []int
+	if cfg.WaitIface {
+		keep = []int{privdrop.CapBPF, privdrop.CapPerfmon, privdrop.CapNetAdmin}
+	}
+	if err := privdrop.Drop(cfg.User, keep...); err != nil {
+		if !errors.Is(err, privdrop.ErrCgo) || cfg.User != "" {
+			return err
+		}
+		fmt.Fprintf(stderr, "spiwatch: keeping privileges: %v\n", err)
+	} else if cfg.User != "" {
+		fmt.Fprintf(stderr, "spiwatch: running as %s, without capabilities\n", cfg.User)
 	}
 	fmt.Fprintf(stderr, "spiwatch: %d known SAs; reporting every %s\n", len(v.Known), cfg.Interval)
 

@@ -3,6 +3,8 @@
 package main
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -61,5 +63,69 @@ func TestLeastPrivilege(t *testing.T) {
 		if xdpAttached(t, lab.NSB, lab.Receiver) {
 			t.Errorf("with %s: an XDP program is attached", caps)
 		}
+	}
+}
+
+// procStatus reads fields of /proc/PID/status.
+func procStatus(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return ""
+}
+
+// TestDropsPrivileges reads the running spiwatch's capability sets: after attaching
+// it keeps none (with --wait-iface, only what attaching again needs), with --user it
+// runs as that user, and it still counts.
+func TestDropsPrivileges(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	for _, c := range []struct {
+		name    string
+		args    []string
+		capEff  string
+		uidWant string
+	}{
+		{"default", nil, "0000000000000000", "0"},
+		{"wait-iface", []string{"--wait-iface"}, fmt.Sprintf("%016x", uint64(1)<<12|uint64(1)<<38|uint64(1)<<39), "0"},
+		{"user", []string{"--user", "nobody"}, "0000000000000000", "65534"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			lab, err := netlab.New("swdrop")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lab.Close()
+			s := startSpiwatch(t, spiwatch, lab.NSB, append([]string{"-i", lab.Receiver, "--json", "--interval", "100ms"}, c.args...)...)
+			pid := s.cmd.Process.Pid
+			for _, set := range []string{"CapEff", "CapPrm"} {
+				if got := procStatus(t, pid, set); got != c.capEff {
+					t.Errorf("%s %s, want %s", set, got, c.capEff)
+				}
+			}
+			if uid := strings.Fields(procStatus(t, pid, "Uid")); uid[0] != c.uidWant || uid[1] != c.uidWant || uid[2] != c.uidWant {
+				t.Errorf("Uid %v, want %s", uid, c.uidWant)
+			}
+			runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=25"})
+			s.waitTotal(t, 25)
+			if o := s.stop(t); o.Total.Packets != 25 {
+				t.Errorf("counted %d without privileges, want 25", o.Total.Packets)
+			}
+			if xdpAttached(t, lab.NSB, lab.Receiver) {
+				t.Error("still attached after exit")
+			}
+		})
+	}
+	var out, errOut strings.Builder
+	if code := run([]string{"-i", "lo", "--user", "nobody", "--wait-iface"}, &out, &errOut); code != exitUsage || !strings.Contains(errOut.String(), "--user and --wait-iface") {
+		t.Errorf("--user with --wait-iface: %d %s", code, errOut.String())
 	}
 }
