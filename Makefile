@@ -8,7 +8,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 60s
 BINARIES  := bin/spiwatch bin/spiwatch-gen
 
-.PHONY: all build generate check-generated test fuzz lint demo bench clean
+.PHONY: all build generate check-generated test fuzz lint demo bench soak clean
 
 all: build
 
@@ -57,6 +57,11 @@ demo: build
 # the loader's cost, all in one run: writes docs/PERFORMANCE.md (a few minutes).
 bench: build
 	$(GO) run ./cmd/spiwatch-bench -spiwatch bin/spiwatch -out docs/PERFORMANCE.md
+
+# The 10-minute unknown-SPI flood soak (make test runs a 60-second one): samples
+# spiwatch's memory, goroutines and open files every 10 s.
+soak:
+	SPIWATCH_SOAK=10m $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 30m ./cmd/spiwatch
 
 clean:
 	rm -rf bin

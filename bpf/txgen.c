@@ -42,11 +42,16 @@ struct {
 	__type(value, struct tx_template);
 } tx_frame SEC(".maps");
 
-/* frames sent so far: drives the rewrites. Shared, not per-CPU, so a sender's
- * sequence continues whichever CPU its next run lands on; one sender runs at a time. */
+/* [TX_SENT] frames transmitted so far, which drives the rewrites; [TX_LIMIT] the
+ * count at which to stop. A test run interrupted by a signal is restarted whole by
+ * the library, and the frames it had sent would go out twice: with the limit the
+ * restart transmits only what is still due, so a sender sends exactly what it was
+ * asked to. Shared, not per-CPU: one sender runs at a time, on one CPU. */
+#define TX_SENT 0
+#define TX_LIMIT 1
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } tx_seq SEC(".maps");
@@ -91,15 +96,17 @@ int txgen(struct xdp_md *ctx)
 		return XDP_ABORTED;
 	restore(data, data_end, t);
 
-	if (spi_off || src_off) {
-		__u64 *n = bpf_map_lookup_elem(&tx_seq, &zero);
-		if (!n)
-			return XDP_ABORTED;
-		__u64 i = (*n)++;
-		if (spi_off)
-			put_be32(data, data_end, spi_off, spi_base + (__u32)(i % spi_span));
-		if (src_off)
-			put_be32(data, data_end, src_off, src_base + (__u32)(i % src_span));
-	}
+	__u32 sent_key = TX_SENT, limit_key = TX_LIMIT;
+	__u64 *sent = bpf_map_lookup_elem(&tx_seq, &sent_key);
+	__u64 *limit = bpf_map_lookup_elem(&tx_seq, &limit_key);
+	if (!sent || !limit)
+		return XDP_ABORTED;
+	if (*sent >= *limit)
+		return XDP_DROP; /* nothing more is due */
+	__u64 i = (*sent)++;
+	if (spi_off)
+		put_be32(data, data_end, spi_off, spi_base + (__u32)(i % spi_span));
+	if (src_off)
+		put_be32(data, data_end, src_off, src_base + (__u32)(i % src_span));
 	return XDP_TX;
 }

@@ -60,7 +60,7 @@ Flags:
 
 // memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says otherwise: a full
 // unknown table makes garbage every interval, and a gateway tool should stay small.
-const memoryLimit = 40 << 20
+const memoryLimit = 32 << 20
 
 func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {
@@ -159,6 +159,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		for _, c := range s.VerdictChanges {
 			events.VerdictChange(c.Row, c.From)
 		}
+		events.HeldBack(s.MoreEvents)
 		events.Table(s.Table)
 	}
 

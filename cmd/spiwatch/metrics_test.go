@@ -24,6 +24,7 @@ import (
 func scrape(t *testing.T, ns, addr string) map[string]*dto.MetricFamily {
 	t.Helper()
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true, // one scrape, one connection: nothing left open on either side
 		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
 			var c net.Conn
 			err := netlab.In(ns, func() error {

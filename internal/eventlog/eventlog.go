@@ -184,3 +184,11 @@ func (l *Logger) SourceError(source string, err error) {
 	defer l.mu.Unlock()
 	l.write("error", "source_error", "Known-SA source failed; keeping the previous SAs", kv{"source", source}, kv{"error", err.Error()})
 }
+
+// HeldBack counts n unknown-SPI lines that were never offered (the reporter's own
+// cap under a flood), so the next line's held_back includes them.
+func (l *Logger) HeldBack(n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.held += n
+}

@@ -75,9 +75,16 @@ type Snapshot struct {
 	NewUnknown []UnknownRow
 	// VerdictChanges are rows whose verdict changed since the previous snapshot.
 	VerdictChanges []VerdictChange
-	Table          maps.TableStats
-	Known          []KnownRow
+	// MoreEvents counts new rows and verdict changes past maxEvents per snapshot
+	// (a flood makes tens of thousands per second; the event log is rate-limited
+	// far below that anyway, and counts these as held back).
+	MoreEvents int
+	Table      maps.TableStats
+	Known      []KnownRow
 }
+
+// maxEvents bounds NewUnknown and VerdictChanges per snapshot.
+const maxEvents = 1024
 
 // VerdictChange is a row whose verdict changed (say rekey-race, then stale).
 type VerdictChange struct {
@@ -270,10 +277,14 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		}
 		cur[id] = rowState{packets: u.Packets, verdict: verdicts[i]}
 		switch {
-		case !seen:
+		case !seen && len(s.NewUnknown) < maxEvents:
 			s.NewUnknown = append(s.NewUnknown, row(i))
-		case prev.verdict != "" && prev.verdict != verdicts[i]:
+		case !seen:
+			s.MoreEvents++
+		case prev.verdict != "" && prev.verdict != verdicts[i] && len(s.VerdictChanges) < maxEvents:
 			s.VerdictChanges = append(s.VerdictChanges, VerdictChange{Row: row(i), From: prev.verdict})
+		case prev.verdict != "" && prev.verdict != verdicts[i]:
+			s.MoreEvents++
 		}
 	}
 	r.spareUnk, r.prevUnk = r.prevUnk, cur

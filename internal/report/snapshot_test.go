@@ -434,3 +434,22 @@ func TestTopIndices(t *testing.T) {
 		}
 	}
 }
+
+// TestEventsCapped: a flood of new rows gives at most maxEvents rows to log per
+// snapshot, and the rest is counted, not lost.
+func TestEventsCapped(t *testing.T) {
+	src := newFake()
+	clk := &fakeClock{wall: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC), mono: 1e12}
+	r := newReporter(t, src, clk)
+	for i := 0; i < maxEvents+76; i++ {
+		src.unknown = append(src.unknown, maps.Unknown{SPI: 0x10000 + uint32(i), Packets: 1, FirstSeenNs: clk.mono})
+	}
+	clk.advance(time.Second)
+	s, err := r.Take()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.NewUnknown) != maxEvents || s.MoreEvents != 76 {
+		t.Errorf("%d new rows and %d more, want %d and 76", len(s.NewUnknown), s.MoreEvents, maxEvents)
+	}
+}

@@ -46,7 +46,8 @@ type Sender struct {
 	ifindex  int
 	prog     *ebpf.Program
 	template *ebpf.Map
-	last     []byte // the frame in template
+	seq      *ebpf.Map // [0] frames sent, [1] the limit (see bpf/txgen.c)
+	last     []byte    // the frame in template
 	// BatchSize is the live-frame batch (frames per kernel flush); 0 is the kernel's
 	// default of 64.
 	BatchSize uint32
@@ -91,13 +92,14 @@ func NewSender(iface string, v Vary) (*Sender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading generator program: %w", err)
 	}
-	s := &Sender{iface: iface, ns: ns, ifindex: ifc.Index, prog: coll.DetachProgram("txgen"), template: coll.DetachMap("tx_frame")}
+	s := &Sender{iface: iface, ns: ns, ifindex: ifc.Index, prog: coll.DetachProgram("txgen"), template: coll.DetachMap("tx_frame"),
+		seq: coll.DetachMap("tx_seq")}
 	coll.Close()
 	return s, nil
 }
 
-// Send transmits frame count times. The kernel may transmit fewer if the
-// receiver's queue overflows; receivers count what arrived.
+// Send transmits frame exactly count times (XDP_TX), even when a test run is
+// interrupted by a signal and restarted: the program stops at the limit set here.
 func (s *Sender) Send(frame []byte, count int) error {
 	if len(frame) < 14 {
 		return errors.New("sending frame: shorter than an Ethernet header")
@@ -135,8 +137,18 @@ func (s *Sender) Send(frame []byte, count int) error {
 	if ifc, err := net.InterfaceByIndex(s.ifindex); err != nil || ifc.Name != s.iface {
 		return fmt.Errorf("sending on %s: interface index %d no longer names it", s.iface, s.ifindex)
 	}
-	for count > 0 {
-		n := min(count, 1<<30)
+	var sent uint64
+	if err := s.seq.Lookup(uint32(0), &sent); err != nil {
+		return fmt.Errorf("reading the frames sent: %w", err)
+	}
+	limit := sent + uint64(count)
+	if err := s.seq.Put(uint32(1), limit); err != nil {
+		return fmt.Errorf("setting the frames due: %w", err)
+	}
+	// Runs until the program has transmitted exactly count more frames; it drops
+	// (does not send) any repetition past the limit.
+	for sent < limit {
+		n := min(limit-sent, 1<<30)
 		_, err := s.prog.Run(&ebpf.RunOptions{
 			Data:      frame,
 			Repeat:    uint32(n),
@@ -147,7 +159,9 @@ func (s *Sender) Send(frame []byte, count int) error {
 		if err != nil {
 			return fmt.Errorf("sending %d frames with live-frame test runs: %w", n, err)
 		}
-		count -= n
+		if err := s.seq.Lookup(uint32(0), &sent); err != nil {
+			return fmt.Errorf("reading the frames sent: %w", err)
+		}
 	}
 	return nil
 }
@@ -165,6 +179,7 @@ type txTemplate struct {
 // Close releases the program, its map and the namespace handle.
 func (s *Sender) Close() error {
 	s.ns.Close()
+	s.seq.Close()
 	s.template.Close()
 	return s.prog.Close()
 }
