@@ -1,5 +1,5 @@
 # spiwatch. Targets: build (default), generate, check-generated, test, fuzz, lint,
-# demo, bench. test, fuzz, demo and bench need root (BPF, network namespaces);
+# demo, bench, soak. test, fuzz, demo, bench and soak need root (BPF, namespaces);
 # generate needs clang and llvm; build needs only Go.
 
 GO        ?= go
