@@ -206,6 +206,17 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// newLab makes a namespace lab for one test and removes it afterwards.
+func newLab(t *testing.T, prefix string) *netlab.Lab {
+	t.Helper()
+	lab, err := netlab.New(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	return lab
+}
+
 // syncBuilder is a strings.Builder for one writer goroutine and readers.
 type syncBuilder struct {
 	mu sync.Mutex
@@ -440,11 +451,7 @@ func TestEndToEnd(t *testing.T) {
 	spiwatch, gen := buildBinaries(t)
 	for _, mode := range []string{"native", "generic"} {
 		t.Run(mode, func(t *testing.T) {
-			lab, err := netlab.New("swe2e")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer lab.Close()
+			lab := newLab(t, "swe2e")
 			args := append([]string{"-i", lab.Receiver, "--xdp-mode", mode, "--json", "--interval", "100ms", "--top", "0"}, e2eKnown...)
 			s := startSpiwatch(t, spiwatch, lab.NSB, args...)
 			if !xdpAttached(t, lab.NSB, lab.Receiver) {
@@ -470,11 +477,7 @@ func TestEndToEnd(t *testing.T) {
 func TestEndToEndDrop(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swdrop")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swdrop")
 	delivered := listen(t, lab.NSB, lab.Receiver)
 	args := append([]string{"-i", lab.Receiver, "--action", "drop", "--json", "--interval", "100ms", "--top", "0"}, e2eKnown...)
 	s := startSpiwatch(t, spiwatch, lab.NSB, args...)
@@ -579,11 +582,7 @@ func htons(v uint16) uint16 {
 func TestSignalsDetach(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, _ := buildBinaries(t)
-	lab, err := netlab.New("swsig")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swsig")
 	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--json", "--interval", "1h")
 	if !xdpAttached(t, lab.NSB, lab.Receiver) {
 		t.Fatal("not attached")
@@ -612,11 +611,7 @@ func TestSignalsDetach(t *testing.T) {
 func TestClosedStdout(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, _ := buildBinaries(t)
-	lab, err := netlab.New("swpipe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swpipe")
 	cmd := netlab.Command(lab.NSB, spiwatch, "-i", lab.Receiver, "--json", "--interval", "50ms")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -654,11 +649,7 @@ func TestClosedStdout(t *testing.T) {
 func TestInterfaceDeleted(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swdel")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swdel")
 	// A second watched interface in the receiver's namespace: another veth pair
 	// (this kernel has no dummy devices), removed with the namespace.
 	if out, err := exec.Command("ip", "-n", lab.NSB, "link", "add", "swdummy0", "type", "veth", "peer", "name", "swdummy1").CombinedOutput(); err != nil {
@@ -711,7 +702,7 @@ func TestInterfaceDeleted(t *testing.T) {
 	exec.Command("ip", "-n", lab.NSB, "link", "del", "swdummy0").Run()
 	for range s.lines {
 	}
-	err = <-s.done
+	err := <-s.done
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(s.stderr.String(), "no interface left to watch") {
 		t.Errorf("after every interface was deleted: %v: %s", err, s.stderr)
 	}
@@ -722,11 +713,7 @@ func TestInterfaceDeleted(t *testing.T) {
 func TestWaitIface(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swwait")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swwait")
 	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--wait-iface", "--json", "--interval", "100ms")
 	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=30"})
 	s.waitTotal(t, 30)

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spiwatch/spiwatch/internal/netlab"
 	"github.com/spiwatch/spiwatch/internal/testenv"
 )
 
@@ -18,11 +17,7 @@ import (
 func TestEventLog(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swlog")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swlog")
 	logFile := filepath.Join(t.TempDir(), "events.log")
 	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--json", "--interval", "100ms",
 		"--log-file", logFile, "--log-format", "json", "--unknown-table-size", "64", "--known-spi", "0x1000")

@@ -20,11 +20,7 @@ import (
 func TestSIGKILL(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swkill")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swkill")
 
 	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--json", "--interval", "100ms")
 	s.cmd.Process.Signal(syscall.SIGKILL)

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiwatch/spiwatch/internal/netlab"
 	"github.com/spiwatch/spiwatch/internal/testenv"
 )
 
@@ -22,11 +21,7 @@ import (
 func TestKnownFileFollowed(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swfile")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swfile")
 	dir := t.TempDir()
 	file, logFile := filepath.Join(dir, "known"), filepath.Join(dir, "events.log")
 	os.WriteFile(file, []byte("0x1000\n0x2000\n"), 0o600)

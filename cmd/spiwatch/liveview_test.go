@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiwatch/spiwatch/internal/netlab"
 	"github.com/spiwatch/spiwatch/internal/testenv"
 )
 
@@ -56,11 +55,7 @@ func TestLiveView(t *testing.T) {
 		testenv.Unavailable(t, "needs tmux for a real terminal")
 	}
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swtui")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swtui")
 	sock := t.TempDir() + "/tmux.sock"
 	status := t.TempDir() + "/status"
 	cmd := fmt.Sprintf("ip netns exec %s %s -i %s --known-spi 0x1000 --interval 200ms; echo $? > %s; echo SHELL-BACK; sleep 30",

@@ -84,11 +84,7 @@ next:
 func TestMetrics(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swprom")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swprom")
 	args := append([]string{"-i", lab.Receiver, "--json", "--interval", "100ms", "--metrics-addr", ":9464", "--metrics-top-unknown", "200"}, e2eKnown...)
 	s := startSpiwatch(t, spiwatch, lab.NSB, args...)
 	if !s.waitStderr("metrics at http://127.0.0.1:9464/metrics") {
@@ -152,11 +148,7 @@ func TestMetrics(t *testing.T) {
 func TestMetricsCardinalityCap(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swcap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swcap")
 	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--json", "--interval", "100ms", "--metrics-addr", "127.0.0.1:9465", "--metrics-top-unknown", "5")
 	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x100000 spis=300 count=300"})
 	s.waitTotal(t, 300)
@@ -175,13 +167,9 @@ func TestMetricsCardinalityCap(t *testing.T) {
 func TestMetricsPortInUse(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, _ := buildBinaries(t)
-	lab, err := netlab.New("swport")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swport")
 	var ln net.Listener
-	if err := netlab.In(lab.NSB, func() error {
+	if err := netlab.In(lab.NSB, func() (err error) {
 		ln, err = net.Listen("tcp", "127.0.0.1:9466")
 		return err
 	}); err != nil {

@@ -34,11 +34,7 @@ func TestPinnedRestart(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
 	pins := testBPFFS(t)
-	lab, err := netlab.New("swpin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swpin")
 	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run() // on failure
 
 	run := func(args ...string) (string, string, error) {
@@ -111,11 +107,7 @@ func TestPinnedIncompatible(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, _ := buildBinaries(t)
 	pins := testBPFFS(t)
-	lab, err := netlab.New("swpinx")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swpinx")
 	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run()
 	if out, err := netlab.Command(lab.NSB, spiwatch, "-i", lab.Receiver, "--pin", "--pin-path", pins, "--count", "1", "--interval", "10ms").CombinedOutput(); err != nil {
 		t.Fatalf("first run: %v: %s", err, out)

@@ -22,11 +22,7 @@ func TestLeastPrivilege(t *testing.T) {
 		testenv.Unavailable(t, "needs setpriv (util-linux) to drop capabilities")
 	}
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swcaps")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swcaps")
 	withCaps := func(caps string, args ...string) *exec.Cmd {
 		return netlab.Command(lab.NSB, "setpriv", append([]string{"--bounding-set=-all," + caps, "--inh-caps=-all", spiwatch}, args...)...)
 	}
@@ -99,11 +95,7 @@ func TestDropsPrivileges(t *testing.T) {
 		{"user", []string{"--user", "nobody"}, "0000000000000000", "65534"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			lab, err := netlab.New("swdrop")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer lab.Close()
+			lab := newLab(t, "swdrop")
 			s := startSpiwatch(t, spiwatch, lab.NSB, append([]string{"-i", lab.Receiver, "--json", "--interval", "100ms"}, c.args...)...)
 			pid := s.cmd.Process.Pid
 			for _, set := range []string{"CapEff", "CapPrm"} {

@@ -37,11 +37,7 @@ func TestSoak(t *testing.T) {
 	testenv.RequireNetns(t)
 	d := soakDuration(t)
 	spiwatch, gen := buildBinaries(t)
-	lab, err := netlab.New("swsoak")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
+	lab := newLab(t, "swsoak")
 	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--json", "--interval", "1s", "--top", "20",
 		"--known-spi", "0xc0000001@203.0.113.1", "--metrics-addr", "127.0.0.1:9468", "--log-file", os.DevNull)
 	go func() { // keep the report pipe drained
