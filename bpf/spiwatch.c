@@ -15,6 +15,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 /* Load-time settings. */
 volatile const __u32 drop_unknown = 0; /* 1: XDP_DROP packets with an unknown SPI */
 volatile const __u32 iface_slot = 0;   /* this instance's row in sw_counters */
+/* 1 where the kernel has bpf_xdp_load_bytes (5.18): on older kernels the capture
+ * code is dead and the verifier never sees the helper, so counting still loads. */
+volatile const __u32 capture_supported = 0;
 
 #ifndef KNOWN_SAS_MAX
 #define KNOWN_SAS_MAX 65536
@@ -62,6 +65,56 @@ struct {
 	__type(value, __u64);
 } sw_tally SEC(".maps");
 
+/* Capture settings (struct sw_capcfg), written by Go while the program runs. An
+ * array lookup with a constant key is inlined by the verifier: while no capture
+ * runs, the hot path pays one load and one branch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sw_capcfg);
+} sw_capcfg SEC(".maps");
+
+/* Per-CPU token bucket and capture counters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sw_capstate);
+} sw_capstate SEC(".maps");
+
+/* Per-CPU scratch record: the header and the frame's head are assembled here, then
+ * copied into the ring buffer with their real length (a reservation would need a
+ * constant size, SW_SNAP_MAX for every frame). */
+struct sw_capbuf {
+	struct sw_sample hdr;
+	__u8 data[SW_SNAP_MAX];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sw_capbuf);
+} sw_capbuf SEC(".maps");
+
+#ifndef SAMPLES_RING_SIZE
+#define SAMPLES_RING_SIZE (4 << 20)
+#endif
+/* Samples for spiwatch capture: struct sw_sample records, then the frame's head. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SAMPLES_RING_SIZE);
+} sw_samples SEC(".maps");
+
+/* The capture holding sw_capcfg (key 0): a hash map, so that taking it with
+ * BPF_NOEXIST is atomic between two starting captures. Only Go uses it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sw_capowner);
+} sw_capowner SEC(".maps");
+
 static __always_inline void tally(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&sw_tally, &which);
@@ -90,7 +143,9 @@ static __always_inline int lookup_known(struct pkt *p, __u32 len)
 	return SW_OUTCOME_KNOWN;
 }
 
-static __always_inline void record_unknown(struct xdp_md *ctx, struct pkt *p, __u32 len)
+/* Returns the row's packet count including this one (0 if no row could be made),
+ * which the capture's first-N rule reads. */
+static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, __u32 len)
 {
 	struct unknown_key k = {
 		.spi = p->spi,
@@ -116,19 +171,20 @@ static __always_inline void record_unknown(struct xdp_md *ctx, struct pkt *p, __
 		long err = bpf_map_update_elem(&sw_unknown, &k, &fresh, BPF_NOEXIST);
 		if (err == 0) {
 			tally(SW_TALLY_UNKNOWN_INSERTS);
-			return;
+			return 1;
 		}
 		us = err == -EEXIST ? bpf_map_lookup_elem(&sw_unknown, &k) : 0;
 		if (!us) {
 			tally(SW_TALLY_UNKNOWN_INSERT_FAILS);
-			return;
+			return 0;
 		}
 	}
 	/* One flow usually arrives on one RX queue; atomics keep counts exact when not. */
-	__sync_fetch_and_add(&us->packets, 1);
+	__u64 before = __sync_fetch_and_add(&us->packets, 1);
 	__sync_fetch_and_add(&us->bytes, len);
 	us->last_seen_ns = now;
 	us->last_seq = p->seq;
+	return before + 1;
 }
 
 static __always_inline void count(__u32 class, __u32 outcome, __u32 len)
@@ -141,6 +197,115 @@ static __always_inline void count(__u32 class, __u32 outcome, __u32 len)
 	}
 }
 
+/* sample decides whether a frame the capture selected is kept (the first per_spi
+ * packets of an unknown-table row always, then a per-CPU token bucket), and copies
+ * it into the ring buffer. Out of line: it runs only while a capture is on.
+ * what = class | outcome << 8 | action << 16. */
+static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 row_packets)
+{
+	__u32 zero = 0;
+	__u32 class = what & 0xff, outcome = (what >> 8) & 0xff;
+	struct sw_capcfg *cfg = bpf_map_lookup_elem(&sw_capcfg, &zero);
+	if (!cfg)
+		return 0;
+
+	__u32 ifindex = ctx->ingress_ifindex, i, hit = 0;
+	for (i = 0; i < SW_CAP_MAX_IFACES; i++) {
+		if (i >= cfg->nifaces)
+			break;
+		if (cfg->ifindexes[i] == ifindex) {
+			hit = 1;
+			break;
+		}
+	}
+	if (!hit)
+		return 0;
+	int unknown_row = outcome == SW_OUTCOME_UNKNOWN || outcome == SW_OUTCOME_RESERVED;
+	if (!((cfg->class_mask >> class) & 1) && !(unknown_row && (cfg->class_mask & SW_CAP_UNKNOWN)))
+		return 0;
+	if (cfg->nspis) {
+		if (!has_spi(class))
+			return 0;
+		hit = 0;
+		for (i = 0; i < SW_CAP_MAX_SPIS; i++) {
+			if (i >= cfg->nspis)
+				break;
+			if (cfg->spis[i] == spi) {
+				hit = 1;
+				break;
+			}
+		}
+		if (!hit)
+			return 0;
+	}
+
+	struct sw_capstate *st = bpf_map_lookup_elem(&sw_capstate, &zero);
+	if (!st)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 rate = cfg->rate;
+	if (rate > SW_CAP_RATE_MAX)
+		rate = SW_CAP_RATE_MAX;
+	if (st->gen != cfg->gen) { /* a new capture: start with a full bucket */
+		st->gen = cfg->gen;
+		st->credit = rate * SW_NSEC;
+		st->last_ns = now;
+	}
+	__u8 reason = 0;
+	if (unknown_row && row_packets && row_packets <= cfg->per_spi) {
+		reason = SW_REASON_FIRST;
+	} else if (rate) {
+		/* One second of tokens at most: elapsed is capped there, so elapsed * rate
+		 * stays below 1e9 * SW_CAP_RATE_MAX. */
+		__u64 elapsed = now - st->last_ns;
+		if (elapsed > SW_NSEC)
+			elapsed = SW_NSEC;
+		__u64 credit = st->credit + elapsed * rate;
+		if (credit > rate * SW_NSEC)
+			credit = rate * SW_NSEC;
+		if (credit >= SW_NSEC) {
+			credit -= SW_NSEC;
+			reason = SW_REASON_RATE;
+		}
+		st->credit = credit;
+		st->last_ns = now;
+	}
+	if (!reason) {
+		st->rate_refused++;
+		return 0;
+	}
+
+	struct sw_capbuf *buf = bpf_map_lookup_elem(&sw_capbuf, &zero);
+	if (!buf)
+		return 0;
+	__u32 len = ctx->data_end - ctx->data;
+	__u32 cap = cfg->snaplen;
+	if (cap > len)
+		cap = len;
+	if (cap > SW_SNAP_MAX)
+		cap = SW_SNAP_MAX;
+	buf->hdr.ts_ns = now;
+	buf->hdr.row_packets = row_packets;
+	buf->hdr.ifindex = ifindex;
+	buf->hdr.spi = spi;
+	buf->hdr.len = len;
+	buf->hdr.cap_len = cap;
+	buf->hdr.class = class;
+	buf->hdr.outcome = outcome;
+	buf->hdr.reason = reason;
+	buf->hdr.action = (what >> 16) & 0xff;
+	buf->hdr._pad = 0;
+	if (cap > 0 && bpf_xdp_load_bytes(ctx, 0, buf->data, cap)) {
+		st->ring_full++;
+		return 0;
+	}
+	if (bpf_ringbuf_output(&sw_samples, buf, sizeof(buf->hdr) + cap, 0))
+		st->ring_full++;
+	else
+		st->samples++;
+	return 0;
+}
+
 SEC("xdp")
 int spiwatch_xdp(struct xdp_md *ctx)
 {
@@ -149,18 +314,26 @@ int spiwatch_xdp(struct xdp_md *ctx)
 	__u32 len = ctx->data_end - ctx->data;
 	struct pkt p; /* filled by classify() for esp and esp-in-udp */
 	__u32 outcome = SW_OUTCOME_NONE;
+	__u64 row_packets = 0;
+	__u32 spi = 0;
 
 	__u32 class = classify(data, data_end, len, &p);
 	if (has_spi(class)) {
 		/* Reserved SPIs never name an SA: no lookup, but they are recorded with their
 		 * peer like unknown ones, since someone is sending them. */
+		spi = p.spi;
 		outcome = p.spi < 256 ? SW_OUTCOME_RESERVED : lookup_known(&p, len);
 		if (outcome != SW_OUTCOME_KNOWN)
-			record_unknown(ctx, &p, len);
+			row_packets = record_unknown(ctx, &p, len);
 	}
 	count(class, outcome, len);
 
-	if (outcome == SW_OUTCOME_UNKNOWN && drop_unknown)
-		return XDP_DROP;
-	return XDP_PASS;
+	__u32 action = outcome == SW_OUTCOME_UNKNOWN && drop_unknown ? XDP_DROP : XDP_PASS;
+	if (capture_supported) {
+		__u32 zero = 0;
+		struct sw_capcfg *cfg = bpf_map_lookup_elem(&sw_capcfg, &zero);
+		if (cfg && cfg->on)
+			sample(ctx, class | outcome << 8 | action << 16, spi, row_packets);
+	}
+	return action;
 }

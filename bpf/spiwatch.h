@@ -80,4 +80,74 @@ struct unknown_stats {
 	__u32 _pad;
 };
 
+/* Capture (spiwatch capture): the program copies the head of selected frames into
+ * a ring buffer. The settings are run-time state in sw_capcfg, written by Go, so a
+ * capture can start and stop beside a running spiwatch without reloading anything. */
+#define SW_CAP_MAX_IFACES 8
+#define SW_CAP_MAX_SPIS 8
+/* Largest snap length: a jumbo frame. */
+#define SW_SNAP_MAX 9216
+/* class_mask bit for "unknown": packets of any SPI class with an unknown or
+ * reserved SPI. Bits 0..SW_CLASS_MAX-1 select whole classes. */
+#define SW_CAP_UNKNOWN (1U << 7)
+#define SW_NSEC 1000000000ULL
+/* --rate is at most this many packets per second per CPU: the token bucket's
+ * arithmetic then stays far below 2^64. */
+#define SW_CAP_RATE_MAX 10000000
+
+/* Written by Go (one entry). on is the only field the hot path reads while no
+ * capture runs. */
+struct sw_capcfg {
+	__u32 on;         /* 0: no capture */
+	__u32 gen;        /* changed at every start: per-CPU token buckets refill */
+	__u32 class_mask; /* bit per enum sw_class, plus SW_CAP_UNKNOWN */
+	__u32 snaplen;    /* bytes copied per frame, 1..SW_SNAP_MAX */
+	__u32 per_spi;    /* the first per_spi packets of every unknown-table row are kept */
+	__u32 rate;       /* then up to rate packets per second per CPU (token bucket) */
+	__u32 nifaces;    /* ifindexes sampled */
+	__u32 nspis;      /* 0: any SPI; else only frames carrying one of spis */
+	__u32 ifindexes[SW_CAP_MAX_IFACES];
+	__u32 spis[SW_CAP_MAX_SPIS];
+};
+
+/* Per-CPU sampler state and counters. Nothing is lost silently: every frame the
+ * capture selected is a sample, a refusal by the rate, or a ring-buffer loss. */
+struct sw_capstate {
+	__u64 credit;       /* token bucket in packet-nanoseconds: SW_NSEC is one packet */
+	__u64 last_ns;
+	__u64 samples;      /* handed to the ring buffer */
+	__u64 ring_full;    /* the ring buffer had no room (or the copy failed) */
+	__u64 rate_refused; /* selected, but neither first-N nor within the rate */
+	__u32 gen;
+	__u32 _pad;
+};
+
+/* Why a sample was taken. */
+enum sw_cap_reason {
+	SW_REASON_FIRST = 1, /* among the first per_spi packets of its unknown-table row */
+	SW_REASON_RATE = 2,  /* within the rate */
+};
+
+/* Ring-buffer record: this header, then cap_len bytes of the frame. */
+struct sw_sample {
+	__u64 ts_ns;       /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
+	__u64 row_packets; /* packets of the unknown-table row so far (0: no row) */
+	__u32 ifindex;
+	__u32 spi;         /* 0 for classes without an SPI */
+	__u32 len;         /* frame length */
+	__u32 cap_len;     /* bytes that follow */
+	__u8 class;
+	__u8 outcome;
+	__u8 reason;       /* enum sw_cap_reason */
+	__u8 action;       /* the XDP verdict: 1 drop, 2 pass */
+	__u32 _pad;
+};
+
+/* Who runs the capture (one per set of maps): key 0. */
+struct sw_capowner {
+	__u32 pid;
+	__u32 _pad;
+	__u64 start; /* process start time in clock ticks (/proc/PID/stat field 22) */
+};
+
 #endif /* SPIWATCH_H */

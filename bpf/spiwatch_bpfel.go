@@ -28,6 +28,57 @@ type SpiwatchSaStats struct {
 	Pad        uint32
 }
 
+type SpiwatchSwCapbuf struct {
+	_   structs.HostLayout
+	Hdr struct {
+		_          structs.HostLayout
+		TsNs       uint64
+		RowPackets uint64
+		Ifindex    uint32
+		Spi        uint32
+		Len        uint32
+		CapLen     uint32
+		Class      uint8
+		Outcome    uint8
+		Reason     uint8
+		Action     uint8
+		Pad        uint32
+	}
+	Data [9216]uint8
+}
+
+type SpiwatchSwCapcfg struct {
+	_         structs.HostLayout
+	On        uint32
+	Gen       uint32
+	ClassMask uint32
+	Snaplen   uint32
+	PerSpi    uint32
+	Rate      uint32
+	Nifaces   uint32
+	Nspis     uint32
+	Ifindexes [8]uint32
+	Spis      [8]uint32
+}
+
+type SpiwatchSwCapowner struct {
+	_     structs.HostLayout
+	Pid   uint32
+	Pad   uint32
+	Start uint64
+}
+
+type SpiwatchSwCapstate struct {
+	_           structs.HostLayout
+	Credit      uint64
+	LastNs      uint64
+	Samples     uint64
+	RingFull    uint64
+	RateRefused uint64
+	Gen         uint32
+	Pad         uint32
+}
+
 type SpiwatchSwCount struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -58,15 +109,21 @@ type SpiwatchUnknownStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SpiwatchMapSwCounters    = "sw_counters"
-	SpiwatchMapSwKnown       = "sw_known"
-	SpiwatchMapSwTally       = "sw_tally"
-	SpiwatchMapSwUnknown     = "sw_unknown"
-	SpiwatchProgSpiwatchXdp  = "spiwatch_xdp"
-	SpiwatchVarDropUnknown   = "drop_unknown"
-	SpiwatchVarIfaceSlot     = "iface_slot"
-	SpiwatchVarNattPortCount = "natt_port_count"
-	SpiwatchVarNattPorts     = "natt_ports"
+	SpiwatchMapSwCapbuf         = "sw_capbuf"
+	SpiwatchMapSwCapcfg         = "sw_capcfg"
+	SpiwatchMapSwCapowner       = "sw_capowner"
+	SpiwatchMapSwCapstate       = "sw_capstate"
+	SpiwatchMapSwCounters       = "sw_counters"
+	SpiwatchMapSwKnown          = "sw_known"
+	SpiwatchMapSwSamples        = "sw_samples"
+	SpiwatchMapSwTally          = "sw_tally"
+	SpiwatchMapSwUnknown        = "sw_unknown"
+	SpiwatchProgSpiwatchXdp     = "spiwatch_xdp"
+	SpiwatchVarCaptureSupported = "capture_supported"
+	SpiwatchVarDropUnknown      = "drop_unknown"
+	SpiwatchVarIfaceSlot        = "iface_slot"
+	SpiwatchVarNattPortCount    = "natt_port_count"
+	SpiwatchVarNattPorts        = "natt_ports"
 )
 
 // LoadSpiwatch returns the embedded CollectionSpec for Spiwatch.
@@ -118,8 +175,13 @@ type SpiwatchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SpiwatchMapSpecs struct {
+	SwCapbuf   *ebpf.MapSpec `ebpf:"sw_capbuf"`
+	SwCapcfg   *ebpf.MapSpec `ebpf:"sw_capcfg"`
+	SwCapowner *ebpf.MapSpec `ebpf:"sw_capowner"`
+	SwCapstate *ebpf.MapSpec `ebpf:"sw_capstate"`
 	SwCounters *ebpf.MapSpec `ebpf:"sw_counters"`
 	SwKnown    *ebpf.MapSpec `ebpf:"sw_known"`
+	SwSamples  *ebpf.MapSpec `ebpf:"sw_samples"`
 	SwTally    *ebpf.MapSpec `ebpf:"sw_tally"`
 	SwUnknown  *ebpf.MapSpec `ebpf:"sw_unknown"`
 }
@@ -128,10 +190,11 @@ type SpiwatchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SpiwatchVariableSpecs struct {
-	DropUnknown   *ebpf.VariableSpec `ebpf:"drop_unknown"`
-	IfaceSlot     *ebpf.VariableSpec `ebpf:"iface_slot"`
-	NattPortCount *ebpf.VariableSpec `ebpf:"natt_port_count"`
-	NattPorts     *ebpf.VariableSpec `ebpf:"natt_ports"`
+	CaptureSupported *ebpf.VariableSpec `ebpf:"capture_supported"`
+	DropUnknown      *ebpf.VariableSpec `ebpf:"drop_unknown"`
+	IfaceSlot        *ebpf.VariableSpec `ebpf:"iface_slot"`
+	NattPortCount    *ebpf.VariableSpec `ebpf:"natt_port_count"`
+	NattPorts        *ebpf.VariableSpec `ebpf:"natt_ports"`
 }
 
 // SpiwatchObjects contains all objects after they have been loaded into the kernel.
@@ -154,16 +217,26 @@ func (o *SpiwatchObjects) Close() error {
 //
 // It can be passed to LoadSpiwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SpiwatchMaps struct {
+	SwCapbuf   *ebpf.Map `ebpf:"sw_capbuf"`
+	SwCapcfg   *ebpf.Map `ebpf:"sw_capcfg"`
+	SwCapowner *ebpf.Map `ebpf:"sw_capowner"`
+	SwCapstate *ebpf.Map `ebpf:"sw_capstate"`
 	SwCounters *ebpf.Map `ebpf:"sw_counters"`
 	SwKnown    *ebpf.Map `ebpf:"sw_known"`
+	SwSamples  *ebpf.Map `ebpf:"sw_samples"`
 	SwTally    *ebpf.Map `ebpf:"sw_tally"`
 	SwUnknown  *ebpf.Map `ebpf:"sw_unknown"`
 }
 
 func (m *SpiwatchMaps) Close() error {
 	return _SpiwatchClose(
+		m.SwCapbuf,
+		m.SwCapcfg,
+		m.SwCapowner,
+		m.SwCapstate,
 		m.SwCounters,
 		m.SwKnown,
+		m.SwSamples,
 		m.SwTally,
 		m.SwUnknown,
 	)
@@ -173,10 +246,11 @@ func (m *SpiwatchMaps) Close() error {
 //
 // It can be passed to LoadSpiwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SpiwatchVariables struct {
-	DropUnknown   *ebpf.Variable `ebpf:"drop_unknown"`
-	IfaceSlot     *ebpf.Variable `ebpf:"iface_slot"`
-	NattPortCount *ebpf.Variable `ebpf:"natt_port_count"`
-	NattPorts     *ebpf.Variable `ebpf:"natt_ports"`
+	CaptureSupported *ebpf.Variable `ebpf:"capture_supported"`
+	DropUnknown      *ebpf.Variable `ebpf:"drop_unknown"`
+	IfaceSlot        *ebpf.Variable `ebpf:"iface_slot"`
+	NattPortCount    *ebpf.Variable `ebpf:"natt_port_count"`
+	NattPorts        *ebpf.Variable `ebpf:"natt_ports"`
 }
 
 // SpiwatchPrograms contains all programs after they have been loaded into the kernel.

@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/spiwatch/spiwatch/bpf"
@@ -112,12 +114,16 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	if s.DropUnknown {
 		drop = 1
 	}
-	for name, v := range map[string]any{
+	settings := map[string]any{
 		"natt_ports":      ports,
 		"natt_port_count": uint32(len(s.NATTPorts)),
 		"drop_unknown":    drop,
 		"iface_slot":      uint32(0),
-	} {
+	}
+	if _, ok := spec.Variables["capture_supported"]; ok { // benchmark variants may lack it
+		settings["capture_supported"] = captureSupported()
+	}
+	for name, v := range settings {
 		vs, ok := spec.Variables[name]
 		if !ok {
 			return nil, fmt.Errorf("BPF object has no setting %q: rebuild with make generate", name)
@@ -152,6 +158,15 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		Settings: s, Maps: m, spec: spec, coll: coll,
 		progs: map[int]*ebpf.Program{0: coll.Programs[progName]},
 	}, nil
+}
+
+// captureSupported says whether the kernel has bpf_xdp_load_bytes (5.18), which
+// spiwatch capture needs; without it the capture code stays dead and unverified.
+func captureSupported() uint32 {
+	if features.HaveProgramHelper(ebpf.XDP, asm.FnXdpLoadBytes) == nil {
+		return 1
+	}
+	return 0
 }
 
 func loadError(err error, memlockErr error) error {
@@ -192,8 +207,10 @@ func (o *Objects) programLocked(slot int) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("setting iface_slot: %w", err)
 	}
 	replace := map[string]*ebpf.Map{}
-	for _, name := range []string{maps.KnownName, maps.UnknownName, maps.CountersName, maps.TallyName} {
-		replace[name] = o.coll.Maps[name]
+	for name, m := range o.coll.Maps {
+		if name[0] != '.' { // every instance has its own .rodata (its slot)
+			replace[name] = m
+		}
 	}
 	// Only the program is wanted; drop the other maps' specs so nothing else is created
 	// besides this instance's own .rodata.

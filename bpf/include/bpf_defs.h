@@ -54,6 +54,9 @@ enum {
 #define __uint(name, val) int (*name)[val]
 #define __type(name, val) typeof(val) *name
 #define SEC(name) __attribute__((section(name), used))
+#ifndef __noinline
+#define __noinline __attribute__((noinline))
+#endif
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
 #endif
@@ -63,6 +66,9 @@ static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
 				   __u64 flags) = (void *)2;
 static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)160;
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
+static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)130;
+static long (*bpf_xdp_load_bytes)(struct xdp_md *xdp_md, __u32 offset, void *buf, __u32 len) = (void *)189;
 
 /* Byte order: convert on the BPF target's own endianness; constants fold at compile
  * time. */
