@@ -33,6 +33,9 @@ func TestMirrors(t *testing.T) {
 		{UnknownName, ebpf.LRUHash, unknownKey{}, unknownStats{}},
 		{CountersName, ebpf.PerCPUArray, uint32(0), swCount{}},
 		{TallyName, ebpf.PerCPUArray, uint32(0), uint64(0)},
+		{CapCfgName, ebpf.Array, uint32(0), capCfg{}},
+		{CapStateName, ebpf.PerCPUArray, uint32(0), capState{}},
+		{CapOwnerName, ebpf.Hash, uint32(0), CapOwner{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ms, ok := spec.Maps[tc.name]
@@ -53,6 +56,24 @@ func TestMirrors(t *testing.T) {
 		})
 	}
 
+	// The ring-buffer record's header has no map of its own: it is the head of
+	// struct sw_capbuf.
+	if buf, ok := spec.Maps["sw_capbuf"]; !ok {
+		t.Error("object has no map sw_capbuf")
+	} else if st, ok := btf.UnderlyingType(buf.Value).(*btf.Struct); !ok || len(st.Members) != 2 {
+		t.Errorf("sw_capbuf's value is %v, want struct {hdr; data}", buf.Value)
+	} else {
+		if got := binary.Size(SampleHeader{}); got != SampleHeaderSize {
+			t.Errorf("SampleHeader is %d bytes, SampleHeaderSize says %d", got, SampleHeaderSize)
+		}
+		if off := st.Members[1].Offset.Bytes(); off != SampleHeaderSize {
+			t.Errorf("sw_capbuf data at offset %d, SampleHeaderSize is %d", off, SampleHeaderSize)
+		}
+		checkLayout(t, "sample header", SampleHeader{}, st.Members[0].Type)
+		if got, want := buf.ValueSize, uint32(SampleHeaderSize+SnapMax); got != want {
+			t.Errorf("sw_capbuf value is %d bytes, want header + SnapMax = %d", got, want)
+		}
+	}
 	if got, want := spec.Maps[CountersName].MaxEntries, uint32(MaxIfaces*classify.NumClasses*classify.NumOutcomes); got != want {
 		t.Errorf("%s has %d entries, want MaxIfaces*NumClasses*NumOutcomes = %d", CountersName, got, want)
 	}
