@@ -208,6 +208,11 @@ static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 ro
 	struct sw_capcfg *cfg = bpf_map_lookup_elem(&sw_capcfg, &zero);
 	if (!cfg)
 		return 0;
+	/* Never runs (the verifier knows the constant and drops it), but makes
+	 * sw_capowner one of the program's maps, which is how a capture beside a
+	 * running spiwatch finds it: by the program's map IDs. */
+	if (capture_supported == 2)
+		bpf_map_lookup_elem(&sw_capowner, &zero);
 
 	__u32 ifindex = ctx->ingress_ifindex, i, hit = 0;
 	for (i = 0; i < SW_CAP_MAX_IFACES; i++) {

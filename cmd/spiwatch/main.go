@@ -47,6 +47,7 @@ Security Association ("invalid SPI"), per class, peer and SPI.
 Usage:
   spiwatch [run] -i IFACE [-i IFACE ...] [flags]  watch interfaces live
   spiwatch read FILE [flags]                      classify a pcap or pcapng file
+  spiwatch capture -i IFACE -w FILE [flags]       write the packets that matter to pcapng
   spiwatch status | stats | detach [flags]        what run --pin left in the kernel
   (spiwatch COMMAND --help for each)
 
@@ -74,6 +75,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "read":
 			return runRead(args[1:], stdout, stderr)
+		case "capture":
+			return runCapture(args[1:], stdout, stderr)
 		case "stats":
 			return runStats(args[1:], stdout, stderr)
 		case "status":

@@ -198,6 +198,10 @@ func ngInterface(i Interface) pcapgo.NgInterface {
 }
 
 func (w *Writer) fileError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err // the path is said once
+	}
 	return fmt.Errorf("writing capture file %s: %w", w.Path(), err)
 }
 

@@ -1,0 +1,348 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiwatch/spiwatch/internal/netlab"
+	"github.com/spiwatch/spiwatch/internal/testenv"
+)
+
+func TestCaptureUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-w", "x.pcapng"}, "-i IFACE is required"},
+		{[]string{"-i", "lo"}, "-w FILE is required (- for stdout)"},
+		{[]string{"-i", "lo", "-w", "x", "--class", "bogus"}, "--class bogus: unknown class"},
+		{[]string{"-i", "lo", "-w", "x", "--spi", "0xzz"}, "--spi 0xzz: not a 32-bit SPI"},
+		{[]string{"-i", "lo", "-w", "x", "--spi", "0x1234", "--class", "ike"}, "--spi selects frames with an SPI"},
+		{[]string{"-i", "lo", "-w", "x", "--snaplen", "10000"}, "--snaplen 10000: at most 9216 bytes"},
+		{[]string{"-i", "lo", "-w", "-", "--rotate", "100MB"}, "--rotate needs a file"},
+		{[]string{"-i", "lo", "-w", "x", "--rotate", "lots"}, "--rotate lots: not a size"},
+		{[]string{"-i", "lo", "-w", "x", "--rotate", "1MB", "--rotate-keep", "0"}, "--rotate-keep 0: keep at least 1 file"},
+		{[]string{"-i", "lo", "-i", "lo", "-w", "x"}, "interface lo is given twice"},
+		{[]string{"-i", "lo", "-w", "x", "--rate", "20000000"}, "--rate 20000000: at most 10000000"},
+		{[]string{"-i", "lo", "-w", "x", "--known-spi", "7"}, "--known-spi 7: SPI 7 is reserved"},
+		{[]string{"-i", "nosuchif0", "-w", "x"}, "interface nosuchif0 not found"},
+		{[]string{"-i", "lo", "-w", "x", "extra"}, `unexpected argument "extra"`},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(append([]string{"capture"}, tc.args...), &stdout, &stderr)
+		if code != exitUsage || !strings.HasPrefix(stderr.String(), "spiwatch capture: "+tc.want) || stdout.Len() != 0 {
+			t.Errorf("capture %q: exit %d, stderr %q; want exit 2 and %q", tc.args, code, stderr.String(), tc.want)
+		}
+	}
+	if _, err := os.Stat("x"); err == nil {
+		t.Error("a rejected capture created its file")
+	}
+	for in, want := range map[string]int64{"100MB": 100e6, "1.5GB": 15e8, "512KiB": 512 << 10, "1000000": 1e6, "2m": 2e6} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+}
+
+// capRun is a running spiwatch capture.
+type capRun struct {
+	cmd    *exec.Cmd
+	stderr *syncBuilder
+	stdout *bytes.Buffer
+	done   chan error
+}
+
+func startCapture(t *testing.T, bin, ns string, args ...string) *capRun {
+	t.Helper()
+	c := &capRun{cmd: netlab.Command(ns, bin, append([]string{"capture"}, args...)...), stderr: &syncBuilder{}, stdout: &bytes.Buffer{}, done: make(chan error, 1)}
+	c.cmd.Stdout = c.stdout
+	errPipe, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if c.cmd.ProcessState == nil {
+			c.cmd.Process.Kill()
+			<-c.done
+		}
+	})
+	go func() {
+		sc := bufio.NewScanner(errPipe)
+		for sc.Scan() {
+			c.stderr.WriteString(sc.Text() + "\n")
+		}
+		c.done <- c.cmd.Wait()
+	}()
+	return c
+}
+
+// waitFor waits for text on the capture's stderr.
+func (c *capRun) waitFor(t *testing.T, text string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(c.stderr.String(), text) {
+			return
+		}
+	}
+	t.Fatalf("capture never said %q: %s", text, c.stderr)
+}
+
+// stop interrupts the capture and returns its exit status.
+func (c *capRun) stop(t *testing.T) int {
+	t.Helper()
+	if err := c.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.done:
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(20 * time.Second):
+		t.Fatalf("capture did not stop on SIGINT: %s", c.stderr)
+	}
+	return -1
+}
+
+// tsharkPacket is one packet as tshark shows it.
+type tsharkPacket struct {
+	comment, src, dst, espSPI string
+}
+
+// readTshark opens a capture with tshark (a file, or stdin with data).
+func readTshark(t *testing.T, path string, data []byte) []tsharkPacket {
+	t.Helper()
+	tshark := testenv.RequireTool(t, "tshark", "tshark")
+	cmd := exec.Command(tshark, "-r", path, "-T", "fields", "-E", "separator=|",
+		"-e", "frame.comment", "-e", "ip.src", "-e", "ipv6.src", "-e", "ip.dst", "-e", "ipv6.dst", "-e", "esp.spi")
+	if data != nil {
+		cmd.Stdin = bytes.NewReader(data)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tshark -r %s: %v: %s", path, err, stderr.String())
+	}
+	var pkts []tsharkPacket
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l == "" {
+			continue
+		}
+		f := strings.Split(l, "|")
+		if len(f) != 6 {
+			t.Fatalf("tshark line %q", l)
+		}
+		pkts = append(pkts, tsharkPacket{comment: f[0], src: f[1] + f[2], dst: f[3] + f[4], espSPI: f[5]})
+	}
+	return pkts
+}
+
+var commentRE = regexp.MustCompile(`^spiwatch: class=(esp|esp-in-udp) spi=(0x[0-9a-f]{8}) verdict=(unknown|reserved) action=pass kept=first-(\d+)/(\d+)$`)
+
+// checkSampled checks a capture of unknown SPIs with --per-spi n and --rate 0:
+// exactly the first n packets of every unknown row, each with its comment, and
+// the SPIs are the unknown SPIs of the expectation.
+func checkSampled(t *testing.T, pkts []tsharkPacket, e expectation, n uint64) {
+	t.Helper()
+	want := map[string]uint64{} // spi src dst
+	var total uint64
+	for k, v := range e.unknown {
+		want[k.spi+" "+k.src+" "+k.dst] += min(v, n)
+		total += min(v, n)
+	}
+	got := map[string]uint64{}
+	for i, p := range pkts {
+		m := commentRE.FindStringSubmatch(p.comment)
+		if m == nil {
+			t.Fatalf("packet %d: comment %q does not say why it was kept", i, p.comment)
+		}
+		if p.espSPI != "" && p.espSPI != m[2] {
+			t.Errorf("packet %d: tshark reads SPI %s, comment says %s", i, p.espSPI, m[2])
+		}
+		if k, _ := strconv.Atoi(m[4]); k < 1 || uint64(k) > n || m[5] != strconv.FormatUint(n, 10) {
+			t.Errorf("packet %d kept as %s of %s: want 1..%d of %d", i, m[4], m[5], n, n)
+		}
+		got[m[2]+" "+p.src+" "+p.dst]++
+	}
+	if uint64(len(pkts)) != total {
+		t.Errorf("%d packets in the file, the sampling rules allow exactly %d", len(pkts), total)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("row %s: %d packets in the file, want %d", k, got[k], v)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("row %s in the file is not an unknown row", k)
+		}
+	}
+}
+
+// summarySPIs reads the unknown SPIs and their packets from capture's summary
+// (the kernel's counters).
+func summarySPIs(t *testing.T, stderr string) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	re := regexp.MustCompile(`(?m)^  (0x[0-9a-f]{8})  (\S+)\s+(\S+)\s+\S+\s+(\d+)$`)
+	for _, m := range re.FindAllStringSubmatch(stderr, -1) {
+		n, _ := strconv.ParseUint(m[4], 10, 64)
+		out[m[1]] += n
+	}
+	return out
+}
+
+func expectedSPIs(e expectation) map[string]uint64 {
+	out := map[string]uint64{}
+	for k, v := range e.unknown {
+		out[k.spi] += v
+	}
+	return out
+}
+
+// captureMix has known SAs, stale SPIs over ESP and NAT-T, a reserved SPI, IPv6
+// with VLANs, other traffic, and 10 new SPIs from 2 sources.
+var captureMix = []string{
+	"esp spi=0x1000 src=198.51.100.1 dst=203.0.113.1 count=2000",
+	"esp-in-udp spi=0x2000 src=198.51.100.2 dst=203.0.113.1 sport=4500 dport=4500 count=1000",
+	"esp spi=0xdeadbeef src=198.51.100.3 dst=203.0.113.1 count=1500",
+	"esp-in-udp spi=0xbad0 src=198.51.100.4 dst=203.0.113.1 sport=31000 dport=4500 count=700",
+	"esp spi=7 src=198.51.100.5 dst=203.0.113.1 count=3",
+	"esp spi=0x3001 src=2001:db8::1 dst=2001:db8::2 vlan=10 count=50",
+	"ike src=198.51.100.1 dst=203.0.113.1 count=40",
+	"tcp src=198.51.100.9 dst=203.0.113.1 count=333",
+	"esp spi=0x100000 spis=10 srcs=2 src=192.0.2.100 dst=203.0.113.1 count=200",
+}
+
+var captureKnown = []string{"--known-spi", "0x1000", "--known-spi", "0x2000@203.0.113.1"}
+
+// TestCaptureStandalone: capture loads spiwatch itself; the file opens in
+// tshark, holds exactly the first --per-spi packets of every unknown row, and
+// their SPIs are the kernel's unknown SPIs. At exit nothing stays attached.
+func TestCaptureStandalone(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swcap")
+	file := filepath.Join(t.TempDir(), "unknown.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, append([]string{"-i", lab.Receiver, "-w", file, "--per-spi", "5", "--rate", "0"}, captureKnown...)...)
+	c.waitFor(t, "to "+file)
+	if !xdpAttached(t, lab.NSB, lab.Receiver) {
+		t.Fatal("capture started without attaching")
+	}
+	runGen(t, gen, lab.NSA, lab.Sender, captureMix)
+	e := expect(t, captureMix, captureKnown, false)
+	time.Sleep(500 * time.Millisecond)
+	if code := c.stop(t); code != 0 {
+		t.Fatalf("capture exited %d: %s", code, c.stderr)
+	}
+	t.Logf("capture said:\n%s", c.stderr)
+	checkSampled(t, readTshark(t, file, nil), e, 5)
+	if got, want := summarySPIs(t, c.stderr.String()), expectedSPIs(e); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("kernel's unknown SPIs in the summary %v, want %v", got, want)
+	}
+	if !strings.Contains(c.stderr.String(), " 0 lost (ring buffer full)") {
+		t.Errorf("summary does not report the ring buffer's losses (0): %s", c.stderr)
+	}
+	if xdpAttached(t, lab.NSB, lab.Receiver) {
+		t.Error("XDP program still attached after capture exited")
+	}
+}
+
+// TestCaptureBesideRun: capture uses the maps of a running spiwatch run (no second
+// program), a second capture is refused naming the first, -w - feeds tshark, and
+// run's report and capture's summary count the same unknown SPIs.
+func TestCaptureBesideRun(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swcapr")
+	r := startSpiwatch(t, spiwatch, lab.NSB, append([]string{"-i", lab.Receiver, "--json", "--interval", "100ms", "--top", "0"}, captureKnown...)...)
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", "-", "--per-spi", "3", "--rate", "0")
+	c.waitFor(t, "beside spiwatch run")
+
+	second := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", filepath.Join(t.TempDir(), "second.pcapng"))
+	select {
+	case err := <-second.done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(second.stderr.String(), fmt.Sprintf("another capture is running on these maps: pid %d", c.cmd.Process.Pid)) {
+			t.Errorf("second capture: %v, %q; want exit 1 naming pid %d", err, second.stderr, c.cmd.Process.Pid)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a second capture on the same program was not refused")
+	}
+
+	runGen(t, gen, lab.NSA, lab.Sender, captureMix)
+	e := expect(t, captureMix, captureKnown, false)
+	r.waitTotal(t, e.total)
+	time.Sleep(300 * time.Millisecond)
+	if code := c.stop(t); code != 0 {
+		t.Fatalf("capture exited %d: %s", code, c.stderr)
+	}
+	if !xdpAttached(t, lab.NSB, lab.Receiver) {
+		t.Fatal("capture detached spiwatch run's program")
+	}
+	o := r.stop(t)
+	checkReport(t, o, e, lab.Receiver) // run counted every packet, with capture beside it
+	checkSampled(t, readTshark(t, "-", c.stdout.Bytes()), e, 3)
+	runSPIs := map[string]uint64{}
+	for _, u := range o.UnknownSPIs {
+		runSPIs[u.SPI] += u.Packets
+	}
+	if got := summarySPIs(t, c.stderr.String()); fmt.Sprint(got) != fmt.Sprint(runSPIs) {
+		t.Errorf("capture's summary %v, spiwatch run's report %v: not the same maps", got, runSPIs)
+	}
+}
+
+// TestCaptureDiskFull: the file's disk fills while capturing; capture stops
+// writing with a clear message, the file stays readable, and counting goes on
+// (the summary at Ctrl-C has every packet).
+func TestCaptureDiskFull(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	dir := testenv.SmallTmpfs(t, 48<<10)
+	lab := newLab(t, "swcapf")
+	file := filepath.Join(dir, "full.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, append([]string{"-i", lab.Receiver, "-w", file, "--class", "all", "--snaplen", "0", "--rate", "1000000"}, captureKnown...)...)
+	c.waitFor(t, "to "+file)
+	runGen(t, gen, lab.NSA, lab.Sender, captureMix)
+	e := expect(t, captureMix, captureKnown, false)
+	c.waitFor(t, "no space left on device: capture stopped after")
+	c.waitFor(t, "counting goes on")
+	runGen(t, gen, lab.NSA, lab.Sender, captureMix) // after the disk filled: still counted
+	time.Sleep(300 * time.Millisecond)
+	if code := c.stop(t); code != 1 {
+		t.Errorf("capture exited %d after a full disk, want 1", code)
+	}
+	want := expectedSPIs(e)
+	for k := range want {
+		want[k] *= 2
+	}
+	if got := summarySPIs(t, c.stderr.String()); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after the disk filled, the kernel's unknown SPIs %v, want %v", got, want)
+	}
+	if pkts := readTshark(t, file, nil); len(pkts) == 0 {
+		t.Error("the file left on the full disk holds no packet")
+	}
+	t.Logf("capture said:\n%s", c.stderr)
+}
