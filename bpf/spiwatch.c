@@ -19,6 +19,11 @@ volatile const __u32 iface_slot = 0;   /* this instance's row in sw_counters */
  * code is dead and the verifier never sees the helper, so counting still loads. */
 volatile const __u32 capture_supported = 0;
 
+/* Run-time switch of spiwatch capture, set by Go (the rest of the settings are in
+ * sw_capcfg). A global: the hot path reads it with one load, no map lookup. The
+ * .bss map is shared by every program instance, like the maps. */
+volatile __u32 capture_on = 0;
+
 #ifndef KNOWN_SAS_MAX
 #define KNOWN_SAS_MAX 65536
 #endif
@@ -65,9 +70,8 @@ struct {
 	__type(value, __u64);
 } sw_tally SEC(".maps");
 
-/* Capture settings (struct sw_capcfg), written by Go while the program runs. An
- * array lookup with a constant key is inlined by the verifier: while no capture
- * runs, the hot path pays one load and one branch. */
+/* Capture settings (struct sw_capcfg), written by Go while the program runs; read
+ * only while capture_on is set. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -205,6 +209,8 @@ static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 ro
 {
 	__u32 zero = 0;
 	__u32 class = what & 0xff, outcome = (what >> 8) & 0xff;
+	if (!capture_supported) /* the verifier drops the rest on old kernels */
+		return 0;
 	struct sw_capcfg *cfg = bpf_map_lookup_elem(&sw_capcfg, &zero);
 	if (!cfg)
 		return 0;
@@ -334,11 +340,7 @@ int spiwatch_xdp(struct xdp_md *ctx)
 	count(class, outcome, len);
 
 	__u32 action = outcome == SW_OUTCOME_UNKNOWN && drop_unknown ? XDP_DROP : XDP_PASS;
-	if (capture_supported) {
-		__u32 zero = 0;
-		struct sw_capcfg *cfg = bpf_map_lookup_elem(&sw_capcfg, &zero);
-		if (cfg && cfg->on)
-			sample(ctx, class | outcome << 8 | action << 16, spi, row_packets);
-	}
+	if (capture_on)
+		sample(ctx, class | outcome << 8 | action << 16, spi, row_packets);
 	return action;
 }

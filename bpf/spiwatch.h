@@ -95,10 +95,9 @@ struct unknown_stats {
  * arithmetic then stays far below 2^64. */
 #define SW_CAP_RATE_MAX 10000000
 
-/* Written by Go (one entry). on is the only field the hot path reads while no
- * capture runs. */
+/* Written by Go (one entry), read by sample() while capture_on is set. */
 struct sw_capcfg {
-	__u32 on;         /* 0: no capture */
+	__u32 on;         /* 0: no capture (mirrors capture_on, for readers of the map) */
 	__u32 gen;        /* changed at every start: per-CPU token buckets refill */
 	__u32 class_mask; /* bit per enum sw_class, plus SW_CAP_UNKNOWN */
 	__u32 snaplen;    /* bytes copied per frame, 1..SW_SNAP_MAX */

@@ -119,6 +119,7 @@ const (
 	SpiwatchMapSwTally          = "sw_tally"
 	SpiwatchMapSwUnknown        = "sw_unknown"
 	SpiwatchProgSpiwatchXdp     = "spiwatch_xdp"
+	SpiwatchVarCaptureOn        = "capture_on"
 	SpiwatchVarCaptureSupported = "capture_supported"
 	SpiwatchVarDropUnknown      = "drop_unknown"
 	SpiwatchVarIfaceSlot        = "iface_slot"
@@ -190,6 +191,7 @@ type SpiwatchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SpiwatchVariableSpecs struct {
+	CaptureOn        *ebpf.VariableSpec `ebpf:"capture_on"`
 	CaptureSupported *ebpf.VariableSpec `ebpf:"capture_supported"`
 	DropUnknown      *ebpf.VariableSpec `ebpf:"drop_unknown"`
 	IfaceSlot        *ebpf.VariableSpec `ebpf:"iface_slot"`
@@ -246,6 +248,7 @@ func (m *SpiwatchMaps) Close() error {
 //
 // It can be passed to LoadSpiwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SpiwatchVariables struct {
+	CaptureOn        *ebpf.Variable `ebpf:"capture_on"`
 	CaptureSupported *ebpf.Variable `ebpf:"capture_supported"`
 	DropUnknown      *ebpf.Variable `ebpf:"drop_unknown"`
 	IfaceSlot        *ebpf.Variable `ebpf:"iface_slot"`

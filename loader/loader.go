@@ -208,7 +208,7 @@ func (o *Objects) programLocked(slot int) (*ebpf.Program, error) {
 	}
 	replace := map[string]*ebpf.Map{}
 	for name, m := range o.coll.Maps {
-		if name[0] != '.' { // every instance has its own .rodata (its slot)
+		if name != ".rodata" { // every instance has its own .rodata (its slot)
 			replace[name] = m
 		}
 	}

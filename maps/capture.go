@@ -15,6 +15,9 @@ const (
 	CapStateName = "sw_capstate"
 	CapOwnerName = "sw_capowner"
 	SamplesName  = "sw_samples"
+	// CapOnName is the map of the program's mutable globals, which hold only
+	// capture_on: the switch the hot path reads.
+	CapOnName = ".bss"
 )
 
 // Capture limits shared with bpf/spiwatch.h.
@@ -99,7 +102,7 @@ func (s CaptureStats) Sub(o CaptureStats) CaptureStats {
 
 // Capture gives access to the capture maps of one loaded program.
 type Capture struct {
-	cfg, state, owner, samples *ebpf.Map
+	cfg, state, owner, samples, on *ebpf.Map
 	ncpu                       int
 }
 
@@ -108,8 +111,8 @@ var ErrNoCapture = errors.New("this spiwatch program has no capture maps (an old
 
 // CaptureFrom picks the capture maps out of a set of maps by name.
 func CaptureFrom(ms map[string]*ebpf.Map) (*Capture, error) {
-	c := &Capture{cfg: ms[CapCfgName], state: ms[CapStateName], owner: ms[CapOwnerName], samples: ms[SamplesName]}
-	if c.cfg == nil || c.state == nil || c.owner == nil || c.samples == nil {
+	c := &Capture{cfg: ms[CapCfgName], state: ms[CapStateName], owner: ms[CapOwnerName], samples: ms[SamplesName], on: ms[CapOnName]}
+	if c.cfg == nil || c.state == nil || c.owner == nil || c.samples == nil || c.on == nil {
 		return nil, ErrNoCapture
 	}
 	ncpu, err := ebpf.PossibleCPU()
@@ -157,11 +160,25 @@ func (c *Capture) Start(s CaptureSettings) error {
 	if err := c.cfg.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("writing capture settings: %w", err)
 	}
+	return c.setOn(1)
+}
+
+// setOn writes capture_on, the program's only mutable global.
+func (c *Capture) setOn(on uint32) error {
+	if c.on.ValueSize() != 4 {
+		return fmt.Errorf("the program's .bss is %d bytes, want 4 (capture_on only): a mismatched build", c.on.ValueSize())
+	}
+	if err := c.on.Update(uint32(0), on, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("switching capture: %w", err)
+	}
 	return nil
 }
 
 // Stop turns sampling off; the generation is kept so the next start differs.
 func (c *Capture) Stop() error {
+	if err := c.setOn(0); err != nil {
+		return err
+	}
 	var v capCfg
 	if err := c.cfg.Lookup(uint32(0), &v); err != nil {
 		return fmt.Errorf("reading capture settings: %w", err)

@@ -56,6 +56,9 @@ func TestMirrors(t *testing.T) {
 		})
 	}
 
+	if bss, ok := spec.Maps[CapOnName]; !ok || bss.ValueSize != 4 {
+		t.Errorf("the object's .bss must hold capture_on only (4 bytes): %v", bss)
+	}
 	// The ring-buffer record's header has no map of its own: it is the head of
 	// struct sw_capbuf.
 	if buf, ok := spec.Maps["sw_capbuf"]; !ok {

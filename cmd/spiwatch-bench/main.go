@@ -30,6 +30,7 @@ type results struct {
 	reportEntries  int
 	reportMedian   time.Duration
 	reportRows     int
+	capture        *captureResult
 	started        time.Time
 	took           time.Duration
 }
@@ -46,7 +47,23 @@ func main() {
 	quick := flag.Bool("per-packet-only", false, "run only the per-packet table and print it (for A/B work)")
 	reportOnly := flag.Bool("report-time-only", false, "time only the full report at 65,536 rows and print it (for profiling)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	captureFrames := flag.Int("capture-frames", 5_000_000, "frames of the tcpdump + tshark versus spiwatch capture comparison")
+	captureOnly := flag.Bool("capture-only", false, "run only the capture comparison and print it")
 	flag.Parse()
+	if *captureOnly {
+		r, err := captureBench(*spiwatchBin, *captureFrames)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "spiwatch-bench: %v\n", err)
+			os.Exit(1)
+		}
+		writeCapture(os.Stdout, r)
+		return
+	}
+	if err := requireTools(); err != nil {
+		fmt.Fprintf(os.Stderr, "spiwatch-bench: %v\n", err)
+		os.Exit(1)
+	}
+	captureFramesFlag = *captureFrames
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err == nil {
@@ -125,9 +142,16 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 	if r.reportMedian, r.reportRows, err = reportTime(r.reportEntries, 11); err != nil {
 		return err
 	}
+	step("capture: %d frames, tcpdump + tshark, then spiwatch capture", captureFramesFlag)
+	if r.capture, err = captureBench(spiwatchBin, captureFramesFlag); err != nil {
+		return err
+	}
 	r.took = time.Since(r.started)
 	return writeReport(out, r)
 }
+
+// captureFramesFlag is -capture-frames.
+var captureFramesFlag int
 
 func step(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "spiwatch-bench: "+format+"\n", args...)

@@ -140,6 +140,10 @@ func writeReport(path string, r *results) error {
 		}
 		fmt.Fprintf(w, "| %s | %d | %s |\n", x.name, len(x.d), strings.Join(parts, ", "))
 	}
+	if r.capture != nil {
+		fmt.Fprintf(w, "\n## 5. Capture: tcpdump + tshark versus spiwatch capture\n\n")
+		writeCapture(w, r.capture)
+	}
 	fmt.Fprintf(w, "\n%s", changes)
 
 	if path == "-" {
