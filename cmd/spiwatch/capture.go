@@ -511,6 +511,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	lastRefresh, lastLoss := time.Now(), before.RingFull
 	var written uint64
 	var writeErr error
+	lastFlush := time.Now()
 	deadline := time.Time{}
 	if f.duration > 0 {
 		deadline = started.Add(f.duration)
@@ -528,9 +529,8 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 		err := rd.ReadInto(&rec)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if writeErr == nil {
-				if err := w.Flush(); err != nil {
-					writeErr = err
-				}
+				writeErr = w.Flush()
+				lastFlush = time.Now()
 			}
 			if time.Since(lastRefresh) > time.Second {
 				refresh()
@@ -562,6 +562,10 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 			})
 			if writeErr == nil {
 				written++
+				if time.Since(lastFlush) > 200*time.Millisecond { // a trickle reaches | tshark too
+					writeErr = w.Flush()
+					lastFlush = time.Now()
+				}
 			}
 		}
 		if writeErr != nil && !stopped {
