@@ -373,6 +373,11 @@ func writeCapture(w io.Writer, r *captureResult) {
 	fmt.Fprintf(w, "| file size | %.1f MB | %.3f MB |\n", float64(t.fileBytes)/1e6, float64(s.fileBytes)/1e6)
 	fmt.Fprintf(w, "| time from the first frame to the per-SPI answer | %s | %s |\n", sec(t.answer), sec(s.answer))
 	fmt.Fprintf(w, "| stale SPIs' counts right (0x1006, 0x1007: %d each) | %s | %s |\n", r.frames/8, countsRight(t.spis, r.want), countsRight(s.spis, r.want))
+	if t.captured+t.dropped < t.received {
+		fmt.Fprintf(w, "\ntcpdump wrote %d of the %d frames the interface received and reported %d dropped: the\n"+
+			"rest were still queued on its socket when it was stopped (Ctrl-C right after the last frame),\n"+
+			"which is how its counts come out short.\n", t.captured, t.received, t.dropped)
+	}
 	ratioCPU := float64(t.cpu()) / float64(max(s.cpu(), 1))
 	fmt.Fprintf(w, "\nCPU for the answer: tcpdump + tshark used %.0f× spiwatch capture's (target ≥ 50×: %s).\n"+
 		"tcpdump's figure leaves out the kernel's work for its packet socket (filter and copy, in\n"+

@@ -278,10 +278,20 @@ func TestCaptureBesideRun(t *testing.T) {
 	spiwatch, gen := buildBinaries(t)
 	lab := newLab(t, "swcapr")
 	r := startSpiwatch(t, spiwatch, lab.NSB, append([]string{"-i", lab.Receiver, "--json", "--interval", "100ms", "--top", "0"}, captureKnown...)...)
+	// A capture killed without stopping leaves sampling on and itself as the
+	// owner: the next capture takes over.
+	killed := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", "-", "--class", "all", "--rate", "1000")
+	killed.waitFor(t, "beside spiwatch run")
+	killed.cmd.Process.Kill()
+	<-killed.done
 	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", "-", "--per-spi", "3", "--rate", "0")
 	c.waitFor(t, "beside spiwatch run")
+	if !strings.Contains(c.stderr.String(), fmt.Sprintf("the previous capture (pid %d) is gone without stopping: taking over", killed.cmd.Process.Pid)) {
+		t.Errorf("capture after a killed one did not say it takes over: %s", c.stderr)
+	}
 
-	second := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", filepath.Join(t.TempDir(), "second.pcapng"))
+	secondFile := filepath.Join(t.TempDir(), "second.pcapng")
+	second := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", secondFile)
 	select {
 	case err := <-second.done:
 		var ee *exec.ExitError
@@ -290,6 +300,9 @@ func TestCaptureBesideRun(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("a second capture on the same program was not refused")
+	}
+	if _, err := os.Stat(secondFile); err == nil {
+		t.Error("the refused capture created its file")
 	}
 
 	runGen(t, gen, lab.NSA, lab.Sender, captureMix)
