@@ -326,13 +326,11 @@ int spiwatch_xdp(struct xdp_md *ctx)
 	struct pkt p; /* filled by classify() for esp and esp-in-udp */
 	__u32 outcome = SW_OUTCOME_NONE;
 	__u64 row_packets = 0;
-	__u32 spi = 0;
 
 	__u32 class = classify(data, data_end, len, &p);
 	if (has_spi(class)) {
 		/* Reserved SPIs never name an SA: no lookup, but they are recorded with their
 		 * peer like unknown ones, since someone is sending them. */
-		spi = p.spi;
 		outcome = p.spi < 256 ? SW_OUTCOME_RESERVED : lookup_known(&p, len);
 		if (outcome != SW_OUTCOME_KNOWN)
 			row_packets = record_unknown(ctx, &p, len);
@@ -341,6 +339,6 @@ int spiwatch_xdp(struct xdp_md *ctx)
 
 	__u32 action = outcome == SW_OUTCOME_UNKNOWN && drop_unknown ? XDP_DROP : XDP_PASS;
 	if (capture_on)
-		sample(ctx, class | outcome << 8 | action << 16, spi, row_packets);
+		sample(ctx, class | outcome << 8 | action << 16, has_spi(class) ? p.spi : 0, row_packets);
 	return action;
 }
