@@ -103,7 +103,7 @@ func (s CaptureStats) Sub(o CaptureStats) CaptureStats {
 // Capture gives access to the capture maps of one loaded program.
 type Capture struct {
 	cfg, state, owner, samples, on *ebpf.Map
-	ncpu                       int
+	ncpu                           int
 }
 
 // ErrNoCapture means the program's build has no capture maps.
