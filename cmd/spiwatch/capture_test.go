@@ -359,3 +359,39 @@ func TestCaptureDiskFull(t *testing.T) {
 	}
 	t.Logf("capture said:\n%s", c.stderr)
 }
+
+// TestCaptureBesidePinned: with spiwatch run --pin gone, the pinned program keeps
+// counting; capture finds it on the interface, samples into the pinned maps' rows,
+// and leaves it attached.
+func TestCaptureBesidePinned(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	pins := testBPFFS(t)
+	lab := newLab(t, "swcapp")
+	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run()
+	s := startSpiwatch(t, spiwatch, lab.NSB, "run", "-i", lab.Receiver, "--pin", "--pin-path", pins, "--json", "--interval", "100ms")
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=100"})
+	s.waitTotal(t, 100)
+	s.stop(t)
+
+	file := filepath.Join(t.TempDir(), "pinned.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--per-spi", "2", "--rate", "0")
+	c.waitFor(t, "beside spiwatch run")
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=50", "esp spi=0xbeef count=50"})
+	time.Sleep(300 * time.Millisecond)
+	if code := c.stop(t); code != 0 {
+		t.Fatalf("capture exited %d: %s", code, c.stderr)
+	}
+	// 0xdead's row was past its first 2 packets before the capture: only 0xbeef's
+	// first 2 are kept.
+	pkts := readTshark(t, file, nil)
+	if len(pkts) != 2 || pkts[0].espSPI != "0x0000beef" || pkts[1].espSPI != "0x0000beef" {
+		t.Errorf("file holds %+v, want the first 2 packets of 0xbeef", pkts)
+	}
+	if got := summarySPIs(t, c.stderr.String()); got["0x0000dead"] != 150 || got["0x0000beef"] != 50 {
+		t.Errorf("summary %v: want the pinned counts, 0xdead 150 and 0xbeef 50", got)
+	}
+	if !xdpAttached(t, lab.NSB, lab.Receiver) {
+		t.Error("capture detached the pinned program")
+	}
+}
