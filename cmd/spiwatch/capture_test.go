@@ -395,3 +395,41 @@ func TestCaptureBesidePinned(t *testing.T) {
 		t.Error("capture detached the pinned program")
 	}
 }
+
+// TestCaptureRingFull stops the capture process while frames arrive, so the ring
+// buffer fills: every selected frame is either in the file or counted as lost,
+// and capture says so.
+func TestCaptureRingFull(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swcapq")
+	file := filepath.Join(t.TempDir(), "ring.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "esp", "--snaplen", "0", "--rate", "10000000")
+	c.waitFor(t, "to "+file)
+	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	const frames = 8000 // 8000 x 1 KB: twice the 4 MiB ring
+	runGen(t, gen, lab.NSA, lab.Sender, []string{fmt.Sprintf("esp spi=0x1234 len=1000 count=%d", frames)})
+	if err := c.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor(t, "samples lost: the ring buffer was full")
+	if code := c.stop(t); code != 0 {
+		t.Fatalf("capture exited %d: %s", code, c.stderr)
+	}
+	m := regexp.MustCompile(`(\d+) packets written .* kernel: (\d+) samples, (\d+) lost \(ring buffer full\)`).FindStringSubmatch(c.stderr.String())
+	if m == nil {
+		t.Fatalf("no summary: %s", c.stderr)
+	}
+	written, _ := strconv.Atoi(m[1])
+	samples, _ := strconv.Atoi(m[2])
+	lost, _ := strconv.Atoi(m[3])
+	if lost == 0 || samples+lost != frames || written != samples {
+		t.Errorf("sent %d: %d written, %d samples, %d lost; want written = samples, samples + lost = sent, some lost", frames, written, samples, lost)
+	}
+	if n := len(readTshark(t, file, nil)); n != written {
+		t.Errorf("tshark reads %d packets, capture says it wrote %d", n, written)
+	}
+	t.Logf("%d frames: %d written, %d lost", frames, written, lost)
+}
