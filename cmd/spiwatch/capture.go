@@ -293,6 +293,12 @@ func findTarget(f *captureFlags, s *captureSetup, stderr io.Writer) (*captureTar
 			progs = append(progs, id)
 		}
 	}
+	if err := loader.CheckPrivileges(); err != nil {
+		return nil, exitError, err
+	}
+	if !loader.CaptureSupported() {
+		return nil, exitError, errors.New("this kernel lacks bpf_xdp_load_bytes, which capture needs (Linux 5.18 or later)")
+	}
 	if len(progs) == 0 {
 		return t, exitOK, t.loadOwn(f, s, stderr)
 	}
@@ -431,9 +437,6 @@ func comment(h maps.SampleHeader, perSPI uint32) string {
 }
 
 func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stderr io.Writer) (int, error) {
-	if !loader.CaptureSupported() {
-		return exitError, errors.New("this kernel lacks bpf_xdp_load_bytes, which capture needs (Linux 5.18 or later)")
-	}
 	t, code, err := findTarget(f, s, stderr)
 	if err != nil {
 		return code, err

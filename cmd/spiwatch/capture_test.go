@@ -433,3 +433,39 @@ func TestCaptureRingFull(t *testing.T) {
 	}
 	t.Logf("%d frames: %d written, %d lost", frames, written, lost)
 }
+
+// TestCaptureCountDuration: --count ends the capture after that many packets,
+// --duration after that long, both with status 0 and a complete file.
+func TestCaptureCountDuration(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swcapc")
+	dir := t.TempDir()
+	wait := func(c *capRun) int {
+		select {
+		case err := <-c.done:
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				return ee.ExitCode()
+			}
+			return 0
+		case <-time.After(20 * time.Second):
+			t.Fatalf("capture did not end by itself: %s", c.stderr)
+		}
+		return -1
+	}
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", filepath.Join(dir, "count.pcapng"), "--class", "esp", "--rate", "1000", "--count", "3")
+	c.waitFor(t, "count.pcapng")
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x1234 count=100"})
+	if code := wait(c); code != 0 || len(readTshark(t, filepath.Join(dir, "count.pcapng"), nil)) != 3 {
+		t.Errorf("--count 3: exit %d, want 0 and 3 packets: %s", code, c.stderr)
+	}
+	start := time.Now()
+	c = startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", filepath.Join(dir, "duration.pcapng"), "--duration", "1s")
+	if code := wait(c); code != 0 || time.Since(start) > 10*time.Second || !strings.Contains(c.stderr.String(), "0 packets written") {
+		t.Errorf("--duration 1s: exit %d after %s: %s", code, time.Since(start), c.stderr)
+	}
+	if pkts := readTshark(t, filepath.Join(dir, "duration.pcapng"), nil); len(pkts) != 0 {
+		t.Errorf("an empty capture holds %d packets", len(pkts))
+	}
+}
