@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,7 +21,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/spiwatch/spiwatch/internal/eventlog"
-	"github.com/spiwatch/spiwatch/internal/knownsa"
 	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/liveview"
 	"github.com/spiwatch/spiwatch/internal/metrics"
@@ -183,45 +181,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if err := known.Update("--known-spi", v.FlagKnown); err != nil {
 		return err
 	}
-	reloadFile := func() {} // re-reads --known-file on SIGHUP or when it changes
-	var sourceErrors atomic.Uint64
-	if cfg.KnownFile != "" {
-		src := "file " + cfg.KnownFile
-		if err := known.Update(src, v.FileKnown); err != nil {
-			return err
-		}
-		var hup atomic.Bool
-		hupCh := make(chan os.Signal, 1)
-		signal.Notify(hupCh, syscall.SIGHUP)
-		go func() {
-			for range hupCh {
-				hup.Store(true)
-			}
-		}()
-		lastStat := fileStamp(cfg.KnownFile)
-		reloadFile = func() {
-			stamp := fileStamp(cfg.KnownFile)
-			if !hup.Swap(false) && stamp == lastStat {
-				return
-			}
-			lastStat = stamp
-			sas, err := knownsa.ReadFile(cfg.KnownFile)
-			if err == nil {
-				err = known.Update(src, sas)
-			}
-			if err != nil {
-				sourceErrors.Add(1)
-				fmt.Fprintf(stderr, "spiwatch: %v; keeping the previous %d known SAs\n", err, known.Len())
-				if events != nil {
-					events.SourceError(src, err)
-				}
-				return
-			}
-			fmt.Fprintf(stderr, "spiwatch: reloaded %s: %d known SAs in all\n", cfg.KnownFile, known.Len())
-			if events != nil {
-				events.SourceSync(src, len(sas))
-			}
-		}
+	sources, err := startSources(ctx, v.Sources, known, sourceLog{stderr: stderr, events: events, known: known})
+	if err != nil {
+		return err
 	}
 	var ifaces []report.Iface
 	var attached []*loader.Attachment
@@ -243,9 +205,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if metricsLn != nil {
 		col := metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown)
 		col.Verdict = known.Verdict
-		if cfg.KnownFile != "" {
-			col.SourceErrors = func() map[string]uint64 { return map[string]uint64{"file " + cfg.KnownFile: sourceErrors.Load()} }
-		}
+		col.Sources = sourceStats(sources)
 		srv, err := metrics.Serve(metricsLn, col)
 		if err != nil {
 			return err
@@ -267,7 +227,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	} else if cfg.User != "" {
 		fmt.Fprintf(stderr, "spiwatch: running as %s, without capabilities\n", cfg.User)
 	}
-	fmt.Fprintf(stderr, "spiwatch: %d known SAs; reporting every %s\n", len(v.Known), cfg.Interval)
+	fmt.Fprintf(stderr, "spiwatch: %d known SAs; reporting every %s\n", known.Len(), cfg.Interval)
 
 	rep, err := report.New(objs.Maps, ifaces)
 	if err != nil {
@@ -275,6 +235,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	}
 	rep.Action, rep.Top = cfg.Action, cfg.Top
 	rep.Verdict = known.Verdict
+	if len(sources) > 0 {
+		rep.Sources = sourceStats(sources)
+	}
 	// lost remembers interfaces that stopped being watched, to say so once on
 	// stderr and in every report; with none left, spiwatch ends.
 	lost := map[string]string{}
@@ -309,7 +272,6 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return nil
 	}
 	write := func() (bool, error) {
-		reloadFile()
 		ifErr := checkIfaces()
 		s, err := rep.Take()
 		if err != nil {
@@ -330,19 +292,12 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err == nil, err
 	}
 	if out, in, ok := liveTerminal(cfg, stdout); ok {
-		sources := []string{}
+		given := "none given"
 		if len(cfg.KnownSPIs) > 0 {
-			sources = append(sources, "--known-spi")
-		}
-		if cfg.KnownFile != "" {
-			sources = append(sources, cfg.KnownFile)
-		}
-		if len(sources) == 0 {
-			sources = append(sources, "none given")
+			given = "--known-spi"
 		}
 		rep.Top = 0 // the view sorts by the column asked for and fits the rows to the screen
 		return liveview.Run(ctx, in, out, cfg.Interval, func() (*report.Snapshot, error) {
-			reloadFile()
 			if err := checkIfaces(); err != nil {
 				return nil, err
 			}
@@ -351,7 +306,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 				logSnapshot(s)
 			}
 			return s, err
-		}, liveview.Info{Started: time.Now(), KnownSources: strings.Join(sources, ", ")})
+		}, liveview.Info{Started: time.Now(), KnownSources: given})
 	}
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
@@ -377,13 +332,4 @@ func liveTerminal(cfg *Config, stdout io.Writer) (out, in *os.File, ok bool) {
 		return nil, nil, false
 	}
 	return f, os.Stdin, true
-}
-
-// fileStamp is what tells a changed file: modification time and size.
-func fileStamp(path string) string {
-	st, err := os.Stat(path)
-	if err != nil {
-		return "missing"
-	}
-	return fmt.Sprint(st.ModTime().UnixNano(), st.Size())
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -81,6 +82,8 @@ type Snapshot struct {
 	MoreEvents int
 	Table      maps.TableStats
 	Known      []KnownRow
+	// Sources are the known-SA sources' health (none for spiwatch read).
+	Sources []sasource.Stats
 }
 
 // maxEvents bounds NewUnknown and VerdictChanges per snapshot.
@@ -123,6 +126,8 @@ type Reporter struct {
 	// Verdict diagnoses a row first seen at firstSeen; nil: VerdictOf (unknown or
 	// reserved by the SPI alone).
 	Verdict func(spi uint32, firstSeen time.Time) string
+	// Sources reports the known-SA sources' health (nil: none to show).
+	Sources func() []sasource.Stats
 	snapBuf []maps.Unknown // the table as last read, reused
 	// now returns wall time and CLOCK_MONOTONIC in ns (the BPF timestamps' clock).
 	now func() (time.Time, uint64)
@@ -229,6 +234,9 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		return wall.Add(-time.Duration(int64(mono - ns)))
 	}
 	s := &Snapshot{Time: wall, Interval: wall.Sub(r.prevTime), Action: r.Action}
+	if r.Sources != nil {
+		s.Sources = r.Sources()
+	}
 	secs := s.Interval.Seconds()
 	s.Total.Name = "all"
 	for _, i := range r.ifaces {
