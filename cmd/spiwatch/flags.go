@@ -106,7 +106,7 @@ type Validated struct {
 	Known       []maps.SA // all of them
 	FlagKnown   []maps.SA // from --known-spi
 	Sources     []sasource.Spec
-	MetricsAddr string    // completed HOST:PORT; empty: no metrics
+	MetricsAddr string // completed HOST:PORT; empty: no metrics
 }
 
 // Validate checks every flag before anything touches the kernel.
