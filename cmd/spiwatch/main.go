@@ -174,6 +174,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err
 	}
 	defer objs.Close() // detaches every interface not pinned
+	if objs.MultiBuffer != nil {
+		fmt.Fprintf(stderr, "spiwatch: %v\n", objs.MultiBuffer)
+	}
 	if v.Settings.PinPath != "" {
 		defer fmt.Fprintf(stderr, "spiwatch: left attached and counting, pinned in %s (spiwatch stats reads it, spiwatch detach removes it)\n", v.Settings.PinPath)
 	}
@@ -202,8 +205,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if v.Settings.DropUnknown {
 		fmt.Fprintln(stderr, "spiwatch: --action drop: packets with an unknown SPI are dropped")
 	}
+	var col *metrics.Collector
 	if metricsLn != nil {
-		col := metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown)
+		col = metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown)
 		col.Verdict = known.Verdict
 		col.Sources = sourceStats(sources)
 		srv, err := metrics.Serve(metricsLn, col)
@@ -238,34 +242,59 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if len(sources) > 0 {
 		rep.Sources = sourceStats(sources)
 	}
-	// lost remembers interfaces that stopped being watched, to say so once on
-	// stderr and in every report; with none left, spiwatch ends.
-	lost := map[string]string{}
+	// lost remembers interfaces that stopped being watched (by counter slot), to say
+	// so once on stderr and in every report; with none left, spiwatch ends. down
+	// remembers links that are down, which are still watched.
+	lost := map[int]string{}
+	down := map[int]bool{}
+	ifaceEvent := func(iface, what string) {
+		if events != nil && !logToStderr {
+			events.Interface(iface, what)
+		}
+	}
 	checkIfaces := func() error {
 		for _, a := range attached {
-			p := a.Problem()
-			if p != "" && lost[a.Iface] == "" {
+			st := a.Status()
+			p := st.Problem
+			if p != "" && lost[a.Slot] == "" {
 				fmt.Fprintf(stderr, "spiwatch: %s: %s; its counts so far stay in the reports\n", a.Iface, p)
-				if events != nil && !logToStderr {
-					events.Interface(a.Iface, p)
-				}
+				ifaceEvent(a.Iface, p)
 			}
 			if p != "" {
-				lost[a.Iface] = p
+				lost[a.Slot] = p
+			}
+			if p == "" && st.Name != "" && st.Name != a.Iface {
+				fmt.Fprintf(stderr, "spiwatch: %s was renamed %s; still watching it\n", a.Iface, st.Name)
+				ifaceEvent(st.Name, "renamed from "+a.Iface)
+				objs.Rename(a, st.Name)
+			}
+			if p == "" && st.LinkDown != down[a.Slot] {
+				what := "link down: still attached, nothing arrives until it is up"
+				if !st.LinkDown {
+					what = "link up again"
+				}
+				fmt.Fprintf(stderr, "spiwatch: %s: %s\n", a.Iface, what)
+				ifaceEvent(a.Iface, what)
+				down[a.Slot] = st.LinkDown
 			}
 			// --wait-iface: an interface of that name is back; attach to it again.
-			if cfg.WaitIface && lost[a.Iface] == "interface deleted" {
+			if cfg.WaitIface && lost[a.Slot] == "interface deleted" {
 				if err := objs.Reattach(a, v.Mode); err == nil {
-					delete(lost, a.Iface)
+					delete(lost, a.Slot)
 					fmt.Fprintf(stderr, "spiwatch: %s is back: watching it again (%s XDP, program id %d)\n", a.Iface, a.Mode, a.ProgID)
 				}
 			}
-			rep.SetIface(a.Slot, a.Ifindex, a.Mode.String(), lost[a.Iface])
+			now := report.Iface{Name: a.Iface, Ifindex: a.Ifindex, Mode: a.Mode.String(), Slot: a.Slot,
+				Problem: lost[a.Slot], LinkDown: lost[a.Slot] == "" && down[a.Slot]}
+			rep.SetIface(now)
+			if col != nil {
+				col.SetIface(now)
+			}
 		}
 		if len(lost) == len(attached) && !cfg.WaitIface {
 			var why []string
 			for _, a := range attached {
-				why = append(why, a.Iface+": "+lost[a.Iface])
+				why = append(why, a.Iface+": "+lost[a.Slot])
 			}
 			return fmt.Errorf("no interface left to watch (%s)", strings.Join(why, "; "))
 		}

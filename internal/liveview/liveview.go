@@ -137,7 +137,7 @@ func (v *View) Render(w, h int) string {
 		if i.Problem != "" {
 			ifs = append(ifs, fmt.Sprintf("%s (%s, NOT WATCHED: %s)", i.Name, i.Mode, i.Problem))
 		} else {
-			ifs = append(ifs, fmt.Sprintf("%s (%s)", i.Name, i.Mode))
+			ifs = append(ifs, report.IfaceLabel(i.Iface))
 		}
 	}
 	state := ""

@@ -84,6 +84,7 @@ var (
 // Collector reads the maps at each scrape.
 type Collector struct {
 	src        Source
+	ifMu       sync.Mutex // ifaces and names change on a rename or re-attach
 	ifaces     []report.Iface
 	names      map[uint32]string
 	topUnknown int
@@ -99,11 +100,23 @@ type Collector struct {
 // NewCollector exposes src for the watched interfaces; topUnknown rows of the
 // unknown table (capped at MaxUnknownSeries) become labelled series.
 func NewCollector(src Source, ifaces []report.Iface, topUnknown int) *Collector {
-	c := &Collector{src: src, ifaces: ifaces, names: map[uint32]string{}, topUnknown: min(max(topUnknown, 0), MaxUnknownSeries)}
+	c := &Collector{src: src, ifaces: slices.Clone(ifaces), names: map[uint32]string{}, topUnknown: min(max(topUnknown, 0), MaxUnknownSeries)}
 	for _, i := range ifaces {
 		c.names[uint32(i.Ifindex)] = i.Name
 	}
 	return c
+}
+
+// SetIface follows a watched interface's rename or re-attach (by counter slot).
+func (c *Collector) SetIface(i report.Iface) {
+	c.ifMu.Lock()
+	defer c.ifMu.Unlock()
+	for k := range c.ifaces {
+		if c.ifaces[k].Slot == i.Slot {
+			c.ifaces[k] = i
+			c.names[uint32(i.Ifindex)] = i.Name
+		}
+	}
 }
 
 // Describe implements prometheus.Collector.
@@ -141,7 +154,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 
-	for _, i := range c.ifaces {
+	c.ifMu.Lock()
+	ifaces := slices.Clone(c.ifaces)
+	names := make(map[uint32]string, len(c.names))
+	for k, v := range c.names {
+		names[k] = v
+	}
+	c.ifMu.Unlock()
+	for _, i := range ifaces {
 		cnt, err := c.src.Counters(i.Slot)
 		if err != nil {
 			fail(fmt.Errorf("reading counters of %s: %w", i.Name, err))
@@ -200,7 +220,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	})
 	shown := min(len(snap), c.topUnknown)
 	for _, u := range snap[:shown] {
-		iface := c.names[u.Ifindex]
+		iface := names[u.Ifindex]
 		if iface == "" {
 			iface = fmt.Sprintf("if%d", u.Ifindex)
 		}

@@ -31,12 +31,13 @@ type jsonClass struct {
 }
 
 type jsonIface struct {
-	Name    string      `json:"name"`
-	Ifindex int         `json:"ifindex"`
-	Mode    string      `json:"mode"`
-	Problem string      `json:"problem,omitempty"` // the interface was deleted, or our program detached
-	Total   jsonCount   `json:"total"`
-	Classes []jsonClass `json:"classes"`
+	Name     string      `json:"name"`
+	Ifindex  int         `json:"ifindex"`
+	Mode     string      `json:"mode"`
+	Problem  string      `json:"problem,omitempty"`   // the interface was deleted, or our program detached
+	LinkDown bool        `json:"link_down,omitempty"` // attached, but the link is down: nothing arrives
+	Total    jsonCount   `json:"total"`
+	Classes  []jsonClass `json:"classes"`
 }
 
 type jsonTable struct {
@@ -156,7 +157,7 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 		KnownSAs:    []jsonKnown{},
 	}
 	for _, ic := range s.Ifaces {
-		js.Interfaces = append(js.Interfaces, jsonIface{Name: ic.Name, Ifindex: ic.Ifindex, Mode: ic.Mode, Problem: ic.Problem,
+		js.Interfaces = append(js.Interfaces, jsonIface{Name: ic.Name, Ifindex: ic.Ifindex, Mode: ic.Mode, Problem: ic.Problem, LinkDown: ic.LinkDown,
 			Total: count(ic.Now.Total(), ic.Delta.Total(), s.Interval), Classes: classesJSON(ic, s.Interval)})
 	}
 	for i, u := range s.Unknown {
@@ -195,7 +196,7 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 			ifs = append(ifs, fmt.Sprintf("%s (%s, NOT WATCHED: %s)", i.Name, i.Mode, i.Problem))
 			continue
 		}
-		ifs = append(ifs, fmt.Sprintf("%s (%s)", i.Name, i.Mode))
+		ifs = append(ifs, IfaceLabel(i.Iface))
 	}
 	fmt.Fprintf(&b, "%s  %s  known SAs %d  unknown table %d/%d, %d evicted",
 		s.Time.Format("2006-01-02 15:04:05"), strings.Join(ifs, ", "), len(s.Known),
@@ -319,4 +320,13 @@ func SourcesLine(srcs []sasource.Stats) string {
 		parts = append(parts, p)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// IfaceLabel is a watched interface for the header line: "eth0 (native)", or
+// "eth0 (native, LINK DOWN)" while nothing can arrive.
+func IfaceLabel(i Iface) string {
+	if i.LinkDown {
+		return fmt.Sprintf("%s (%s, LINK DOWN)", i.Name, i.Mode)
+	}
+	return fmt.Sprintf("%s (%s)", i.Name, i.Mode)
 }

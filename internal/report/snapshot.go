@@ -35,6 +35,8 @@ type Iface struct {
 	// Problem is empty while the program is attached, else what happened to the
 	// interface ("deleted", "program detached by someone else"); its counts stay.
 	Problem string
+	// LinkDown: attached, but the link is down (or has no carrier): nothing arrives.
+	LinkDown bool
 }
 
 // IfaceCounts is one interface's counters at a snapshot, with the change since the
@@ -133,20 +135,20 @@ type Reporter struct {
 	now func() (time.Time, uint64)
 }
 
-// SetIface updates the watched interface of a counter slot: its problem (see
-// Iface.Problem) and, after a re-attach, its ifindex and mode.
-func (r *Reporter) SetIface(slot, ifindex int, mode, problem string) {
-	for i := range r.ifaces {
-		if r.ifaces[i].Slot == slot {
-			r.ifaces[i].Ifindex, r.ifaces[i].Mode, r.ifaces[i].Problem = ifindex, mode, problem
-			r.names[uint32(ifindex)] = r.ifaces[i].Name
+// SetIface updates the watched interface of counter slot i.Slot: its name (after a
+// rename), ifindex and mode (after a re-attach), problem and link state.
+func (r *Reporter) SetIface(i Iface) {
+	for k := range r.ifaces {
+		if r.ifaces[k].Slot == i.Slot {
+			r.ifaces[k] = i
+			r.names[uint32(i.Ifindex)] = i.Name
 		}
 	}
 }
 
 // New starts a Reporter; rates of the first snapshot are since now.
 func New(src Source, ifaces []Iface) (*Reporter, error) {
-	r := &Reporter{src: src, ifaces: ifaces, names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow}
+	r := &Reporter{src: src, ifaces: slices.Clone(ifaces), names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow}
 	for _, i := range ifaces {
 		r.names[uint32(i.Ifindex)] = i.Name
 		c, err := src.Counters(i.Slot)
