@@ -58,6 +58,7 @@ struct sa_stats {
 	__u64 packets;
 	__u64 bytes;
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC (coarse) */
+	__u64 last_jiffies; /* when last_seen_ns was last read: see lookup_known */
 	__u32 max_seq;
 	__u32 _pad;
 };
@@ -91,6 +92,7 @@ struct unknown_stats {
 	__u64 bytes;
 	__u64 first_seen_ns; /* CLOCK_MONOTONIC (coarse) */
 	__u64 last_seen_ns;
+	__u64 last_jiffies; /* when last_seen_ns was last read */
 	__u32 last_seq;
 	__u32 _pad;
 };

@@ -28,12 +28,13 @@ type SpiwatchSaKey struct {
 }
 
 type SpiwatchSaStats struct {
-	_          structs.HostLayout
-	Packets    uint64
-	Bytes      uint64
-	LastSeenNs uint64
-	MaxSeq     uint32
-	Pad        uint32
+	_           structs.HostLayout
+	Packets     uint64
+	Bytes       uint64
+	LastSeenNs  uint64
+	LastJiffies uint64
+	MaxSeq      uint32
+	Pad         uint32
 }
 
 type SpiwatchSwCount struct {
@@ -58,6 +59,7 @@ type SpiwatchUnknownStats struct {
 	Bytes       uint64
 	FirstSeenNs uint64
 	LastSeenNs  uint64
+	LastJiffies uint64
 	LastSeq     uint32
 	Pad         uint32
 }

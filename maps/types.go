@@ -37,11 +37,12 @@ type saKey struct {
 
 // saStats mirrors struct sa_stats (one CPU's copy).
 type saStats struct {
-	Packets    uint64
-	Bytes      uint64
-	LastSeenNs uint64
-	MaxSeq     uint32
-	_          uint32
+	Packets     uint64
+	Bytes       uint64
+	LastSeenNs  uint64
+	LastJiffies uint64
+	MaxSeq      uint32
+	_           uint32
 }
 
 // knownSPI mirrors struct known_spi (one CPU's copy).
@@ -74,6 +75,7 @@ type unknownStats struct {
 	Bytes       uint64
 	FirstSeenNs uint64
 	LastSeenNs  uint64
+	LastJiffies uint64
 	LastSeq     uint32
 	_           uint32
 }

@@ -26,6 +26,8 @@ build of the classifier as an extra column in the same run (min of 15 rounds of
 | known-SA map keyed by SPI alone, destination compared after the lookup; SPIs shared by several SAs in a second map by (SPI, destination), flagged in the first. Two runs of each build, alternating (the map layout differs, so not one run) | esp known | 44, 41 | 39, 36 |
 | | esp-in-udp known | 65, 64 | 42, 41 |
 | | esp unknown (existing entry) | 94, 94 | 84, 64 |
+| the coarse clock read once per tick, which jiffies tell (bpf_jiffies64 is inlined by the verifier; the coarse clock only moves at a tick, so last-seen keeps its value and precision). Alternating runs | esp known | 35, 38 | 31, 33 |
+| | esp unknown (existing entry) | 68, 66 | 63, 69 |
 
 Measured but not (yet) taken:
 
@@ -33,7 +35,6 @@ Measured but not (yet) taken:
 |---|---|---:|---:|---|
 | plain adds instead of atomics in the unknown table | esp unknown | 93 | 85 | counts would be lost when two CPUs update one row |
 | a 65,536-bit filter of known SPIs checked before the known-SA lookups | esp unknown | 95 | 95 | no gain: a miss in the sparse known-SA hash costs little; the unknown row's update is the cost |
-| no timestamp on the known path (measurement only) | esp known | 40 | 33 | last-seen is part of the per-SA contract; bpf_jiffies64 (inlined by the verifier) would do with a jiffies-to-monotonic calibration |
 | no IPv4 source address copy before the lookup (measurement only) | esp known | 40 | 36 | needed for unknown rows only: could be deferred to that path |
 | no per-class counter update (measurement only) | esp known | 40 | 36 | the class counters are the product |
 `
