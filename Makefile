@@ -1,5 +1,5 @@
 # spiwatch. Targets: build (default), generate, check-generated, test, fuzz, lint,
-# demo, bench, soak. test, fuzz, demo, bench and soak need root (BPF, namespaces);
+# test-vm, demo, bench, soak. test, fuzz, demo, bench and soak need root (BPF, namespaces);
 # generate needs clang and llvm; build needs only Go.
 
 GO        ?= go
@@ -8,7 +8,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 60s
 BINARIES  := bin/spiwatch bin/spiwatch-gen
 
-.PHONY: all build generate check-generated test fuzz lint demo bench soak clean
+.PHONY: all build generate check-generated test test-vm fuzz lint demo bench soak clean
 
 all: build
 
@@ -34,6 +34,14 @@ check-generated: generate
 test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+
+# The tests that need a kernel with ESP (the xfrm source end to end, the BPF tables
+# on Linux 6.1) in a VM booting Debian's kernel under qemu (TCG); see docs/VMTEST.md.
+# Needs root, qemu-system-x86, busybox-static, kmod, cpio; downloads the kernel
+# package once into $(VM_CACHE).
+VM_CACHE ?= /var/cache/spiwatch-vm
+test-vm:
+	VM_CACHE=$(VM_CACHE) vmtest/run
 
 # Differential fuzzing of the BPF program against the Go reference, then the
 # reference, the known-SPI parsers and the capture reader on their own, FUZZTIME each.

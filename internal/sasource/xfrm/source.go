@@ -62,6 +62,8 @@ type Source struct {
 	events *nl.NetlinkSocket
 	route  *netlink.Handle
 	table  *Table
+
+	beforeReceive func() // tests: stall the event loop so the socket overruns
 }
 
 var _ sasource.Source = (*Source)(nil)
@@ -260,6 +262,9 @@ func (s *Source) follow(ctx context.Context, sink sasource.Sink, r sasource.Repo
 			wait = min(wait, retryAt.Sub(now))
 		}
 		if wait > 0 {
+			if s.beforeReceive != nil {
+				s.beforeReceive()
+			}
 			_ = events.SetReceiveTimeout(&unix.Timeval{Usec: max(wait.Microseconds(), 1)})
 			msgs, _, err := events.Receive()
 			switch {
