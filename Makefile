@@ -35,13 +35,15 @@ test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 
-# The tests that need a kernel with ESP (the xfrm source end to end, the BPF tables
-# on Linux 6.1) in a VM booting Debian's kernel under qemu (TCG); see docs/VMTEST.md.
+# The tests that need a kernel with ESP (the xfrm source end to end, the xfrm lookup
+# option, the BPF tables) in VMs booting Debian's 6.1 and 6.12 kernels under qemu
+# (TCG), about 45 s each; see docs/VMTEST.md.
 # Needs root, qemu-system-x86, busybox-static, kmod, cpio; downloads the kernel
 # package once into $(VM_CACHE).
 VM_CACHE ?= /var/cache/spiwatch-vm
 test-vm:
-	VM_CACHE=$(VM_CACHE) vmtest/run
+	VM_CACHE=$(VM_CACHE) vmtest/run 6.1
+	VM_CACHE=$(VM_CACHE) vmtest/run 6.12
 
 # Differential fuzzing of the BPF program against the Go reference, then the
 # reference, the known-SPI parsers and the capture reader on their own, FUZZTIME each.

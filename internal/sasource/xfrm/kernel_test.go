@@ -186,7 +186,19 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 
 // The whole chain on a real kernel: xfrm states added and removed with netlink,
 // the source, knownset, the known-SA map, the XDP program on a veth, and traffic.
-func TestKernelLab(t *testing.T) {
+// kernelLab is a namespace lab with the classifier on the monitored end (NSB, which
+// holds local4 on the veth and local6 on lo), a generator on the other, and an xfrm
+// netlink handle in NSB.
+type kernelLab struct {
+	lab    *netlab.Lab
+	nsB    netns.NsHandle
+	objs   *loader.Objects
+	sender *trafficgen.Sender
+	xh     *netlink.Handle
+}
+
+func newKernelLab(t *testing.T, settings loader.Settings) *kernelLab {
+	t.Helper()
 	testenv.RequireNetns(t)
 	if err := Available(); err != nil {
 		t.Fatalf("this test needs a kernel with ESP: %v", err)
@@ -196,11 +208,11 @@ func TestKernelLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lab.Close() })
-	nsB, err := netns.GetFromName(lab.NSB)
-	if err != nil {
+	k := &kernelLab{lab: lab}
+	if k.nsB, err = netns.GetFromName(lab.NSB); err != nil {
 		t.Fatal(err)
 	}
-	defer nsB.Close()
+	t.Cleanup(func() { k.nsB.Close() })
 
 	// Addresses of the monitored side: IPv4 on the veth, IPv6 on lo.
 	if err := netlab.In(lab.NSB, func() error {
@@ -223,46 +235,66 @@ func TestKernelLab(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	objs, err := loader.Load(loader.Settings{})
-	if err != nil {
+	if k.objs, err = loader.Load(settings); err != nil {
 		t.Fatal(err)
 	}
-	defer objs.Close()
+	t.Cleanup(func() { k.objs.Close() })
 	if err := netlab.In(lab.NSB, func() error {
-		_, err := objs.Attach(lab.Receiver, loader.ModeAuto, false)
+		_, err := k.objs.Attach(lab.Receiver, loader.ModeAuto, false)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	var sender *trafficgen.Sender
 	if err := netlab.In(lab.NSA, func() (err error) {
-		sender, err = trafficgen.NewSender(lab.Sender, trafficgen.Vary{})
+		k.sender, err = trafficgen.NewSender(lab.Sender, trafficgen.Vary{})
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer sender.Close()
-	send := func(s sa, n int) {
-		t.Helper()
-		if err := sender.Send(s.frame(1), n); err != nil {
-			t.Fatalf("sending %d packets of SPI %#x: %v", n, s.spi, err)
+	t.Cleanup(func() { k.sender.Close() })
+	if k.xh, err = netlink.NewHandleAt(k.nsB, unix.NETLINK_XFRM); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.xh.Close)
+	return k
+}
+
+func (k *kernelLab) send(t *testing.T, s sa, n int) {
+	t.Helper()
+	if err := k.sender.Send(s.frame(1), n); err != nil {
+		t.Fatalf("sending %d packets of SPI %#x: %v", n, s.spi, err)
+	}
+}
+
+func (k *kernelLab) add(t *testing.T, ss ...sa) {
+	t.Helper()
+	for _, s := range ss {
+		if err := k.xh.XfrmStateAdd(s.state()); err != nil {
+			t.Fatalf("adding ESP state %#x %s -> %s: %v", s.spi, s.src, s.dst, err)
 		}
 	}
+}
+
+func (k *kernelLab) wantCount(t *testing.T, what string, cl classify.Class, o classify.Outcome, n uint64) {
+	t.Helper()
+	eventually(t, what, func() (bool, string) {
+		c, err := k.objs.Maps.Counters(0)
+		if err != nil {
+			return false, err.Error()
+		}
+		return c[cl][o].Packets == n, fmt.Sprintf("%s/%s: %d packets, want %d", cl, o, c[cl][o].Packets, n)
+	})
+}
+
+// The whole chain on a real kernel: xfrm states added and removed with netlink,
+// the source, knownset, the known-SA map, the XDP program on a veth, and traffic.
+func TestKernelLab(t *testing.T) {
+	k := newKernelLab(t, loader.Settings{})
+	objs, xh, nsB := k.objs, k.xh, k.nsB
+	send := func(s sa, n int) { t.Helper(); k.send(t, s, n) }
 
 	set := knownset.New(objs.Maps, knownset.DefaultHistory, knownset.DefaultRekeyGrace)
-	xh, err := netlink.NewHandleAt(nsB, unix.NETLINK_XFRM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer xh.Close()
-	add := func(ss ...sa) {
-		t.Helper()
-		for _, s := range ss {
-			if err := xh.XfrmStateAdd(s.state()); err != nil {
-				t.Fatalf("adding ESP state %#x %s -> %s: %v", s.spi, s.src, s.dst, err)
-			}
-		}
-	}
+	add := func(ss ...sa) { t.Helper(); k.add(t, ss...) }
 	wantKnown := func(what string, ss ...sa) {
 		t.Helper()
 		var want []maps.SA
@@ -283,20 +315,9 @@ func TestKernelLab(t *testing.T) {
 			return slices.Equal(got, want), fmt.Sprintf("known %v, want %v", got, want)
 		})
 	}
-	counts := func() maps.Counters {
-		t.Helper()
-		c, err := objs.Maps.Counters(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
 	wantCount := func(what string, cl classify.Class, o classify.Outcome, n uint64) {
 		t.Helper()
-		eventually(t, what, func() (bool, string) {
-			c := counts()
-			return c[cl][o].Packets == n, fmt.Sprintf("%s/%s: %d packets, want %d", cl, o, c[cl][o].Packets, n)
-		})
+		k.wantCount(t, what, cl, o, n)
 	}
 	verdict := func(spi uint32) string {
 		t.Helper()
@@ -461,4 +482,46 @@ func TestKernelResyncAfterOverrun(t *testing.T) {
 		t.Errorf("notices %q: want one saying events were dropped", r.notices)
 	}
 	t.Logf("resyncs %d, notices %q", src.Stats().Resyncs, r.notices)
+}
+
+// The kfunc option on a real kernel with ESP: from 6.8 on, an SA the kernel holds and
+// the map does not counts as known (no xfrm source runs here); before 6.8 the option
+// reports unsupported and the program works as without it.
+func TestKernelXfrmLookup(t *testing.T) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	release := unix.ByteSliceToString(u.Release[:])
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("kernel release %q: %v", release, err)
+	}
+	has := major > 6 || major == 6 && minor >= 8
+	k := newKernelLab(t, loader.Settings{XfrmLookup: true})
+	off := k.objs.XfrmLookupOff
+	t.Logf("Linux %s: XfrmLookupSupported %v; option on: %v, reason off: %v", release, loader.XfrmLookupSupported(), k.objs.Settings.XfrmLookup, off)
+	if has != (off == nil) || has != k.objs.Settings.XfrmLookup {
+		t.Fatalf("Linux %s: option in effect %v (reason off: %v), want %v", release, k.objs.Settings.XfrmLookup, off, has)
+	}
+	inV4 := sa{src: peer4, dst: local4, spi: 0x8008}
+	inV6 := sa{src: peer6, dst: local6, spi: 0x8009, encap: true}
+	outV4 := sa{src: local4, dst: peer4, spi: 0x800a} // outbound: the kernel's lookup by our address misses it
+	none := sa{src: peer4, dst: local4, spi: 0x800b}  // no SA at all
+	k.add(t, inV4, inV6, outV4)
+	k.send(t, inV4, 5)
+	k.send(t, inV6, 4)
+	k.send(t, sa{src: peer4, dst: local4, spi: outV4.spi}, 3)
+	k.send(t, none, 2)
+	if has {
+		k.wantCount(t, "ESP of a kernel SA", classify.ClassESP, classify.OutcomeKnown, 5)
+		k.wantCount(t, "ESP-in-UDP of a kernel SA", classify.ClassESPInUDP, classify.OutcomeKnown, 4)
+		k.wantCount(t, "ESP without an inbound SA", classify.ClassESP, classify.OutcomeUnknown, 5)
+	} else {
+		k.wantCount(t, "ESP, the map empty", classify.ClassESP, classify.OutcomeUnknown, 10)
+		k.wantCount(t, "ESP-in-UDP, the map empty", classify.ClassESPInUDP, classify.OutcomeUnknown, 4)
+	}
+	if ks, err := k.objs.Maps.ListKnown(); err != nil || len(ks) != 0 {
+		t.Errorf("known-SA map: %v, %v; want it empty (nothing fills it here)", ks, err)
+	}
 }
