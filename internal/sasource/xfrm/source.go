@@ -19,7 +19,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/internal/sasource"
+	"github.com/spiwatch/spiwatch/maps"
 )
 
 // Defaults of Options.
@@ -62,6 +65,11 @@ type Source struct {
 	events *nl.NetlinkSocket
 	route  *netlink.Handle
 	table  *Table
+	last   []maps.SA // the set last handed on; nil before the first
+
+	addrChanged atomic.Bool   // an address of the namespace came or went
+	addrDone    chan struct{} // ends the address subscription
+	stopping    atomic.Bool   // set before addrDone closes: its socket error is expected
 
 	beforeReceive func() // tests: stall the event loop so the socket overruns
 }
@@ -96,17 +104,42 @@ func (s *Source) Start(ctx context.Context, sink sasource.Sink, r sasource.Repor
 	if err != nil {
 		return fmt.Errorf("xfrm: opening a route netlink socket: %w", err)
 	}
+	// Which states are inbound depends on the local addresses: follow them too (a
+	// VIP moving to this node on failover makes its SAs inbound).
+	addrs := make(chan netlink.AddrUpdate, 64)
+	s.addrDone = make(chan struct{})
+	ao := netlink.AddrSubscribeOptions{ErrorCallback: func(err error) {
+		if s.stopping.Load() {
+			return
+		}
+		r.Notice(s.Name(), "following address changes failed, inbound states are re-checked at the next SA change: "+err.Error())
+	}}
+	if s.opts.NetNS.IsOpen() {
+		ns := s.opts.NetNS
+		ao.Namespace = &ns
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, s.addrDone, ao); err != nil {
+		route.Close()
+		return fmt.Errorf("xfrm: following address changes: %w", err)
+	}
+	go func() {
+		for range addrs {
+			s.addrChanged.Store(true)
+		}
+	}()
 	events, err := s.subscribe()
 	if err != nil {
+		s.stopAddrs()
 		route.Close()
 		return err
 	}
 	states, err := s.dump()
 	if err == nil {
 		s.table.Reset(states)
-		err = s.apply(route, sink)
+		_, err = s.apply(route, sink)
 	}
 	if err != nil {
+		s.stopAddrs()
 		events.Close()
 		route.Close()
 		s.health.Failed(err)
@@ -119,6 +152,11 @@ func (s *Source) Start(ctx context.Context, sink sasource.Sink, r sasource.Repor
 	s.mu.Unlock()
 	go s.follow(ctx, sink, r)
 	return nil
+}
+
+func (s *Source) stopAddrs() {
+	s.stopping.Store(true)
+	close(s.addrDone)
 }
 
 // subscribe opens the event socket: XFRMNLGRP_SA (NEWSA, UPDSA, DELSA, FLUSHSA)
@@ -204,18 +242,25 @@ func dumpOnce(sock *nl.NetlinkSocket) (states []State, interrupted bool, err err
 	}
 }
 
-// apply hands the inbound states to sink.
-func (s *Source) apply(route *netlink.Handle, sink sasource.Sink) error {
+// apply hands the inbound states to sink, unless they are the ones it has.
+func (s *Source) apply(route *netlink.Handle, sink sasource.Sink) (handed bool, err error) {
 	local, err := localAddrs(route)
 	if err != nil {
-		return err
+		return false, err
 	}
 	sas := s.table.Inbound(func(a netip.Addr) bool { return local[a] })
-	if err := sink(sas); err != nil {
-		return fmt.Errorf("xfrm: applying %d SAs: %w", len(sas), err)
+	if s.last != nil && slices.Equal(sas, s.last) {
+		return false, nil // an outbound state, an unrelated address: nothing to hand on
 	}
+	if err := sink(sas); err != nil {
+		return false, fmt.Errorf("xfrm: applying %d SAs: %w", len(sas), err)
+	}
+	if sas == nil {
+		sas = []maps.SA{}
+	}
+	s.last = sas
 	s.health.Synced(len(sas))
-	return nil
+	return true, nil
 }
 
 // localAddrs are this namespace's addresses: an SA whose destination is one of
@@ -241,6 +286,7 @@ func (s *Source) follow(ctx context.Context, sink sasource.Sink, r sasource.Repo
 	events, route := s.events, s.route
 	s.mu.Unlock()
 	defer func() {
+		s.stopAddrs()
 		events.Close()
 		route.Close()
 		s.health.SetConnected(false)
@@ -296,6 +342,12 @@ func (s *Source) follow(ctx context.Context, sink sasource.Sink, r sasource.Repo
 			}
 		}
 		now = time.Now()
+		if s.addrChanged.Swap(false) {
+			if !dirty {
+				first = now
+			}
+			dirty, last = true, now
+		}
 		due := retryAt.IsZero() || !now.Before(retryAt)
 		if needResync && due {
 			s.health.Resynced()
@@ -317,13 +369,16 @@ func (s *Source) follow(ctx context.Context, sink sasource.Sink, r sasource.Repo
 		if now.Before(last.Add(s.opts.Coalesce)) && now.Before(first.Add(maxCoalesce)) {
 			continue // the burst goes on
 		}
-		if err := s.apply(route, sink); err != nil {
+		handed, err := s.apply(route, sink)
+		if err != nil {
 			s.health.Failed(err)
 			r.Failed(s.Name(), err)
 			retryAt = now.Add(retryAfter)
 			continue
 		}
-		r.Synced(s.Name(), s.health.Stats().SAs)
+		if handed {
+			r.Synced(s.Name(), s.health.Stats().SAs)
+		}
 		dirty, retryAt = false, time.Time{}
 	}
 }
