@@ -37,7 +37,7 @@ test:
 
 # The tests that need a kernel with ESP (the xfrm source end to end, the xfrm lookup
 # option, the BPF tables) in VMs booting Debian's 6.1 and 6.12 kernels under qemu
-# (TCG), about 45 s each; see docs/VMTEST.md.
+# (TCG), about 50 s each; see docs/VMTEST.md.
 # Needs root, qemu-system-x86, busybox-static, kmod, cpio; downloads the kernel
 # package once into $(VM_CACHE).
 VM_CACHE ?= /var/cache/spiwatch-vm
