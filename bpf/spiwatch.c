@@ -15,6 +15,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 /* Load-time settings. */
 volatile const __u32 drop_unknown = 0; /* 1: XDP_DROP packets with an unknown SPI */
 volatile const __u32 iface_slot = 0;   /* this instance's row in sw_counters */
+volatile const __u32 xfrm_lookup = 0;  /* 1: on a known-SA miss, ask the kernel's SA table */
 
 #ifndef KNOWN_SAS_MAX
 #define KNOWN_SAS_MAX 65536
@@ -81,6 +82,55 @@ static __always_inline void tally(__u32 which)
 		*v += 1;
 }
 
+/* The kernel's own SA table (Linux 6.8+, net/xfrm/xfrm_state_bpf.c). Weak: where
+ * the kernel lacks the kfuncs the loader zeroes bpf_ksym_exists() and the verifier
+ * drops the call, as it does when xfrm_lookup is 0. */
+#define __ksym __attribute__((section(".ksyms")))
+#define __weak __attribute__((weak))
+#define bpf_ksym_exists(sym) (!!(sym))
+#define AF_INET 2
+#define AF_INET6 10
+
+struct xfrm_state {
+	int opaque; /* never read: the kernel's struct is matched by name and kind */
+};
+struct bpf_xfrm_state_opts {
+	__s32 error;
+	__s32 netns_id;
+	__u32 mark;
+	__u32 daddr[4]; /* xfrm_address_t: IPv4 in the first word */
+	__be32 spi;
+	__u8 proto;
+	__u16 family;
+};
+extern struct xfrm_state *bpf_xdp_get_xfrm_state(struct xdp_md *ctx, struct bpf_xfrm_state_opts *opts,
+						 __u32 opts__sz) __ksym __weak;
+extern void bpf_xdp_xfrm_state_release(struct xfrm_state *x) __ksym __weak;
+
+/* Does the kernel hold an SA for this SPI and destination, in the namespace of the
+ * receiving device? Only the answer matters: the state is released at once. */
+static __always_inline int kernel_has_sa(struct xdp_md *ctx, struct pkt *p)
+{
+	struct bpf_xfrm_state_opts o = {
+		.netns_id = -1, /* BPF_F_CURRENT_NETNS */
+		.spi = bpf_htonl(p->spi),
+		.proto = IPPROTO_ESP,
+		.family = AF_INET6,
+	};
+	__builtin_memcpy(o.daddr, p->daddr, 16);
+	if (o.daddr[0] == 0 && o.daddr[1] == 0 && o.daddr[2] == bpf_htonl(0xffff)) {
+		o.family = AF_INET; /* keyed IPv4-mapped: the kernel wants the bare address */
+		o.daddr[0] = o.daddr[3];
+		o.daddr[3] = 0;
+		o.daddr[2] = 0;
+	}
+	struct xfrm_state *x = bpf_xdp_get_xfrm_state(ctx, &o, sizeof(o));
+	if (!x)
+		return 0;
+	bpf_xdp_xfrm_state_release(x);
+	return 1;
+}
+
 /* lookup_multi finds an SA of an SPI shared by several: (SPI, destination) first,
  * then (SPI, any destination). */
 static __attribute__((noinline)) struct sa_stats *lookup_multi(struct pkt *p)
@@ -101,19 +151,29 @@ static __always_inline int same_addr(const __u8 a[16], const __u8 b[16])
 	return x[0] == y[0] && x[1] == y[1];
 }
 
-static __always_inline int lookup_known(struct pkt *p, __u32 len)
+/* find_known returns this CPU's counts of the SA the packet belongs to; 0 if none. */
+static __always_inline struct sa_stats *find_known(struct pkt *p)
 {
 	__u32 spi = p->spi;
 	struct known_spi *ks = bpf_map_lookup_elem(&sw_known, &spi);
 	if (!ks)
+		return 0;
+	if (ks->flags & SW_KNOWN_MULTI)
+		return lookup_multi(p);
+	if (!(ks->flags & SW_KNOWN_ANY_DST) && !same_addr(ks->daddr, p->daddr))
+		return 0; /* the SPI's SA is for another destination */
+	return &ks->st;
+}
+
+static __always_inline int lookup_known(struct xdp_md *ctx, struct pkt *p, __u32 len)
+{
+	struct sa_stats *st = find_known(p);
+	if (!st) {
+		/* Installed in the kernel, not yet in the map: known (no per-SA counters
+		 * until Go adds it). Off: the verifier removes this. */
+		if (xfrm_lookup && bpf_ksym_exists(bpf_xdp_get_xfrm_state) && kernel_has_sa(ctx, p))
+			return SW_OUTCOME_KNOWN;
 		return SW_OUTCOME_UNKNOWN;
-	struct sa_stats *st = &ks->st;
-	if (ks->flags & SW_KNOWN_MULTI) {
-		st = lookup_multi(p);
-		if (!st)
-			return SW_OUTCOME_UNKNOWN;
-	} else if (!(ks->flags & SW_KNOWN_ANY_DST) && !same_addr(ks->daddr, p->daddr)) {
-		return SW_OUTCOME_UNKNOWN; /* the SPI's SA is for another destination */
 	}
 	/* this CPU's copy: plain stores, no atomics */
 	st->packets++;
@@ -208,7 +268,7 @@ int spiwatch_xdp(struct xdp_md *ctx)
 	if (has_spi(class)) {
 		/* Reserved SPIs never name an SA: no lookup, but they are recorded with their
 		 * peer like unknown ones, since someone is sending them. */
-		outcome = p.spi < 256 ? SW_OUTCOME_RESERVED : lookup_known(&p, len);
+		outcome = p.spi < 256 ? SW_OUTCOME_RESERVED : lookup_known(ctx, &p, len);
 		if (outcome != SW_OUTCOME_KNOWN)
 			record_unknown(ctx, &p, len);
 	}

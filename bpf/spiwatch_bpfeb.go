@@ -78,6 +78,7 @@ const (
 	SpiwatchVarIfaceSlot     = "iface_slot"
 	SpiwatchVarNattPortCount = "natt_port_count"
 	SpiwatchVarNattPorts     = "natt_ports"
+	SpiwatchVarXfrmLookup    = "xfrm_lookup"
 )
 
 // LoadSpiwatch returns the embedded CollectionSpec for Spiwatch.
@@ -144,6 +145,7 @@ type SpiwatchVariableSpecs struct {
 	IfaceSlot     *ebpf.VariableSpec `ebpf:"iface_slot"`
 	NattPortCount *ebpf.VariableSpec `ebpf:"natt_port_count"`
 	NattPorts     *ebpf.VariableSpec `ebpf:"natt_ports"`
+	XfrmLookup    *ebpf.VariableSpec `ebpf:"xfrm_lookup"`
 }
 
 // SpiwatchObjects contains all objects after they have been loaded into the kernel.
@@ -191,6 +193,7 @@ type SpiwatchVariables struct {
 	IfaceSlot     *ebpf.Variable `ebpf:"iface_slot"`
 	NattPortCount *ebpf.Variable `ebpf:"natt_port_count"`
 	NattPorts     *ebpf.Variable `ebpf:"natt_ports"`
+	XfrmLookup    *ebpf.Variable `ebpf:"xfrm_lookup"`
 }
 
 // SpiwatchPrograms contains all programs after they have been loaded into the kernel.

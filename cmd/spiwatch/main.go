@@ -174,6 +174,11 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err
 	}
 	defer objs.Close() // detaches every interface not pinned
+	if objs.XfrmLookupOff != nil {
+		fmt.Fprintf(stderr, "spiwatch: --xfrm-lookup is off: %v\n", objs.XfrmLookupOff)
+	} else if v.Settings.XfrmLookup {
+		fmt.Fprintln(stderr, "spiwatch: --xfrm-lookup: SPIs missing from the map are looked up in the kernel's SA table")
+	}
 	if objs.MultiBuffer != nil {
 		fmt.Fprintf(stderr, "spiwatch: %v\n", objs.MultiBuffer)
 	}
@@ -222,14 +227,18 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	var keep []int
 	if cfg.WaitIface {
 		keep = []int{privdrop.CapBPF, privdrop.CapPerfmon, privdrop.CapNetAdmin}
+	} else if followsXfrm(v.Sources) {
+		keep = []int{privdrop.CapNetAdmin} // the xfrm source dumps again after lost events
 	}
 	if err := privdrop.Drop(cfg.User, keep...); err != nil {
 		if !errors.Is(err, privdrop.ErrCgo) || cfg.User != "" {
 			return err
 		}
 		fmt.Fprintf(stderr, "spiwatch: keeping privileges: %v\n", err)
-	} else if cfg.User != "" {
+	} else if cfg.User != "" && len(keep) == 0 {
 		fmt.Fprintf(stderr, "spiwatch: running as %s, without capabilities\n", cfg.User)
+	} else if cfg.User != "" {
+		fmt.Fprintf(stderr, "spiwatch: running as %s, keeping only %s\n", cfg.User, privdrop.Names(keep))
 	}
 	fmt.Fprintf(stderr, "spiwatch: %d known SAs; reporting every %s\n", known.Len(), cfg.Interval)
 

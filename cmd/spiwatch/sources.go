@@ -14,12 +14,28 @@ import (
 	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/internal/sasource/file"
+	"github.com/spiwatch/spiwatch/internal/sasource/xfrm"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
-// defaultSources is what spiwatch follows without --known-from.
+// defaultSources is what spiwatch follows without --known-from: the kernel's SAs
+// when it can hold ESP states (xfrm.Available), else nothing.
 func defaultSources() []sasource.Spec {
+	if xfrm.Available() == nil {
+		return []sasource.Spec{{Kind: "xfrm"}}
+	}
 	return nil
+}
+
+// followsXfrm says whether one of the sources is the kernel's SA database, whose
+// resyncs (a dump after lost events) need CAP_NET_ADMIN for as long as spiwatch runs.
+func followsXfrm(specs []sasource.Spec) bool {
+	for _, s := range specs {
+		if s.Kind == "xfrm" {
+			return true
+		}
+	}
+	return false
 }
 
 // newSource makes the source a --known-from value names.
@@ -27,6 +43,8 @@ func newSource(spec sasource.Spec, reload <-chan struct{}) (sasource.Source, err
 	switch spec.Kind {
 	case "file":
 		return file.New(spec.Arg, file.DefaultPoll, reload), nil
+	case "xfrm":
+		return xfrm.New(xfrm.Options{}), nil
 	}
 	return nil, fmt.Errorf("--known-from %s: this build has no %s source", spec, spec.Kind)
 }
