@@ -81,6 +81,11 @@ func rekeyed(c *govici.Message) *govici.Message {
 	return n
 }
 
+func oldPart(c *govici.Message) *govici.Message {
+	o, _ := c.Get("old").(*govici.Message)
+	return o
+}
+
 // convertChild reads the inbound SA of CHILD_SA c of IKE_SA ike: its SPI (spi-in)
 // and, as destination, the IKE_SA's local address, which is the outer destination
 // of inbound ESP in every mode, UDP-encapsulated (encap=yes) or not: the kernel and

@@ -59,6 +59,14 @@ func (st *state) apply(ev govici.Event) (errs []error) {
 			for _, c := range sas {
 				st.children[c.child] = c
 			}
+			// The old one stays while charon keeps its inbound SA; its new
+			// state (REKEYED) makes the source poll until it is gone.
+			old, _ := ikeChildren(name, ike, oldPart)
+			for _, c := range old {
+				if _, ok := st.children[c.child]; ok {
+					st.children[c.child] = c
+				}
+			}
 		case "ike-updown":
 			if up {
 				sas, e := ikeChildren(name, ike, self)

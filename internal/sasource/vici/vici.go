@@ -27,6 +27,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -144,7 +145,10 @@ func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA,
 		r.Synced(s.Name(), len(sas))
 	}
 	backoff := MinBackoff
-	lastErr := s.health.Stats().LastError
+	lastErr := "" // the kind of the last error reported
+	if !s.health.Stats().Connected {
+		lastErr = errKind(errors.New(s.health.Stats().LastError))
+	}
 	for {
 		if c != nil {
 			backoff, lastErr = MinBackoff, ""
@@ -174,9 +178,9 @@ func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA,
 				return
 			}
 			backoff = min(2*backoff, MaxBackoff)
-			if err.Error() != lastErr {
+			if k := errKind(err); k != lastErr {
 				s.failed(err) // counted and reported when it changes, not at every retry
-				lastErr = err.Error()
+				lastErr = k
 			}
 			continue
 		}
@@ -225,12 +229,28 @@ func (s *Source) connect(ctx context.Context) (*conn, []childSA, error) {
 	return c, list, nil
 }
 
+var (
+	errMissing = errors.New("does not exist")
+	errRefused = errors.New("nobody listens")
+)
+
+// errKind tells errors apart enough to report a change (socket missing, then
+// there but refusing, ...) without reporting every retry.
+func errKind(err error) string {
+	for _, k := range []error{errMissing, errRefused, fs.ErrPermission} {
+		if errors.Is(err, k) || strings.Contains(err.Error(), k.Error()) {
+			return k.Error()
+		}
+	}
+	return "other"
+}
+
 func dialError(socket string, err error) error {
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("connecting to charon: %s does not exist (is charon running with the vici plugin?)", socket)
+		return fmt.Errorf("connecting to charon: %s %w (is charon running with the vici plugin?)", socket, errMissing)
 	}
 	if errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("connecting to charon: nobody listens on %s (is charon running?)", socket)
+		return fmt.Errorf("connecting to charon: %w on %s (is charon running?)", errRefused, socket)
 	}
 	if errors.Is(err, fs.ErrPermission) {
 		return fmt.Errorf("connecting to charon on %s: %w", socket, os.ErrPermission)
