@@ -141,13 +141,22 @@ static __always_inline void count(__u32 class, __u32 outcome, __u32 len)
 	}
 }
 
-SEC("xdp")
+/* xdp.frags: multi-buffer aware, so the program can stay attached to an interface
+ * with jumbo frames (drivers refuse an MTU above one page to other XDP programs).
+ * Headers are read from the first buffer; lengths are the whole frame's. */
+SEC("xdp.frags")
 int spiwatch_xdp(struct xdp_md *ctx)
 {
+	__u32 len = bpf_xdp_get_buff_len(ctx); /* first: a helper call clobbers r1-r5 */
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 len = ctx->data_end - ctx->data;
-	struct pkt p; /* filled by classify() for esp and esp-in-udp */
+	/* Filled by classify() for esp and esp-in-udp. The scalars start at zero: clang
+	 * keeps them in registers and would otherwise spill uninitialized ones on the
+	 * other classes' paths, which the verifier rejects. */
+	struct pkt p;
+	p.seq = 0;
+	p.sport = 0;
+	p.dport = 0;
 	__u32 outcome = SW_OUTCOME_NONE;
 
 	__u32 class = classify(data, data_end, len, &p);

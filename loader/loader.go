@@ -74,6 +74,9 @@ func (s Settings) withDefaults() Settings {
 type Objects struct {
 	Settings Settings
 	Maps     *maps.Maps
+	// MultiBuffer is nil when the program handles multi-buffer (jumbo) frames,
+	// else why it cannot (the kernel is too old).
+	MultiBuffer error
 
 	spec *ebpf.CollectionSpec
 	coll *ebpf.Collection
@@ -129,6 +132,8 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	spec.Maps[maps.KnownName].MaxEntries = s.KnownMax
 	spec.Maps[maps.UnknownName].MaxEntries = s.UnknownMax
 
+	mbErr := dropMultiBuffer(spec)
+
 	var opts ebpf.CollectionOptions
 	if s.PinPath != "" {
 		if err := prepareBPFFS(s.PinPath); err != nil {
@@ -149,7 +154,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		return nil, err
 	}
 	return &Objects{
-		Settings: s, Maps: m, spec: spec, coll: coll,
+		Settings: s, Maps: m, spec: spec, coll: coll, MultiBuffer: mbErr,
 		progs: map[int]*ebpf.Program{0: coll.Programs[progName]},
 	}, nil
 }

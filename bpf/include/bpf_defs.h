@@ -63,6 +63,7 @@ static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
 				   __u64 flags) = (void *)2;
 static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)160;
+static __u64 (*bpf_xdp_get_buff_len)(struct xdp_md *ctx) = (void *)188;
 
 /* Byte order: convert on the BPF target's own endianness; constants fold at compile
  * time. */

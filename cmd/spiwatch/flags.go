@@ -14,6 +14,7 @@ import (
 	"github.com/spiwatch/spiwatch/internal/knownsa"
 	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/metrics"
+	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/loader"
 	"github.com/spiwatch/spiwatch/maps"
 )
@@ -32,6 +33,7 @@ type Config struct {
 	// what the program knows and does
 	KnownSPIs  []string
 	KnownFile  string
+	KnownFrom  []string
 	NATTPorts  []string
 	Action     string
 	UnknownMax uint32
@@ -71,7 +73,8 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "directory on the BPF filesystem for --pin")
 
 	fs.StringArrayVar(&c.KnownSPIs, "known-spi", nil, "known SA as SPI[@DESTINATION], SPI in hex (0x...) or decimal (repeatable)")
-	fs.StringVar(&c.KnownFile, "known-file", "", "file of known SAs, one SPI[@DESTINATION] per line, # comments; re-read on SIGHUP and when it changes")
+	fs.StringArrayVar(&c.KnownFrom, "known-from", nil, "follow a known-SA source: xfrm (the kernel's SAs), vici[=SOCKET] (strongSwan), file=PATH or none (repeatable; default: xfrm when this kernel has ESP, else none)")
+	fs.StringVar(&c.KnownFile, "known-file", "", "file of known SAs, one SPI[@DESTINATION] per line, # comments; re-read on SIGHUP and when it changes (the same as --known-from file=PATH)")
 	fs.StringArrayVar(&c.NATTPorts, "natt-port", nil, "UDP port carrying ESP-in-UDP (repeatable, up to 8; default 4500)")
 	fs.StringVar(&c.Action, "action", "pass", "what to do with unknown-SPI packets: pass or drop")
 	fs.Uint32Var(&c.UnknownMax, "unknown-table-size", loader.DefaultUnknownMax, "entries in the unknown-SPI table (least recently seen are evicted, and counted)")
@@ -102,8 +105,8 @@ type Validated struct {
 	Mode        loader.Mode
 	Known       []maps.SA // all of them
 	FlagKnown   []maps.SA // from --known-spi
-	FileKnown   []maps.SA // from --known-file
-	MetricsAddr string    // completed HOST:PORT; empty: no metrics
+	Sources     []sasource.Spec
+	MetricsAddr string // completed HOST:PORT; empty: no metrics
 }
 
 // Validate checks every flag before anything touches the kernel.
@@ -165,16 +168,21 @@ func (c *Config) Validate() (*Validated, error) {
 		return nil, fmt.Errorf("--count %d: must be 0 (no limit) or more", c.Count)
 	}
 
-	if v.Known, err = readKnown(c.KnownSPIs, c.KnownFile, c.KnownMax); err != nil {
+	if v.Sources, err = knownFrom(c.KnownFrom, c.KnownFile); err != nil {
+		return nil, err
+	}
+	// Files are read now, so that a bad one fails before anything is attached.
+	var files []string
+	for _, s := range v.Sources {
+		if s.Kind == "file" {
+			files = append(files, s.Arg)
+		}
+	}
+	if v.Known, err = readKnown(c.KnownSPIs, files, c.KnownMax); err != nil {
 		return nil, err
 	}
 	if v.FlagKnown, err = knownsa.ParseAll(c.KnownSPIs); err != nil {
 		return nil, err
-	}
-	if c.KnownFile != "" {
-		if v.FileKnown, err = knownsa.ReadFile(c.KnownFile); err != nil {
-			return nil, err
-		}
 	}
 	if c.RekeyGrace < 0 || c.StaleHistory < 0 {
 		return nil, errors.New("--rekey-grace and --stale-history must be 0 or more")
@@ -228,13 +236,50 @@ func parseNATTPorts(in []string) ([]uint16, error) {
 	return ports, nil
 }
 
-// readKnown gathers the known SAs of --known-spi and --known-file.
-func readKnown(spis []string, file string, limit uint32) ([]maps.SA, error) {
+// knownFrom checks the --known-from values (with --known-file as one more file)
+// and fills in the default.
+func knownFrom(values []string, knownFile string) ([]sasource.Spec, error) {
+	var specs []sasource.Spec
+	seen := map[sasource.Spec]bool{}
+	none := false
+	for _, val := range values {
+		s, err := sasource.ParseSpec(val)
+		if err != nil {
+			return nil, err
+		}
+		if s.Kind == "none" {
+			none = true
+			continue
+		}
+		if seen[s] {
+			return nil, fmt.Errorf("--known-from %s: given twice", s)
+		}
+		seen[s] = true
+		specs = append(specs, s)
+	}
+	if none && len(specs) > 0 {
+		return nil, fmt.Errorf("--known-from none: cannot be combined with --known-from %s", specs[0])
+	}
+	if len(values) == 0 {
+		specs = defaultSources()
+	}
+	if knownFile != "" {
+		s := sasource.Spec{Kind: "file", Arg: knownFile}
+		if seen[s] {
+			return nil, fmt.Errorf("--known-file %s: also given as --known-from %s", knownFile, s)
+		}
+		specs = append(specs, s)
+	}
+	return specs, nil
+}
+
+// readKnown gathers the known SAs of --known-spi and the known-SPI files.
+func readKnown(spis []string, files []string, limit uint32) ([]maps.SA, error) {
 	known, err := knownsa.ParseAll(spis)
 	if err != nil {
 		return nil, err
 	}
-	if file != "" {
+	for _, file := range files {
 		fromFile, err := knownsa.ReadFile(file)
 		if err != nil {
 			return nil, err

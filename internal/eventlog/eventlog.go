@@ -185,6 +185,14 @@ func (l *Logger) SourceError(source string, err error) {
 	l.write("error", "source_error", "Known-SA source failed; keeping the previous SAs", kv{"source", source}, kv{"error", err.Error()})
 }
 
+// SourceNotice logs what a known-SA source did besides reading: connected,
+// lost its connection and retries, re-read everything after lost events.
+func (l *Logger) SourceNotice(source, msg string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.write("info", "source_notice", msg, kv{"source", source})
+}
+
 // HeldBack counts n unknown-SPI lines that were never offered (the reporter's own
 // cap under a flood), so the next line's held_back includes them.
 func (l *Logger) HeldBack(n int) {

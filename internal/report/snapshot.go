@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -34,6 +35,8 @@ type Iface struct {
 	// Problem is empty while the program is attached, else what happened to the
 	// interface ("deleted", "program detached by someone else"); its counts stay.
 	Problem string
+	// LinkDown: attached, but the link is down (or has no carrier): nothing arrives.
+	LinkDown bool
 }
 
 // IfaceCounts is one interface's counters at a snapshot, with the change since the
@@ -81,6 +84,8 @@ type Snapshot struct {
 	MoreEvents int
 	Table      maps.TableStats
 	Known      []KnownRow
+	// Sources are the known-SA sources' health (none for spiwatch read).
+	Sources []sasource.Stats
 }
 
 // maxEvents bounds NewUnknown and VerdictChanges per snapshot.
@@ -123,25 +128,27 @@ type Reporter struct {
 	// Verdict diagnoses a row first seen at firstSeen; nil: VerdictOf (unknown or
 	// reserved by the SPI alone).
 	Verdict func(spi uint32, firstSeen time.Time) string
+	// Sources reports the known-SA sources' health (nil: none to show).
+	Sources func() []sasource.Stats
 	snapBuf []maps.Unknown // the table as last read, reused
 	// now returns wall time and CLOCK_MONOTONIC in ns (the BPF timestamps' clock).
 	now func() (time.Time, uint64)
 }
 
-// SetIface updates the watched interface of a counter slot: its problem (see
-// Iface.Problem) and, after a re-attach, its ifindex and mode.
-func (r *Reporter) SetIface(slot, ifindex int, mode, problem string) {
-	for i := range r.ifaces {
-		if r.ifaces[i].Slot == slot {
-			r.ifaces[i].Ifindex, r.ifaces[i].Mode, r.ifaces[i].Problem = ifindex, mode, problem
-			r.names[uint32(ifindex)] = r.ifaces[i].Name
+// SetIface updates the watched interface of counter slot i.Slot: its name (after a
+// rename), ifindex and mode (after a re-attach), problem and link state.
+func (r *Reporter) SetIface(i Iface) {
+	for k := range r.ifaces {
+		if r.ifaces[k].Slot == i.Slot {
+			r.ifaces[k] = i
+			r.names[uint32(i.Ifindex)] = i.Name
 		}
 	}
 }
 
 // New starts a Reporter; rates of the first snapshot are since now.
 func New(src Source, ifaces []Iface) (*Reporter, error) {
-	r := &Reporter{src: src, ifaces: ifaces, names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow}
+	r := &Reporter{src: src, ifaces: slices.Clone(ifaces), names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow}
 	for _, i := range ifaces {
 		r.names[uint32(i.Ifindex)] = i.Name
 		c, err := src.Counters(i.Slot)
@@ -229,6 +236,9 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		return wall.Add(-time.Duration(int64(mono - ns)))
 	}
 	s := &Snapshot{Time: wall, Interval: wall.Sub(r.prevTime), Action: r.Action}
+	if r.Sources != nil {
+		s.Sources = r.Sources()
+	}
 	secs := s.Interval.Seconds()
 	s.Total.Name = "all"
 	for _, i := range r.ifaces {
