@@ -161,9 +161,9 @@ func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA,
 			s.health.Failed(err)
 			// The SAs of a lost charon are gone with it (a restarted charon
 			// starts empty): traffic still using them is stale.
+			r.Notice(s.Name(), fmt.Sprintf("lost (%v), retrying in %v", err, backoff))
 			st.replace(nil)
 			push()
-			r.Notice(s.Name(), fmt.Sprintf("lost (%v), retrying in %v", err, backoff))
 		}
 		select {
 		case <-ctx.Done():
