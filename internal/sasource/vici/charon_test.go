@@ -196,8 +196,11 @@ func TestCharon(t *testing.T) {
 	// Rekeyings: one started by the peer (the new inbound SPI is used by the
 	// initiator as soon as it has the answer), one by the watched charon.
 	prev := first
-	for _, who := range []*charonlab.Charon{tun.Initiator, tun.Responder} {
-		if _, err := who.Swanctl("--rekey", "--child", charonlab.Child); err != nil {
+	for _, by := range []struct {
+		name string
+		c    *charonlab.Charon
+	}{{"initiator", tun.Initiator}, {"responder", tun.Responder}} {
+		if _, err := by.c.Swanctl("--rekey", "--child", charonlab.Child); err != nil {
 			t.Fatal(err)
 		}
 		var next uint32
@@ -207,7 +210,7 @@ func TestCharon(t *testing.T) {
 			return err == nil && next != prev
 		})
 		waitFor(t, 5*time.Second, fmt.Sprintf("no traffic counted on the rekeyed SA 0x%08x", next), func() bool { return packets(next) >= 5 })
-		noUnknown(fmt.Sprintf("after the rekeying by the %s", strings.TrimPrefix(who.NS, lab.NSA[:len(lab.NSA)-1])))
+		noUnknown("after the rekeying by the " + by.name)
 		prev = next
 	}
 	// The rekeyed SAs leave charon a few seconds later (delete_rekeyed_delay)

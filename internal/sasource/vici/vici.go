@@ -131,9 +131,11 @@ func (s *Source) Start(ctx context.Context, sink sasource.Sink, r sasource.Repor
 
 // run follows charon until ctx ends: over c while it lasts, then reconnecting.
 func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA, sink sasource.Sink, r sasource.Reporter) {
-	push := func() {
+	// push applies the state's SAs if they changed, or anyway when forced (a
+	// new connection: the sync also clears the last error).
+	push := func(force bool) {
 		sas := st.sas()
-		if slices.Equal(sas, applied) && applied != nil {
+		if !force && slices.Equal(sas, applied) && applied != nil {
 			return
 		}
 		if err := sink(sas); err != nil {
@@ -158,12 +160,12 @@ func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA,
 				return
 			}
 			s.health.SetConnected(false)
-			s.health.Failed(err)
 			// The SAs of a lost charon are gone with it (a restarted charon
 			// starts empty): traffic still using them is stale.
 			r.Notice(s.Name(), fmt.Sprintf("lost (%v), retrying in %v", err, backoff))
 			st.replace(nil)
-			push()
+			push(false)
+			s.health.Failed(err) // after the sync, which clears the last error
 		}
 		select {
 		case <-ctx.Done():
@@ -190,7 +192,7 @@ func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA,
 		s.health.SetConnected(true)
 		r.Notice(s.Name(), "connected")
 		st.replace(list)
-		push()
+		push(true)
 	}
 }
 
@@ -361,7 +363,7 @@ func (s *Source) failed(err error) {
 
 // follow applies charon's events and re-reads until the connection fails or ctx
 // ends.
-func (s *Source) follow(ctx context.Context, c *conn, st *state, push func()) error {
+func (s *Source) follow(ctx context.Context, c *conn, st *state, push func(force bool)) error {
 	stop := context.AfterFunc(ctx, c.close)
 	defer stop()
 	timer := time.NewTimer(time.Hour)
@@ -394,7 +396,7 @@ func (s *Source) follow(ctx context.Context, c *conn, st *state, push func()) er
 		select {
 		case <-c.queue.ready:
 			lost := drain()
-			push()
+			push(false)
 			if lost != nil {
 				return lost
 			}
@@ -407,7 +409,7 @@ func (s *Source) follow(ctx context.Context, c *conn, st *state, push func()) er
 			st.replace(list)
 			// Events that came during the list are newer than it.
 			lost := drain()
-			push()
+			push(false)
 			if lost != nil {
 				return lost
 			}
