@@ -43,7 +43,7 @@ func TestVICI(t *testing.T) {
 	}
 	spiwatch, _ := buildBinaries(t)
 	lab := newLab(t, "swvici")
-	tun, err := charonlab.NewTunnel(lab, t.TempDir())
+	tun, err := charonlab.NewTunnel(lab, t.TempDir(), charonlab.V4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestVICI(t *testing.T) {
 	counted := func(spi uint32, n uint64) func(viciReport) bool {
 		return func(r viciReport) bool {
 			for _, k := range r.KnownSAs {
-				if k.SPI == hex(spi) && k.Dst == charonlab.ResponderAddr.String() && k.Packets >= n {
+				if k.SPI == hex(spi) && k.Dst == charonlab.V4.Responder.String() && k.Packets >= n {
 					return true
 				}
 			}

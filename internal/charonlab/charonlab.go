@@ -53,12 +53,18 @@ func Missing() string {
 	return strings.Join(miss, ", ") + " (apt-get install strongswan-charon strongswan-swanctl libcharon-extra-plugins)"
 }
 
-// Addresses of the lab: outer on the veth, inner (the tunnelled networks) on lo.
+// Addrs are a lab's addresses: outer on the veth, inner (the tunnelled hosts) on lo.
+type Addrs struct {
+	Initiator, Responder           netip.Addr // outer: the IKE and ESP-in-UDP addresses
+	InitiatorInner, ResponderInner netip.Addr // inner: the traffic selectors
+}
+
+// The labs' addresses (documentation ranges), over IPv4 and over IPv6.
 var (
-	InitiatorAddr  = netip.MustParseAddr("192.0.2.1")
-	ResponderAddr  = netip.MustParseAddr("192.0.2.2")
-	InitiatorInner = netip.MustParseAddr("198.51.100.1")
-	ResponderInner = netip.MustParseAddr("198.51.100.2")
+	V4 = Addrs{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"),
+		netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")}
+	V6 = Addrs{netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2"),
+		netip.MustParseAddr("2001:db8:100::1"), netip.MustParseAddr("2001:db8:100::2")}
 )
 
 // Conn and Child are the names of the connection and the CHILD_SA.
@@ -128,8 +134,8 @@ const swanctlConf = `connections {
     }
     children {
       %[7]s {
-        local_ts = %[5]s/32
-        remote_ts = %[8]s/32
+        local_ts = %[5]s
+        remote_ts = %[8]s
         esp_proposals = aes128-sha256
       }
     }
@@ -321,31 +327,44 @@ func (c *Charon) Installed() (ChildSA, error) {
 // Tunnel is two charons with an established CHILD_SA between them.
 type Tunnel struct {
 	Initiator, Responder *Charon
+	Addrs                Addrs
 }
 
-// NewTunnel addresses lab (outer addresses on the veth, inner ones on lo), starts
-// a charon on each side with its files under dir and initiates the CHILD_SA from
-// the sender's side (lab.NSA) to the receiver's (lab.NSB). Close stops both.
-func NewTunnel(lab *netlab.Lab, dir string) (*Tunnel, error) {
+// NewTunnel addresses lab with a (outer addresses on the veth, inner ones on lo;
+// over IPv6 it turns IPv6 on, which netlab leaves off), starts a charon on each
+// side with its files under dir and initiates the CHILD_SA from the sender's side
+// (lab.NSA) to the receiver's (lab.NSB). Close stops both.
+func NewTunnel(lab *netlab.Lab, dir string, a Addrs) (*Tunnel, error) {
 	for _, s := range []struct {
-		ns, dev      string
+		ns, dev     string
 		outer, inner netip.Addr
-	}{{lab.NSA, lab.Sender, InitiatorAddr, InitiatorInner}, {lab.NSB, lab.Receiver, ResponderAddr, ResponderInner}} {
-		for _, args := range [][]string{
-			{"-n", s.ns, "addr", "add", s.outer.String() + "/24", "dev", s.dev},
-			{"-n", s.ns, "addr", "add", s.inner.String() + "/32", "dev", "lo"},
-		} {
+	}{{lab.NSA, lab.Sender, a.Initiator, a.InitiatorInner}, {lab.NSB, lab.Receiver, a.Responder, a.ResponderInner}} {
+		steps := [][]string{
+			{"-n", s.ns, "addr", "add", netip.PrefixFrom(s.outer, s.outer.BitLen()-8).String(), "dev", s.dev},
+			{"-n", s.ns, "addr", "add", netip.PrefixFrom(s.inner, s.inner.BitLen()).String(), "dev", "lo"},
+		}
+		if s.outer.Is6() {
+			for i := range steps {
+				steps[i] = append(steps[i], "nodad") // usable at once
+			}
+			steps = append([][]string{
+				{"netns", "exec", s.ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"},
+				{"netns", "exec", s.ns, "sysctl", "-qw", "net.ipv6.conf." + s.dev + ".disable_ipv6=0"},
+				{"netns", "exec", s.ns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"},
+			}, steps...)
+		}
+		for _, args := range steps {
 			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 				return nil, fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 			}
 		}
 	}
-	t := &Tunnel{}
+	t := &Tunnel{Addrs: a}
 	var err error
-	if t.Responder, err = Start(lab.NSB, filepath.Join(dir, "responder"), Peer{ResponderAddr, InitiatorAddr, ResponderInner, InitiatorInner, "responder", "initiator"}); err != nil {
+	if t.Responder, err = Start(lab.NSB, filepath.Join(dir, "responder"), Peer{a.Responder, a.Initiator, a.ResponderInner, a.InitiatorInner, "responder", "initiator"}); err != nil {
 		return nil, err
 	}
-	if t.Initiator, err = Start(lab.NSA, filepath.Join(dir, "initiator"), Peer{InitiatorAddr, ResponderAddr, InitiatorInner, ResponderInner, "initiator", "responder"}); err != nil {
+	if t.Initiator, err = Start(lab.NSA, filepath.Join(dir, "initiator"), Peer{a.Initiator, a.Responder, a.InitiatorInner, a.ResponderInner, "initiator", "responder"}); err != nil {
 		t.Close()
 		return nil, err
 	}
@@ -376,13 +395,13 @@ func (t *Tunnel) Send(ctx context.Context, interval time.Duration) error {
 	var conn *net.UDPConn
 	err := netlab.In(t.Initiator.NS, func() error {
 		var err error
-		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: InitiatorInner.AsSlice()})
+		conn, err = net.ListenUDP("udp", &net.UDPAddr{IP: t.Addrs.InitiatorInner.AsSlice()})
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("opening a UDP socket on %s in %s: %w", InitiatorInner, t.Initiator.NS, err)
+		return fmt.Errorf("opening a UDP socket on %s in %s: %w", t.Addrs.InitiatorInner, t.Initiator.NS, err)
 	}
-	to := &net.UDPAddr{IP: ResponderInner.AsSlice(), Port: 9} // discard
+	to := &net.UDPAddr{IP: t.Addrs.ResponderInner.AsSlice(), Port: 9} // discard
 	go func() {
 		defer conn.Close()
 		tick := time.NewTicker(interval)

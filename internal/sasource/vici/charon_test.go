@@ -70,12 +70,18 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 // VICI: the tunnel's traffic counts as known ESP-in-UDP on the SPI VICI reported,
 // rekeyings (by either side) leave no unknown SPI beyond rekey races, and after
 // the responder's charon is killed and restarted, the initiator's traffic on the
-// SA it forgot is stale, and the source has reconnected and said so.
+// SA it forgot is stale, and the source has reconnected and said so. Over IPv4
+// and over IPv6.
 func TestCharon(t *testing.T) {
 	testenv.RequireNetns(t)
 	if miss := charonlab.Missing(); miss != "" {
 		testenv.Unavailable(t, "needs strongSwan for a real charon: missing %s", miss)
 	}
+	t.Run("ipv4", func(t *testing.T) { testCharon(t, charonlab.V4) })
+	t.Run("ipv6", func(t *testing.T) { testCharon(t, charonlab.V6) })
+}
+
+func testCharon(t *testing.T, addrs charonlab.Addrs) {
 	lab, err := netlab.New("swv")
 	if err != nil {
 		t.Fatalf("creating lab: %v", err)
@@ -85,7 +91,7 @@ func TestCharon(t *testing.T) {
 			t.Errorf("removing lab: %v", err)
 		}
 	})
-	tun, err := charonlab.NewTunnel(lab, t.TempDir())
+	tun, err := charonlab.NewTunnel(lab, t.TempDir(), addrs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +139,7 @@ func TestCharon(t *testing.T) {
 		}
 		return c.SPIOut
 	}
-	sa := func(spi uint32) maps.SA { return maps.SA{SPI: spi, Dst: charonlab.ResponderAddr} }
+	sa := func(spi uint32) maps.SA { return maps.SA{SPI: spi, Dst: addrs.Responder} }
 	isKnown := func(spi uint32) bool { return len(known.SourcesOf(sa(spi))) > 0 }
 	packets := func(spi uint32) uint64 {
 		t.Helper()
