@@ -336,7 +336,7 @@ type Tunnel struct {
 // (lab.NSA) to the receiver's (lab.NSB). Close stops both.
 func NewTunnel(lab *netlab.Lab, dir string, a Addrs) (*Tunnel, error) {
 	for _, s := range []struct {
-		ns, dev     string
+		ns, dev      string
 		outer, inner netip.Addr
 	}{{lab.NSA, lab.Sender, a.Initiator, a.InitiatorInner}, {lab.NSB, lab.Receiver, a.Responder, a.ResponderInner}} {
 		steps := [][]string{
