@@ -11,7 +11,8 @@
 // is what keeps rekey races short), and every burst of events is followed by one
 // list-sas re-read, which is the truth: it removes what no event announces (a
 // rekeyed SA deleted later), corrects anything an event left out, and makes a lost
-// event harmless.
+// event harmless. Re-reads are spaced so that they take at most a tenth of the
+// time, however many SAs charon has.
 //
 // When charon goes away (restart, crash) the source drops the SAs of that
 // connection, so traffic that goes on using them shows as stale, and reconnects
@@ -369,13 +370,22 @@ func (s *Source) follow(ctx context.Context, c *conn, st *state, push func(force
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var due time.Time // when the next re-read is due; zero: none
+	// Re-reads are spaced by ten times the last one's duration, so that on a
+	// gateway with many SAs and steady rekeying charon spends at most a tenth of
+	// its time listing for spiwatch; events are applied at once all the same.
+	var listedAt time.Time
+	var listTook time.Duration
 	schedule := func(d time.Duration) {
-		at := time.Now().Add(d)
+		now := time.Now()
+		at := now.Add(d)
+		if earliest := listedAt.Add(10 * listTook); at.Before(earliest) {
+			at = earliest
+		}
 		if !due.IsZero() && !at.Before(due) {
 			return
 		}
 		due = at
-		timer.Reset(d)
+		timer.Reset(at.Sub(now))
 	}
 	if st.transient() {
 		schedule(pollInterval)
@@ -402,10 +412,12 @@ func (s *Source) follow(ctx context.Context, c *conn, st *state, push func(force
 			}
 		case <-timer.C:
 			due = time.Time{}
+			listedAt = time.Now()
 			list, err := s.list(ctx, c)
 			if err != nil {
 				return err
 			}
+			listTook = time.Since(listedAt)
 			st.replace(list)
 			// Events that came during the list are newer than it.
 			lost := drain()
