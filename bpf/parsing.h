@@ -22,13 +22,13 @@ volatile const __u32 natt_port_count = 1;
  * the headers was (VLAN depth, IPv4 options, IPv6 extensions) and prunes, instead
  * of verifying the lookups once per path. */
 struct pkt {
+	__u8 daddr[16]; /* first: 8-byte aligned, compared as two words */
+	__u8 saddr[16]; /* IPv6 or IPv4-mapped */
 	__u32 spi;
 	__u32 seq;
 	__u16 sport;
 	__u16 dport;
-	__u8 saddr[16]; /* IPv6 or IPv4-mapped */
-	__u8 daddr[16];
-};
+} __attribute__((aligned(8)));
 
 /* IPv4 addresses are keyed as IPv4-mapped IPv6 (::ffff:a.b.c.d). */
 static __always_inline void addr_v4mapped(__u8 dst[16], __be32 a)

@@ -62,6 +62,21 @@ struct sa_stats {
 	__u32 _pad;
 };
 
+/* sw_known's value flags. */
+enum sw_known_flags {
+	SW_KNOWN_ANY_DST = 1, /* the SA matches any destination: daddr is all zero */
+	SW_KNOWN_MULTI = 2,   /* several SAs share the SPI: they are in sw_known_multi */
+};
+
+/* Per-CPU value of sw_known (keyed by SPI alone): the SA's destination and, unless
+ * SW_KNOWN_MULTI, its counts. Go writes daddr and flags into every CPU's copy. */
+struct known_spi {
+	struct sa_stats st;
+	__u8 daddr[16];
+	__u32 flags; /* enum sw_known_flags */
+	__u32 _pad;
+};
+
 struct unknown_key {
 	__u8 saddr[16]; /* IPv6 or IPv4-mapped */
 	__u8 daddr[16];

@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SpiwatchKnownSpi struct {
+	_     structs.HostLayout
+	St    SpiwatchSaStats
+	Daddr [16]uint8
+	Flags uint32
+	Pad   uint32
+}
+
 type SpiwatchSaKey struct {
 	_     structs.HostLayout
 	Spi   uint32
@@ -60,6 +68,7 @@ type SpiwatchUnknownStats struct {
 const (
 	SpiwatchMapSwCounters    = "sw_counters"
 	SpiwatchMapSwKnown       = "sw_known"
+	SpiwatchMapSwKnownMulti  = "sw_known_multi"
 	SpiwatchMapSwTally       = "sw_tally"
 	SpiwatchMapSwUnknown     = "sw_unknown"
 	SpiwatchProgSpiwatchXdp  = "spiwatch_xdp"
@@ -118,10 +127,11 @@ type SpiwatchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SpiwatchMapSpecs struct {
-	SwCounters *ebpf.MapSpec `ebpf:"sw_counters"`
-	SwKnown    *ebpf.MapSpec `ebpf:"sw_known"`
-	SwTally    *ebpf.MapSpec `ebpf:"sw_tally"`
-	SwUnknown  *ebpf.MapSpec `ebpf:"sw_unknown"`
+	SwCounters   *ebpf.MapSpec `ebpf:"sw_counters"`
+	SwKnown      *ebpf.MapSpec `ebpf:"sw_known"`
+	SwKnownMulti *ebpf.MapSpec `ebpf:"sw_known_multi"`
+	SwTally      *ebpf.MapSpec `ebpf:"sw_tally"`
+	SwUnknown    *ebpf.MapSpec `ebpf:"sw_unknown"`
 }
 
 // SpiwatchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -154,16 +164,18 @@ func (o *SpiwatchObjects) Close() error {
 //
 // It can be passed to LoadSpiwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SpiwatchMaps struct {
-	SwCounters *ebpf.Map `ebpf:"sw_counters"`
-	SwKnown    *ebpf.Map `ebpf:"sw_known"`
-	SwTally    *ebpf.Map `ebpf:"sw_tally"`
-	SwUnknown  *ebpf.Map `ebpf:"sw_unknown"`
+	SwCounters   *ebpf.Map `ebpf:"sw_counters"`
+	SwKnown      *ebpf.Map `ebpf:"sw_known"`
+	SwKnownMulti *ebpf.Map `ebpf:"sw_known_multi"`
+	SwTally      *ebpf.Map `ebpf:"sw_tally"`
+	SwUnknown    *ebpf.Map `ebpf:"sw_unknown"`
 }
 
 func (m *SpiwatchMaps) Close() error {
 	return _SpiwatchClose(
 		m.SwCounters,
 		m.SwKnown,
+		m.SwKnownMulti,
 		m.SwTally,
 		m.SwUnknown,
 	)

@@ -130,6 +130,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		}
 	}
 	spec.Maps[maps.KnownName].MaxEntries = s.KnownMax
+	spec.Maps[maps.KnownMultiName].MaxEntries = knownMultiMax(s.KnownMax)
 	spec.Maps[maps.UnknownName].MaxEntries = s.UnknownMax
 
 	mbErr := dropMultiBuffer(spec)
@@ -197,7 +198,7 @@ func (o *Objects) programLocked(slot int) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("setting iface_slot: %w", err)
 	}
 	replace := map[string]*ebpf.Map{}
-	for _, name := range []string{maps.KnownName, maps.UnknownName, maps.CountersName, maps.TallyName} {
+	for _, name := range maps.Names {
 		replace[name] = o.coll.Maps[name]
 	}
 	// Only the program is wanted; drop the other maps' specs so nothing else is created
@@ -247,4 +248,10 @@ func (o *Objects) Close() error {
 		o.coll = nil
 	}
 	return errors.Join(errs...)
+}
+
+// knownMultiMax sizes the map of SPIs shared by several SAs: rare (the receiver
+// picks SPIs, unique per destination), so an eighth of the known-SA map.
+func knownMultiMax(knownMax uint32) uint32 {
+	return min(knownMax, max(knownMax/8, 64))
 }

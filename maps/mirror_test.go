@@ -29,7 +29,8 @@ func TestMirrors(t *testing.T) {
 		typ        ebpf.MapType
 		key, value any
 	}{
-		{KnownName, ebpf.PerCPUHash, saKey{}, saStats{}},
+		{KnownName, ebpf.PerCPUHash, uint32(0), knownSPI{}},
+		{KnownMultiName, ebpf.PerCPUHash, saKey{}, saStats{}},
 		{UnknownName, ebpf.LRUHash, unknownKey{}, unknownStats{}},
 		{CountersName, ebpf.PerCPUArray, uint32(0), swCount{}},
 		{TallyName, ebpf.PerCPUArray, uint32(0), uint64(0)},

@@ -19,11 +19,15 @@ const (
 
 // Map names in the BPF object.
 const (
-	KnownName    = "sw_known"
-	UnknownName  = "sw_unknown"
-	CountersName = "sw_counters"
-	TallyName    = "sw_tally"
+	KnownName      = "sw_known"
+	KnownMultiName = "sw_known_multi"
+	UnknownName    = "sw_unknown"
+	CountersName   = "sw_counters"
+	TallyName      = "sw_tally"
 )
+
+// Names are the maps every program instance shares (and --pin keeps).
+var Names = []string{KnownName, KnownMultiName, UnknownName, CountersName, TallyName}
 
 // saKey mirrors struct sa_key.
 type saKey struct {
@@ -39,6 +43,20 @@ type saStats struct {
 	MaxSeq     uint32
 	_          uint32
 }
+
+// knownSPI mirrors struct known_spi (one CPU's copy).
+type knownSPI struct {
+	St    saStats
+	Daddr [16]byte
+	Flags uint32
+	_     uint32
+}
+
+// known_spi flags (enum sw_known_flags).
+const (
+	knownAnyDst = 1 // the SA matches any destination
+	knownMulti  = 2 // several SAs share the SPI: see sw_known_multi
+)
 
 // unknownKey mirrors struct unknown_key.
 type unknownKey struct {
