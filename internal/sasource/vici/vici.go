@@ -75,10 +75,10 @@ func (s *Source) Name() string { return "vici " + s.socket }
 // Stats is the source's health now.
 func (s *Source) Stats() sasource.Stats { return s.health.Stats() }
 
-// conn is one connection to charon: a session that only receives events and one
-// for requests. They are kept apart because govici's event and streaming buffers
-// drop what overflows; a session that does nothing but receive events, drained at
-// once into an unbounded queue, never overflows.
+// conn is one connection to charon: a session that only receives the change
+// events and one for requests (list-sas, whose list-sa messages arrive as events
+// too). Apart, each kind of event has its own channel, drained at once: govici
+// drops an event that a full channel cannot take, silently.
 type conn struct {
 	events, cmds *govici.Session
 	queue        *eventQueue
