@@ -5,6 +5,8 @@ package vici
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -257,5 +259,67 @@ func testCharon(t *testing.T, addrs charonlab.Addrs) {
 	}
 	if n := rec.count("notice: lost"); n != 1 {
 		t.Errorf("%d \"lost\" notices, want 1", n)
+	}
+}
+
+// TestCharonLate starts the source before charon, as at boot when spiwatch comes
+// up first: Start returns nil, the source retries, connects when charon is there
+// and follows the tunnel set up after it.
+func TestCharonLate(t *testing.T) {
+	testenv.RequireNetns(t)
+	if miss := charonlab.Missing(); miss != "" {
+		testenv.Unavailable(t, "needs strongSwan for a real charon: missing %s", miss)
+	}
+	lab, err := netlab.New("swl")
+	if err != nil {
+		t.Fatalf("creating lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Errorf("removing lab: %v", err)
+		}
+	})
+	dir := t.TempDir()
+	src := New(filepath.Join(dir, "responder", "charon.vici")) // where charonlab will put it
+	rec := &recorder{}
+	var sets [][]maps.SA
+	var mu sync.Mutex
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := src.Start(ctx, func(sas []maps.SA) error {
+		mu.Lock()
+		defer mu.Unlock()
+		sets = append(sets, sas)
+		return nil
+	}, rec); err != nil {
+		t.Fatalf("Start before charon: %v, want nil", err)
+	}
+	t.Cleanup(func() { t.Logf("source said:\n%s\nstats: %+v", rec, src.Stats()) })
+	if src.Stats().Connected || rec.count("notice: not connected, retrying") != 1 {
+		t.Fatalf("before charon: %+v\n%s", src.Stats(), rec)
+	}
+	time.Sleep(time.Second) // a few failed tries
+
+	tun, err := charonlab.NewTunnel(lab, dir, charonlab.V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tun.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	want, err := tun.Initiator.Installed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the source did not connect to the late charon", func() bool { return src.Stats().Connected })
+	waitFor(t, 5*time.Second, "the tunnel's SA was not applied", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(sets) > 0 && slices.Equal(sets[len(sets)-1], []maps.SA{{SPI: want.SPIOut, Dst: charonlab.V4.Responder}})
+	})
+	if st := src.Stats(); st.Reconnects != 0 || st.LastError != "" {
+		t.Errorf("after connecting: %+v, want no reconnect (the first connection) and no error", st)
 	}
 }
