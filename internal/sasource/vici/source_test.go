@@ -69,10 +69,3 @@ func TestNoCharon(t *testing.T) {
 		t.Errorf("errors: %+v, want the missing socket and then the closed connection, once each", st)
 	}
 }
-
-// TestBackoff checks the retry delays: doubling from MinBackoff, capped at MaxBackoff.
-func TestBackoffLimits(t *testing.T) {
-	if MinBackoff <= 0 || MaxBackoff < MinBackoff || MaxBackoff > 10*time.Second {
-		t.Errorf("backoff %v..%v: want a positive start and a cap of a few seconds", MinBackoff, MaxBackoff)
-	}
-}
