@@ -14,6 +14,7 @@ import (
 	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/internal/sasource/file"
+	"github.com/spiwatch/spiwatch/internal/sasource/vici"
 	"github.com/spiwatch/spiwatch/internal/sasource/xfrm"
 	"github.com/spiwatch/spiwatch/maps"
 )
@@ -45,6 +46,8 @@ func newSource(spec sasource.Spec, reload <-chan struct{}) (sasource.Source, err
 		return file.New(spec.Arg, file.DefaultPoll, reload), nil
 	case "xfrm":
 		return xfrm.New(xfrm.Options{}), nil
+	case "vici":
+		return vici.New(spec.Arg), nil
 	}
 	return nil, fmt.Errorf("--known-from %s: this build has no %s source", spec, spec.Kind)
 }
