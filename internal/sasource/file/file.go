@@ -16,7 +16,8 @@ import (
 	"github.com/spiwatch/spiwatch/internal/sasource"
 )
 
-// DefaultPoll is how often the file's time and size are checked.
+// DefaultPoll is how often the file's time and size are checked; a change is
+// read one poll later, once the file has stopped changing.
 const DefaultPoll = 250 * time.Millisecond
 
 // Source follows one known-SPI file.
@@ -55,20 +56,27 @@ func (s *Source) Start(ctx context.Context, sink sasource.Sink, r sasource.Repor
 	go func() {
 		tick := time.NewTicker(s.poll)
 		defer tick.Stop()
+		settling := false
 		for {
-			forced := false
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
+				// A changed file is read once it has stayed the same for a poll: a
+				// file rewritten in place is empty between truncate and write, and
+				// reading it then would empty the set.
+				now := stampOf(s.path)
+				if now != stamp {
+					stamp, settling = now, true
+					continue
+				}
+				if !settling {
+					continue
+				}
+				settling = false
 			case <-s.reload:
-				forced = true
+				stamp, settling = stampOf(s.path), false
 			}
-			now := stampOf(s.path)
-			if !forced && now == stamp {
-				continue
-			}
-			stamp = now
 			s.read(sink, r)
 		}
 	}()

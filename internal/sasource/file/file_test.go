@@ -115,3 +115,34 @@ func TestStartFailsOnBadFile(t *testing.T) {
 		t.Errorf("a bad file reached the sink: %v", rec.sets)
 	}
 }
+
+// TestNotReadMidWrite: a file rewritten in place is empty for a moment (truncated,
+// then written); the source must never hand that moment on as an empty set.
+func TestNotReadMidWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "known")
+	os.WriteFile(path, []byte("0x1000\n0x2000\n"), 0o600)
+	rec := &recorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := New(path, 5*time.Millisecond, nil).Start(ctx, rec.sink, rec); err != nil {
+		t.Fatal(err)
+	}
+	// Truncated, then written a poll or so later, many times over.
+	for i := 0; i < 20; i++ {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+		f.WriteString("0x1000\n0x2000\n")
+		f.Close()
+		time.Sleep(15 * time.Millisecond)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for i, set := range rec.sets {
+		if len(set) != 2 {
+			t.Errorf("set %d handed on has %d SAs, want 2 (a file read mid-write)", i, len(set))
+		}
+	}
+}
