@@ -91,7 +91,7 @@ func tableCases() []tcase {
 	frag6Later := with(v6, func(f *frames.Frame) { f.Frag = &frames.Frag{Offset: 10, More: true, ID: 9} })
 	espFrame := v4.ESP(0xdead, 7, 64)
 	tcp := v4.TCP(40000, 443, 20)
-	return []tcase{
+	return append([]tcase{
 		{"esp v4 known any-destination", v4.ESP(0x1000, 1, 64), esp, known, 0x1000},
 		{"esp v4 known exact destination", v4.ESP(0x2000, 1, 64), esp, known, 0x2000},
 		{"esp v4 exact entry of another destination", toOther.ESP(0x2000, 1, 64), esp, unknown, 0x2000},
@@ -169,7 +169,7 @@ func tableCases() []tcase {
 		{"udp dns", v4.UDP(40000, 53, make([]byte, 30)), other, none, 0},
 		{"arp", patch(make([]byte, 42), 12, 0x08, 0x06), other, none, 0},
 		{"runt", []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}, other, none, 0},
-	}
+	}, diagTableCases()...)
 }
 
 func TestProgramTable(t *testing.T) {
