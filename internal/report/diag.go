@@ -144,6 +144,16 @@ func (r *Reporter) takeDiag(s *Snapshot, src DiagSource, prevTime time.Time, toW
 			FirstSeen: toWall(e.FirstSeenNs), LastSeen: toWall(e.LastSeenNs),
 			KnownSA: e.Quote != classify.QuoteNATTNoSPI && (known[maps.SA{SPI: e.SPI, Dst: e.Dst}] || known[maps.SA{SPI: e.SPI}])})
 	}
+	for _, e := range s.ICMP {
+		if _, seen := d.prevICMP[icmpIDOf(e.ICMPRow)]; seen {
+			continue
+		}
+		if len(s.NewICMP) < maxEvents {
+			s.NewICMP = append(s.NewICMP, e)
+		} else {
+			s.MoreEvents++
+		}
+	}
 	d.prevICMP = curICMP
 	SortICMP(s.ICMP)
 

@@ -20,8 +20,12 @@ type fakeDiag struct {
 	ike  []maps.IKERow
 }
 
-func (f *fakeDiag) ICMPSnapshot() ([]maps.ICMPRow, error) { return append([]maps.ICMPRow(nil), f.icmp...), f.err }
-func (f *fakeDiag) IKESnapshot() ([]maps.IKERow, error)   { return append([]maps.IKERow(nil), f.ike...), f.err }
+func (f *fakeDiag) ICMPSnapshot() ([]maps.ICMPRow, error) {
+	return append([]maps.ICMPRow(nil), f.icmp...), f.err
+}
+func (f *fakeDiag) IKESnapshot() ([]maps.IKERow, error) {
+	return append([]maps.IKERow(nil), f.ike...), f.err
+}
 func (f *fakeDiag) DiagTableStats(icmp, ike int) (maps.TableStats, maps.TableStats, error) {
 	return maps.TableStats{Entries: icmp, Capacity: 4096, Inserts: uint64(icmp) + 2, Evictions: 2},
 		maps.TableStats{Entries: ike, Capacity: 16384, Inserts: uint64(ike)}, f.err

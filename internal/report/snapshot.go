@@ -92,6 +92,9 @@ type Snapshot struct {
 	// IKE is the IKE activity per peer, version, exchange and direction.
 	IKE      []IKERow
 	IKETable maps.TableStats
+	// NewICMP are the ICMP-error rows that appeared since the previous snapshot
+	// (at most maxEvents; more count in MoreEvents).
+	NewICMP []ICMPRow
 	// IKEInitStorms are peers whose IKE_SA_INIT request rate went above
 	// Reporter.IKEInitRate since the previous snapshot.
 	IKEInitStorms []IKEInitStorm
