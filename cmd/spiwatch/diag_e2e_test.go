@@ -56,10 +56,10 @@ type diagOutput struct {
 	ICMPTable  struct{ Entries, Evictions uint64 }
 	ICMPErrors []struct {
 		Reporter, Family, Name, Quote, SPI, Src, Dst, Interface string
-		Type, Code                                               uint8
-		Sport, Dport                                             uint16
-		Packets                                                  uint64
-		MTU                                                      uint32
+		Type, Code                                              uint8
+		Sport, Dport                                            uint16
+		Packets                                                 uint64
+		MTU                                                     uint32
 	} `json:"icmp_errors"`
 	IKE []struct {
 		Peer, Exchange, Dir, Interface string

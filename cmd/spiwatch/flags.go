@@ -93,7 +93,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.StaleHistory, "stale-history", knownset.DefaultHistory, "an SPI whose SA was removed this recently is stale (the peer still uses a forgotten SA)")
 	fs.Float64Var(&c.IKEInitRate, "ike-init-rate", report.DefaultIKEInitRate, "IKE_SA_INIT requests per second from one peer, averaged over 10 s, above which the report and event log flag an IKE_SA_INIT storm (0: never)")
 
-	fs.StringVar(&c.LogFile, "log-file", "", "write the event log (new unknown SPIs, table evictions, lost interfaces) to this file; - is stderr (default: stderr, off in the live view)")
+	fs.StringVar(&c.LogFile, "log-file", "", "write the event log (new unknown SPIs, ICMP errors about ESP, IKE_SA_INIT storms, table evictions, lost interfaces) to this file; - is stderr (default: stderr, off in the live view)")
 	fs.StringVar(&c.LogFormat, "log-format", "logfmt", "event log format: logfmt or json")
 	fs.DurationVar(&c.LogEvery, "log-every", 10*time.Second, "at most one event line per SPI and per peer in this time")
 
