@@ -281,6 +281,18 @@ func moreSeeds() [][]byte {
 	for n := 0; n <= 10; n++ {
 		out = append(out, with(v6, func(f *frames.Frame) { f.IPv6Ext = exts(n) }).ESPInUDP(4500, 4500, 0x1000+uint32(n), 1, 16))
 	}
+	// ICMP errors with every quote length around the SPI, and IKE messages of every
+	// length around the header.
+	for n := 0; n <= 14; n++ {
+		out = append(out,
+			fromRouter4.ICMP(3, 4, 1400, frames.Quote(out4.ESP(0xc0ffee01, 1, 40), n)),
+			fromPeer4.ICMP(3, 3, 0, frames.Quote(out4.ESPInUDP(4500, 4500, 0xc0ffee02, 1, 40), n)),
+			fromRouter6.ICMP(2, 0, 1280, frames.Quote(out6.ESPInUDP(4500, 4500, 0xc0ffee04, 1, 40), n)))
+	}
+	for n := 24; n <= 32; n++ {
+		msg := ikeMsg(0x20, 37, 0x20, 8)
+		out = append(out, v4.UDP(500, 500, msg[:n]), v6.IKEMessage(4500, 4500, true, msg[:n]))
+	}
 	return out
 }
 
