@@ -47,7 +47,9 @@ var diagMix = []string{
 	"ike src=198.51.100.3 len=20 count=2",
 	// the storm
 	"ike src=198.51.100.66 exchange=IKE_SA_INIT count=30",
-	// and none of this is an unknown SPI
+	// 198.51.100.1 also sends ESP on an SPI we do not know: its IKE rows say so
+	"esp spi=0xdeadbeef src=198.51.100.1 dst=203.0.113.1 count=20",
+	// and none of the ICMP errors is an unknown SPI
 	"tcp src=198.51.100.9 dst=203.0.113.1 count=10",
 }
 
@@ -65,8 +67,9 @@ type diagOutput struct {
 		Peer, Exchange, Dir, Interface string
 		Version                        uint8
 		Packets                        uint64
+		PeerUnknownSPIs                int `json:"peer_unknown_spis"`
 	} `json:"ike"`
-	UnknownSPIs []json.RawMessage `json:"unknown_spis"`
+	UnknownSPIs []struct{ SPI, Src string } `json:"unknown_spis"`
 }
 
 // TestEndToEndDiag: ICMP errors about ESP and IKE exchanges of each kind, sent
@@ -97,7 +100,7 @@ func TestEndToEndDiag(t *testing.T) {
 				report.ICMPSPI(e), e.Src, e.Dst, e.MTU)] += n
 		case classify.ClassIKE:
 			ike[fmt.Sprintf("%s v%d %s %s", r.Src, r.IKE.Version, r.IKE.Exchange.Name(r.IKE.Version), r.IKE.Dir)] += n
-		case classify.ClassOther:
+		case classify.ClassOther, classify.ClassESP:
 		default:
 			t.Fatalf("stream %q is %v", line, r.Class)
 		}
@@ -117,8 +120,8 @@ func TestEndToEndDiag(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no report")
 	}
-	if o.Total.Packets != total || len(o.UnknownSPIs) != 0 {
-		t.Errorf("total %d packets, sent %d; unknown rows %d, want 0", o.Total.Packets, total, len(o.UnknownSPIs))
+	if o.Total.Packets != total || len(o.UnknownSPIs) != 1 || o.UnknownSPIs[0].SPI != "0xdeadbeef" {
+		t.Errorf("total %d packets, sent %d; unknown rows %+v, want only 0xdeadbeef", o.Total.Packets, total, o.UnknownSPIs)
 	}
 	got := map[string]uint64{}
 	for _, e := range o.ICMPErrors {
@@ -138,6 +141,9 @@ func TestEndToEndDiag(t *testing.T) {
 	for _, x := range o.IKE {
 		ver := fmt.Sprintf("v%d", x.Version)
 		got[fmt.Sprintf("%s %s %s %s", x.Peer, ver, x.Exchange, x.Dir)] += x.Packets
+		if want := map[bool]int{true: 1}[x.Peer == "198.51.100.1"]; x.PeerUnknownSPIs != want {
+			t.Errorf("IKE row %+v: peer_unknown_spis %d, want %d", x, x.PeerUnknownSPIs, want)
+		}
 	}
 	if fmt.Sprint(got) != fmt.Sprint(ike) {
 		t.Errorf("IKE rows\n got %v\nwant %v", got, ike)

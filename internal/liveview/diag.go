@@ -54,8 +54,12 @@ func diagLines(s *report.Snapshot) []string {
 			if x.Exchange == classify.IKEMalformed {
 				ver = "-"
 			}
-			out = append(out, fmt.Sprintf("%-40s %-4s %-18s %-9s %10d %8s  %s", x.Peer, ver, report.IKEExchangeName(x.IKERow), x.Dir,
-				x.Packets, report.Human(x.Rate), report.Ago(s.Time, x.LastSeen)))
+			line := fmt.Sprintf("%-40s %-4s %-18s %-9s %10d %8s  %s", x.Peer, ver, report.IKEExchangeName(x.IKERow), x.Dir,
+				x.Packets, report.Human(x.Rate), report.Ago(s.Time, x.LastSeen))
+			if x.PeerUnknown > 0 {
+				line += fmt.Sprintf("  (peer has %d unknown SPIs)", x.PeerUnknown)
+			}
+			out = append(out, line)
 		}
 		if len(rows) > maxIKELines {
 			out = append(out, fmt.Sprintf("... %d more", len(rows)-maxIKELines))

@@ -25,13 +25,13 @@ func TestRenderDiag(t *testing.T) {
 			v = 1
 		}
 		s.IKE = append(s.IKE, report.IKERow{IKERow: maps.IKERow{Peer: peer, Version: v, Exchange: x, Packets: uint64(10 + i)},
-			Rate: float64(i), LastSeen: s.Time})
+			Rate: float64(i), LastSeen: s.Time, PeerUnknown: 2})
 	}
 	s.IKEInitStorms = []report.IKEInitStorm{{Peer: peer, Iface: "eth0", Rate: 4.5}}
 	v := &View{info: Info{Started: time.Now()}, last: s}
 	screen := v.Render(200, 60)
 	for _, w := range []string{"ICMP errors about ESP: 1", "frag-needed", "0xc0ffee01", "1400",
-		"IKE activity: 7 rows", "IKE_SA_INIT STORM: 198.51.100.1 on eth0, 4.5 requests/s", "CREATE_CHILD_SA", "quick", "... 1 more"} {
+		"IKE activity: 7 rows", "IKE_SA_INIT STORM: 198.51.100.1 on eth0, 4.5 requests/s", "CREATE_CHILD_SA", "quick", "... 1 more", "(peer has 2 unknown SPIs)"} {
 		if !strings.Contains(screen, w) {
 			t.Errorf("screen lacks %q:\n%s", w, screen)
 		}

@@ -392,8 +392,14 @@ func (a *acc) fillDiag(s *report.Snapshot, secs float64) {
 		s.ICMP = append(s.ICMP, row)
 	}
 	report.SortICMP(s.ICMP)
+	var unknown []maps.Unknown
+	for _, u := range a.rows {
+		unknown = append(unknown, *u)
+	}
+	peerUnknown := report.PeerUnknownCounts(unknown)
 	for _, r := range a.ike {
 		row := *r
+		row.PeerUnknown = peerUnknown[row.Peer]
 		row.Iface, row.FirstSeenNs, row.LastSeenNs = s.Source, 0, 0
 		if secs > 0 {
 			row.Rate = float64(row.Packets) / secs

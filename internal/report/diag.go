@@ -40,6 +40,19 @@ type IKERow struct {
 	Rate      float64
 	FirstSeen time.Time
 	LastSeen  time.Time
+	// PeerUnknown is how many unknown-SPI rows the peer has as a source: IKE
+	// (INFORMATIONAL with INVALID_SPI, a new IKE_SA_INIT) right after a peer's
+	// ESP went unknown is how a stale SA usually ends.
+	PeerUnknown int
+}
+
+// PeerUnknownCounts counts unknown-table rows per source address.
+func PeerUnknownCounts(rows []maps.Unknown) map[netip.Addr]int {
+	n := map[netip.Addr]int{}
+	for _, u := range rows {
+		n[u.Src]++
+	}
+	return n
 }
 
 // IKEInitStorm is a peer whose IKE_SA_INIT requests went above the threshold.
@@ -157,6 +170,7 @@ func (r *Reporter) takeDiag(s *Snapshot, src DiagSource, prevTime time.Time, toW
 	d.prevICMP = curICMP
 	SortICMP(s.ICMP)
 
+	peerUnknown := PeerUnknownCounts(r.snapBuf)
 	curIKE := make(map[ikeID]uint64, len(ike))
 	inits := map[peerID]uint64{}
 	prevInits := map[peerID]uint64{}
@@ -169,7 +183,7 @@ func (r *Reporter) takeDiag(s *Snapshot, src DiagSource, prevTime time.Time, toW
 			prevInits[p] += d.prevIKE[id]
 		}
 		s.IKE = append(s.IKE, IKERow{IKERow: x, Iface: r.ifaceName(x.Ifindex), Rate: rate(x.Packets, d.prevIKE[id]),
-			FirstSeen: toWall(x.FirstSeenNs), LastSeen: toWall(x.LastSeenNs)})
+			FirstSeen: toWall(x.FirstSeenNs), LastSeen: toWall(x.LastSeenNs), PeerUnknown: peerUnknown[x.Peer]})
 	}
 	d.prevIKE = curIKE
 	SortIKE(s.IKE)

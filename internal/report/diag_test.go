@@ -58,6 +58,7 @@ func TestDiagRatesAndKnownSA(t *testing.T) {
 	frag.Packets, port.Packets = 30, 1
 	f.icmp = []maps.ICMPRow{port, frag}
 	f.ike = []maps.IKERow{initRow(peerA, 6)}
+	f.unknown = []maps.Unknown{unk(0xdeadbeef, "198.51.100.7", 0, 2, 10), unk(0xdeadbef0, "198.51.100.7", 0, 2, 10), unk(0xbad, "198.51.100.8", 0, 2, 1)}
 	s := take(t, r)
 	if len(s.ICMP) != 2 || s.ICMP[0].SPI != 0xc0ffee01 || s.ICMP[0].Rate != 10 || !s.ICMP[0].KnownSA || s.ICMP[1].Rate != 0 || s.ICMP[1].KnownSA {
 		t.Fatalf("ICMP rows %+v: want the frag-needed first at 10/s on a known SA, then port-unreachable at 0/s", s.ICMP)
@@ -65,7 +66,7 @@ func TestDiagRatesAndKnownSA(t *testing.T) {
 	if s.ICMP[0].Iface != "eth0" || s.ICMPTable.Entries != 2 || s.ICMPTable.Evictions != 2 {
 		t.Fatalf("iface %q table %+v", s.ICMP[0].Iface, s.ICMPTable)
 	}
-	if len(s.IKE) != 1 || s.IKE[0].Rate != 1 || s.IKETable.Entries != 1 {
+	if len(s.IKE) != 1 || s.IKE[0].Rate != 1 || s.IKETable.Entries != 1 || s.IKE[0].PeerUnknown != 2 {
 		t.Fatalf("IKE rows %+v table %+v: want one at 1/s", s.IKE, s.IKETable)
 	}
 
@@ -80,6 +81,7 @@ func TestDiagRatesAndKnownSA(t *testing.T) {
 		"198.51.100.7  port-unreachable  natt-no-spi  -           192.0.2.2:4500",
 		"IKE activity: 1 rows (table 1/16384, 0 evicted)",
 		"198.51.100.7  eth0   v2   IKE_SA_INIT  request  6",
+		"peer's unknown SPIs",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("text report lacks %q:\n%s", want, b.String())
@@ -89,11 +91,11 @@ func TestDiagRatesAndKnownSA(t *testing.T) {
 	wantKeys(t, "icmp_errors[0]", m["icmp_errors"].([]any)[0], "reporter", "family", "type", "code", "name", "quote", "spi",
 		"src", "sport", "dst", "dport", "interface", "packets", "bytes", "pps", "mtu", "first_seen", "last_seen", "known_sa")
 	wantKeys(t, "ike[0]", m["ike"].([]any)[0], "peer", "interface", "version", "exchange", "exchange_type", "dir", "packets",
-		"bytes", "pps", "first_seen", "last_seen", "last_ispi", "last_rspi", "last_msgid", "last_flags")
+		"bytes", "pps", "first_seen", "last_seen", "last_ispi", "last_rspi", "last_msgid", "last_flags", "peer_unknown_spis")
 	if e := js.ICMPErrors[1]; e.SPI != "" || e.Quote != "natt-no-spi" || e.Name != "port-unreachable" || e.Family != "icmp" {
 		t.Errorf("natt-no-spi row %+v", e)
 	}
-	if x := js.IKE[0]; x.Exchange != "IKE_SA_INIT" || x.Dir != "request" || x.Version != 2 {
+	if x := js.IKE[0]; x.Exchange != "IKE_SA_INIT" || x.Dir != "request" || x.Version != 2 || x.PeerUnknownSPIs != 2 {
 		t.Errorf("IKE row %+v", x)
 	}
 }

@@ -50,6 +50,8 @@ type jsonIKE struct {
 	LastRSPI     string  `json:"last_rspi"`
 	LastMsgID    uint32  `json:"last_msgid"`
 	LastFlags    uint8   `json:"last_flags"`
+	// PeerUnknownSPIs: unknown-SPI rows with this peer as their source.
+	PeerUnknownSPIs int `json:"peer_unknown_spis"`
 }
 
 type jsonStorm struct {
@@ -98,7 +100,7 @@ func diagJSON(js *jsonSnapshot, s *Snapshot) {
 			Exchange: x.Exchange.Name(x.Version), ExchangeType: x.LastExchangeType, Dir: x.Dir.String(),
 			Packets: x.Packets, Bytes: x.Bytes, PPS: x.Rate, FirstSeen: stamp(x.FirstSeen), LastSeen: stamp(x.LastSeen),
 			LastISPI: fmt.Sprintf("%016x", x.LastISPI), LastRSPI: fmt.Sprintf("%016x", x.LastRSPI),
-			LastMsgID: x.LastMsgID, LastFlags: x.LastFlags})
+			LastMsgID: x.LastMsgID, LastFlags: x.LastFlags, PeerUnknownSPIs: x.PeerUnknown})
 	}
 	for _, st := range s.IKEInitStorms {
 		js.IKEInitStorms = append(js.IKEInitStorms, jsonStorm{Peer: addrString(st.Peer), Interface: st.Iface, Rate: st.Rate, Requests: st.Requests})
@@ -133,14 +135,18 @@ func writeDiagText(b *strings.Builder, s *Snapshot, top int) {
 	if len(s.IKE) > 0 {
 		fmt.Fprintf(b, "IKE activity: %d rows (table %d/%d, %d evicted)\n", len(s.IKE), s.IKETable.Entries, s.IKETable.Capacity, s.IKETable.Evictions)
 		tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "peer\tiface\tIKE\texchange\tdir\tpackets\tpkt/s\tlast msgid\tfirst seen\tlast seen")
+		fmt.Fprintln(tw, "peer\tiface\tIKE\texchange\tdir\tpackets\tpkt/s\tlast msgid\tfirst seen\tlast seen\tpeer's unknown SPIs")
 		for _, x := range s.IKE {
 			ver := fmt.Sprintf("v%d", x.Version)
 			if x.Exchange == classify.IKEMalformed {
 				ver = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", addrString(x.Peer), x.Iface, ver, IKEExchangeName(x.IKERow),
-				x.Dir, x.Packets, Human(x.Rate), x.LastMsgID, x.FirstSeen.Format("15:04:05"), Ago(s.Time, x.LastSeen))
+			unk := "-"
+			if x.PeerUnknown > 0 {
+				unk = fmt.Sprint(x.PeerUnknown)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", addrString(x.Peer), x.Iface, ver, IKEExchangeName(x.IKERow),
+				x.Dir, x.Packets, Human(x.Rate), x.LastMsgID, x.FirstSeen.Format("15:04:05"), Ago(s.Time, x.LastSeen), unk)
 		}
 		tw.Flush()
 	}
