@@ -75,6 +75,49 @@ struct {
 	__type(value, __u64);
 } sw_tally SEC(".maps");
 
+#ifndef ICMP_MAX
+#define ICMP_MAX 4096
+#endif
+#ifndef IKE_MAX
+#define IKE_MAX 16384
+#endif
+
+/* ICMP and ICMPv6 errors quoting ESP (class icmp-esp), per reporter, quoted
+ * addresses, ports and SPI, and ICMP type. Anyone can send them: LRU with a cap,
+ * one list per CPU as for sw_unknown, inserts tallied in sw_diag_tally. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, ICMP_MAX);
+	__type(key, struct icmp_key);
+	__type(value, struct icmp_stats);
+} sw_icmp SEC(".maps");
+
+/* IKE messages (class ike) per peer, version, exchange and request/response, with
+ * the last header seen. Peer-keyed: LRU with a cap like sw_icmp. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, IKE_MAX);
+	__type(key, struct ike_key);
+	__type(value, struct ike_stats);
+} sw_ike SEC(".maps");
+
+/* Inserts into sw_icmp and sw_ike (enum sw_diag_tally). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_DIAG_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sw_diag_tally SEC(".maps");
+
+static __always_inline void diag_tally(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&sw_diag_tally, &which);
+	if (v)
+		*v += 1;
+}
+
 static __always_inline void tally(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&sw_tally, &which);
@@ -236,6 +279,82 @@ static __always_inline void record_unknown(struct xdp_md *ctx, struct pkt *p, __
 	us->last_seq = p->seq;
 }
 
+/* icmp_esp classifies an SW_PARSE_ICMP packet and counts an icmp-esp one in sw_icmp.
+ * Not inlined: the ICMP path is verified once, apart from the hot path. */
+static __attribute__((noinline)) int icmp_esp(struct xdp_md *ctx, struct pkt *p, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct icmp_key k = {.ifindex = ctx->ingress_ifindex};
+	__u32 mtu = 0;
+
+	if (classify_icmp(data, data_end, p, &k, &mtu) != SW_CLASS_ICMP_ESP)
+		return SW_CLASS_OTHER;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct icmp_stats *st = bpf_map_lookup_elem(&sw_icmp, &k);
+	if (!st) {
+		struct icmp_stats fresh = {
+			.packets = 1, .bytes = len, .first_seen_ns = now, .last_seen_ns = now, .mtu = mtu};
+		long err = bpf_map_update_elem(&sw_icmp, &k, &fresh, BPF_NOEXIST);
+		if (err == 0) {
+			diag_tally(SW_DIAG_ICMP_INSERTS);
+			return SW_CLASS_ICMP_ESP;
+		}
+		st = err == -EEXIST ? bpf_map_lookup_elem(&sw_icmp, &k) : 0;
+		if (!st) {
+			diag_tally(SW_DIAG_ICMP_INSERT_FAILS);
+			return SW_CLASS_ICMP_ESP;
+		}
+	}
+	__sync_fetch_and_add(&st->packets, 1);
+	__sync_fetch_and_add(&st->bytes, len);
+	st->last_seen_ns = now;
+	st->mtu = mtu;
+	return SW_CLASS_ICMP_ESP;
+}
+
+/* record_ike counts an ike frame in sw_ike by its header. Not inlined, like icmp_esp. */
+static __attribute__((noinline)) int record_ike(struct xdp_md *ctx, struct pkt *p, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ike_key k = {.ifindex = ctx->ingress_ifindex};
+	struct ike_stats fresh = {};
+
+	__builtin_memcpy(k.peer, p->saddr, 16);
+	read_ike(data, data_end, p, &k, &fresh);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct ike_stats *st = bpf_map_lookup_elem(&sw_ike, &k);
+	if (!st) {
+		fresh.packets = 1;
+		fresh.bytes = len;
+		fresh.first_seen_ns = now;
+		fresh.last_seen_ns = now;
+		long err = bpf_map_update_elem(&sw_ike, &k, &fresh, BPF_NOEXIST);
+		if (err == 0) {
+			diag_tally(SW_DIAG_IKE_INSERTS);
+			return 0;
+		}
+		st = err == -EEXIST ? bpf_map_lookup_elem(&sw_ike, &k) : 0;
+		if (!st) {
+			diag_tally(SW_DIAG_IKE_INSERT_FAILS);
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(&st->packets, 1);
+	__sync_fetch_and_add(&st->bytes, len);
+	st->last_seen_ns = now;
+	if (k.exchange != SW_IKE_MALFORMED) {
+		st->last_ispi = fresh.last_ispi;
+		st->last_rspi = fresh.last_rspi;
+		st->last_msgid = fresh.last_msgid;
+		st->last_flags = fresh.last_flags;
+		st->last_exchange = fresh.last_exchange;
+		st->last_next_payload = fresh.last_next_payload;
+	}
+	return 0;
+}
+
 static __always_inline void count(__u32 class, __u32 outcome, __u32 len)
 {
 	__u32 slot = iface_slot * SW_SLOTS_PER_IFACE + class * SW_OUTCOME_MAX + outcome;
@@ -265,6 +384,10 @@ int spiwatch_xdp(struct xdp_md *ctx)
 	__u32 outcome = SW_OUTCOME_NONE;
 
 	__u32 class = classify(data, data_end, len, &p);
+	if (class == SW_PARSE_ICMP)
+		class = icmp_esp(ctx, &p, len);
+	else if (class == SW_CLASS_IKE)
+		record_ike(ctx, &p, len);
 	if (has_spi(class)) {
 		/* Reserved SPIs never name an SA: no lookup, but they are recorded with their
 		 * peer like unknown ones, since someone is sending them. */

@@ -13,6 +13,56 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SpiwatchIcmpKey struct {
+	_        structs.HostLayout
+	Reporter [16]uint8
+	Qsaddr   [16]uint8
+	Qdaddr   [16]uint8
+	Spi      uint32
+	Ifindex  uint32
+	Qsport   uint16
+	Qdport   uint16
+	Family   uint8
+	Type     uint8
+	Code     uint8
+	Quote    uint8
+}
+
+type SpiwatchIcmpStats struct {
+	_           structs.HostLayout
+	Packets     uint64
+	Bytes       uint64
+	FirstSeenNs uint64
+	LastSeenNs  uint64
+	Mtu         uint32
+	Pad         uint32
+}
+
+type SpiwatchIkeKey struct {
+	_        structs.HostLayout
+	Peer     [16]uint8
+	Ifindex  uint32
+	Version  uint8
+	Exchange uint8
+	Dir      uint8
+	Pad      uint8
+}
+
+type SpiwatchIkeStats struct {
+	_               structs.HostLayout
+	Packets         uint64
+	Bytes           uint64
+	FirstSeenNs     uint64
+	LastSeenNs      uint64
+	LastIspi        uint64
+	LastRspi        uint64
+	LastMsgid       uint32
+	LastFlags       uint8
+	LastExchange    uint8
+	LastNextPayload uint8
+	Pad             uint8
+}
+
 type SpiwatchKnownSpi struct {
 	_     structs.HostLayout
 	St    SpiwatchSaStats
@@ -69,6 +119,9 @@ type SpiwatchUnknownStats struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	SpiwatchMapSwCounters    = "sw_counters"
+	SpiwatchMapSwDiagTally   = "sw_diag_tally"
+	SpiwatchMapSwIcmp        = "sw_icmp"
+	SpiwatchMapSwIke         = "sw_ike"
 	SpiwatchMapSwKnown       = "sw_known"
 	SpiwatchMapSwKnownMulti  = "sw_known_multi"
 	SpiwatchMapSwTally       = "sw_tally"
@@ -131,6 +184,9 @@ type SpiwatchProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SpiwatchMapSpecs struct {
 	SwCounters   *ebpf.MapSpec `ebpf:"sw_counters"`
+	SwDiagTally  *ebpf.MapSpec `ebpf:"sw_diag_tally"`
+	SwIcmp       *ebpf.MapSpec `ebpf:"sw_icmp"`
+	SwIke        *ebpf.MapSpec `ebpf:"sw_ike"`
 	SwKnown      *ebpf.MapSpec `ebpf:"sw_known"`
 	SwKnownMulti *ebpf.MapSpec `ebpf:"sw_known_multi"`
 	SwTally      *ebpf.MapSpec `ebpf:"sw_tally"`
@@ -169,6 +225,9 @@ func (o *SpiwatchObjects) Close() error {
 // It can be passed to LoadSpiwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SpiwatchMaps struct {
 	SwCounters   *ebpf.Map `ebpf:"sw_counters"`
+	SwDiagTally  *ebpf.Map `ebpf:"sw_diag_tally"`
+	SwIcmp       *ebpf.Map `ebpf:"sw_icmp"`
+	SwIke        *ebpf.Map `ebpf:"sw_ike"`
 	SwKnown      *ebpf.Map `ebpf:"sw_known"`
 	SwKnownMulti *ebpf.Map `ebpf:"sw_known_multi"`
 	SwTally      *ebpf.Map `ebpf:"sw_tally"`
@@ -178,6 +237,9 @@ type SpiwatchMaps struct {
 func (m *SpiwatchMaps) Close() error {
 	return _SpiwatchClose(
 		m.SwCounters,
+		m.SwDiagTally,
+		m.SwIcmp,
+		m.SwIke,
 		m.SwKnown,
 		m.SwKnownMulti,
 		m.SwTally,

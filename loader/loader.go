@@ -24,7 +24,11 @@ const (
 	MaxNATTPorts      = 8
 	DefaultKnownMax   = 65536
 	DefaultUnknownMax = 65536
-	progName          = "spiwatch_xdp"
+	// ICMPMax and IKEMax are the sizes of the ICMP-error and IKE tables
+	// (ICMP_MAX, IKE_MAX in bpf/spiwatch.c).
+	ICMPMax  = 4096
+	IKEMax   = 16384
+	progName = "spiwatch_xdp"
 )
 
 // Settings are fixed when the object is loaded.

@@ -4,6 +4,7 @@ package maps
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
@@ -14,10 +15,14 @@ import (
 // Maps is the set of spiwatch's maps, as loaded or opened from pins.
 type Maps struct {
 	known, knownMulti, unknown, counters, tally *ebpf.Map
+	icmp, ike, diagTally                        *ebpf.Map
 	ncpu                                        int
 	// deleted counts unknown-table entries removed by us, so that evictions stay
 	// exact: evictions = inserts - entries - deleted.
 	deleted atomic.Uint64
+	// the same for the ICMP-error and IKE tables
+	diagMu                  sync.Mutex
+	icmpDeleted, ikeDeleted uint64
 }
 
 // FromCollection picks the maps (Names) out of a loaded collection's map set.
@@ -32,7 +37,8 @@ func FromCollection(ms map[string]*ebpf.Map) (*Maps, error) {
 		return nil, fmt.Errorf("counting possible CPUs: %w", err)
 	}
 	return &Maps{known: ms[KnownName], knownMulti: ms[KnownMultiName], unknown: ms[UnknownName],
-		counters: ms[CountersName], tally: ms[TallyName], ncpu: ncpu}, nil
+		counters: ms[CountersName], tally: ms[TallyName], icmp: ms[ICMPName], ike: ms[IKEName],
+		diagTally: ms[DiagTallyName], ncpu: ncpu}, nil
 }
 
 // UnknownCapacity is the unknown table's size.

@@ -34,6 +34,9 @@ func TestMirrors(t *testing.T) {
 		{UnknownName, ebpf.LRUHash, unknownKey{}, unknownStats{}},
 		{CountersName, ebpf.PerCPUArray, uint32(0), swCount{}},
 		{TallyName, ebpf.PerCPUArray, uint32(0), uint64(0)},
+		{ICMPName, ebpf.LRUHash, icmpKey{}, icmpStats{}},
+		{IKEName, ebpf.LRUHash, ikeKey{}, ikeStats{}},
+		{DiagTallyName, ebpf.PerCPUArray, uint32(0), uint64(0)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ms, ok := spec.Maps[tc.name]
@@ -56,6 +59,9 @@ func TestMirrors(t *testing.T) {
 
 	if got, want := spec.Maps[CountersName].MaxEntries, uint32(MaxIfaces*classify.NumClasses*classify.NumOutcomes); got != want {
 		t.Errorf("%s has %d entries, want MaxIfaces*NumClasses*NumOutcomes = %d", CountersName, got, want)
+	}
+	if got := spec.Maps[DiagTallyName].MaxEntries; got != uint32(reflect.TypeFor[DiagTally]().NumField()) {
+		t.Errorf("%s has %d entries, DiagTally reads %d", DiagTallyName, got, reflect.TypeFor[DiagTally]().NumField())
 	}
 	if got := spec.Maps[TallyName].MaxEntries; got != uint32(reflect.TypeFor[Tally]().NumField()) {
 		t.Errorf("%s has %d entries, Tally reads %d", TallyName, got, reflect.TypeFor[Tally]().NumField())

@@ -24,10 +24,13 @@ const (
 	UnknownName    = "sw_unknown"
 	CountersName   = "sw_counters"
 	TallyName      = "sw_tally"
+	ICMPName       = "sw_icmp"
+	IKEName        = "sw_ike"
+	DiagTallyName  = "sw_diag_tally"
 )
 
 // Names are the maps every program instance shares (and --pin keeps).
-var Names = []string{KnownName, KnownMultiName, UnknownName, CountersName, TallyName}
+var Names = []string{KnownName, KnownMultiName, UnknownName, CountersName, TallyName, ICMPName, IKEName, DiagTallyName}
 
 // saKey mirrors struct sa_key.
 type saKey struct {

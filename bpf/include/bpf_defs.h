@@ -13,6 +13,7 @@ typedef signed int __s32;
 typedef signed long long __s64;
 typedef __u16 __be16;
 typedef __u32 __be32;
+typedef __u64 __be64;
 
 struct xdp_md {
 	__u32 data;
@@ -73,11 +74,13 @@ static __u64 (*bpf_xdp_get_buff_len)(struct xdp_md *ctx) = (void *)188;
 #define bpf_htons(x) __builtin_bswap16(x)
 #define bpf_ntohl(x) __builtin_bswap32(x)
 #define bpf_htonl(x) __builtin_bswap32(x)
+#define bpf_be64_to_cpu(x) __builtin_bswap64(x)
 #elif __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define bpf_ntohs(x) (x)
 #define bpf_htons(x) (x)
 #define bpf_ntohl(x) (x)
 #define bpf_htonl(x) (x)
+#define bpf_be64_to_cpu(x) (x)
 #else
 #error "unknown byte order"
 #endif

@@ -5,6 +5,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strconv"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/spiwatch/spiwatch/internal/knownsa"
 	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/metrics"
+	"github.com/spiwatch/spiwatch/internal/report"
 	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/loader"
 	"github.com/spiwatch/spiwatch/maps"
@@ -50,6 +52,7 @@ type Config struct {
 	// diagnosis
 	RekeyGrace   time.Duration
 	StaleHistory time.Duration
+	IKEInitRate  float64
 
 	// event log
 	LogFile   string
@@ -90,8 +93,9 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 
 	fs.DurationVar(&c.RekeyGrace, "rekey-grace", knownset.DefaultRekeyGrace, "an SPI unknown when first seen and known within this time is a rekey race, not a fault")
 	fs.DurationVar(&c.StaleHistory, "stale-history", knownset.DefaultHistory, "an SPI whose SA was removed this recently is stale (the peer still uses a forgotten SA)")
+	fs.Float64Var(&c.IKEInitRate, "ike-init-rate", report.DefaultIKEInitRate, "IKE_SA_INIT requests per second from one peer, averaged over 10 s, above which the report and event log flag an IKE_SA_INIT storm (0: never)")
 
-	fs.StringVar(&c.LogFile, "log-file", "", "write the event log (new unknown SPIs, table evictions, lost interfaces) to this file; - is stderr (default: stderr, off in the live view)")
+	fs.StringVar(&c.LogFile, "log-file", "", "write the event log (new unknown SPIs, ICMP errors about ESP, IKE_SA_INIT storms, table evictions, lost interfaces) to this file; - is stderr (default: stderr, off in the live view)")
 	fs.StringVar(&c.LogFormat, "log-format", "logfmt", "event log format: logfmt or json")
 	fs.DurationVar(&c.LogEvery, "log-every", 10*time.Second, "at most one event line per SPI and per peer in this time")
 
@@ -189,6 +193,9 @@ func (c *Config) Validate() (*Validated, error) {
 	}
 	if c.RekeyGrace < 0 || c.StaleHistory < 0 {
 		return nil, errors.New("--rekey-grace and --stale-history must be 0 or more")
+	}
+	if c.IKEInitRate < 0 || math.IsNaN(c.IKEInitRate) || math.IsInf(c.IKEInitRate, 0) {
+		return nil, fmt.Errorf("--ike-init-rate %v: must be a number of requests per second, 0 or more", c.IKEInitRate)
 	}
 	if c.MetricsAddr != "" {
 		if v.MetricsAddr, err = metrics.ListenAddr(c.MetricsAddr); err != nil {

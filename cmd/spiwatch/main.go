@@ -157,6 +157,12 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		for _, c := range s.VerdictChanges {
 			events.VerdictChange(c.Row, c.From)
 		}
+		for _, e := range s.NewICMP {
+			events.ICMPError(e)
+		}
+		for _, st := range s.IKEInitStorms {
+			events.IKEInitStorm(st)
+		}
 		events.HeldBack(s.MoreEvents)
 		events.Table(s.Table)
 	}
@@ -246,7 +252,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	rep.Action, rep.Top = cfg.Action, cfg.Top
+	rep.Action, rep.Top, rep.IKEInitRate = cfg.Action, cfg.Top, cfg.IKEInitRate
 	rep.Verdict = known.Verdict
 	if len(sources) > 0 {
 		rep.Sources = sourceStats(sources)

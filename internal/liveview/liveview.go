@@ -188,7 +188,8 @@ func (v *View) Render(w, h int) string {
 	rows := slices.Clone(s.Unknown)
 	v.sortRows(rows)
 	add("unknown SPIs: %d, sorted by %s   [q] quit  [s] sort  [p] pause", max(s.UnknownRows, len(rows)), sorts[v.sort])
-	room := h - len(lines) - 2
+	extra := diagLines(s)
+	room := h - len(lines) - 2 - len(extra)
 	if room < len(rows) {
 		rows = rows[:max(room, 0)]
 	}
@@ -208,6 +209,7 @@ func (v *View) Render(w, h int) string {
 	if n := max(s.UnknownRows, len(s.Unknown)); n > len(rows) {
 		add("... %d more (make the terminal taller)", n-len(rows))
 	}
+	lines = append(lines, extra...)
 	for i, l := range lines {
 		if len(l) > w {
 			lines[i] = l[:w]

@@ -125,6 +125,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, sourceErrDesc, sourceSAsDesc, sourceResyncDesc, sourceReconnDesc, sourceUpDesc, scrapeErrDesc} {
 		ch <- d
 	}
+	for _, d := range diagDescs {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector: one read of every map.
@@ -194,6 +197,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(saSeqDesc, prometheus.GaugeValue, float64(k.MaxSeq), spi, dst)
 		}
 	}
+
+	c.collectDiag(ch, names, fail)
 
 	c.bufMu.Lock()
 	defer c.bufMu.Unlock()

@@ -86,6 +86,13 @@ type jsonSnapshot struct {
 	UnknownSPIs  []jsonUnknown `json:"unknown_spis"`
 	KnownSAs     []jsonKnown   `json:"known_sas"`
 	KnownSources []jsonSource  `json:"known_sources,omitempty"`
+	ICMPTable    jsonTable     `json:"icmp_table"`
+	ICMPErrors   []jsonICMP    `json:"icmp_errors"`
+	IKETable     jsonTable     `json:"ike_table"`
+	IKE          []jsonIKE     `json:"ike"`
+	// IKEInitStorms: peers whose IKE_SA_INIT rate went above --ike-init-rate
+	// since the previous line.
+	IKEInitStorms []jsonStorm `json:"ike_init_storms,omitempty"`
 }
 
 // jsonSource is a known-SA source's health.
@@ -178,6 +185,7 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 		js.KnownSources = append(js.KnownSources, jsonSource{Name: src.Name, SAs: src.SAs, Connected: src.Connected, Syncs: src.Syncs,
 			Errors: src.Errors, Resyncs: src.Resyncs, Reconnects: src.Reconnects, LastError: src.LastError})
 	}
+	diagJSON(&js, s)
 	b, err := json.Marshal(js)
 	if err != nil {
 		return err
@@ -253,6 +261,7 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 		}
 		tw.Flush()
 	}
+	writeDiagText(&b, s, top)
 	b.WriteString("\n")
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -135,7 +135,8 @@ func checkClasses(t *testing.T, what string, v any) {
 
 func TestWriteJSONFields(t *testing.T) {
 	m, _ := writeJSON(t, sampleSnapshot(), 0)
-	wantKeys(t, "snapshot", m, "time", "interval_s", "action", "interfaces", "total", "classes", "unknown_table", "unknown_spis", "known_sas")
+	wantKeys(t, "snapshot", m, "time", "interval_s", "action", "interfaces", "total", "classes", "unknown_table", "unknown_spis", "known_sas",
+		"icmp_table", "icmp_errors", "ike_table", "ike")
 	if m["action"] != "pass" {
 		t.Errorf("action %v, want pass", m["action"])
 	}

@@ -86,6 +86,18 @@ type Snapshot struct {
 	Known      []KnownRow
 	// Sources are the known-SA sources' health (none for spiwatch read).
 	Sources []sasource.Stats
+	// ICMP are the ICMP errors quoting ESP (class icmp-esp), highest rate first.
+	ICMP      []ICMPRow
+	ICMPTable maps.TableStats
+	// IKE is the IKE activity per peer, version, exchange and direction.
+	IKE      []IKERow
+	IKETable maps.TableStats
+	// NewICMP are the ICMP-error rows that appeared since the previous snapshot
+	// (at most maxEvents; more count in MoreEvents).
+	NewICMP []ICMPRow
+	// IKEInitStorms are peers whose IKE_SA_INIT request rate went above
+	// Reporter.IKEInitRate since the previous snapshot.
+	IKEInitStorms []IKEInitStorm
 }
 
 // maxEvents bounds NewUnknown and VerdictChanges per snapshot.
@@ -130,7 +142,11 @@ type Reporter struct {
 	Verdict func(spi uint32, firstSeen time.Time) string
 	// Sources reports the known-SA sources' health (nil: none to show).
 	Sources func() []sasource.Stats
-	snapBuf []maps.Unknown // the table as last read, reused
+	// IKEInitRate is the IKE_SA_INIT requests per second (over IKEInitWindow)
+	// from one peer above which a snapshot reports an IKEInitStorm; 0: never.
+	IKEInitRate float64
+	diag        diagState
+	snapBuf     []maps.Unknown // the table as last read, reused
 	// now returns wall time and CLOCK_MONOTONIC in ns (the BPF timestamps' clock).
 	now func() (time.Time, uint64)
 }
@@ -158,6 +174,11 @@ func New(src Source, ifaces []Iface) (*Reporter, error) {
 		r.prev[i.Slot] = c
 	}
 	r.prevTime, _ = r.now()
+	if d, ok := src.(DiagSource); ok { // counts so far are no rate
+		if err := r.primeDiag(d); err != nil {
+			return nil, err
+		}
+	}
 	snap, err := src.UnknownSnapshotInto(nil)
 	if err != nil {
 		return nil, err
@@ -298,6 +319,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		}
 	}
 	r.spareUnk, r.prevUnk = r.prevUnk, cur
+	prevTime := r.prevTime
 	r.prevTime = wall
 	s.UnknownRows = len(snap)
 	// Full rows only for what the report shows.
@@ -313,6 +335,11 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		s.Known = append(s.Known, KnownRow{KnownSA: k, LastSeen: toWall(k.LastSeenNs)})
 	}
 	SortKnown(s.Known)
+	if d, ok := r.src.(DiagSource); ok {
+		if err := r.takeDiag(s, d, prevTime, toWall); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
