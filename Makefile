@@ -1,5 +1,5 @@
 # spiwatch. Targets: build (default), generate, check-generated, test, fuzz, lint,
-# demo, bench, soak. test, fuzz, demo, bench and soak need root (BPF, namespaces);
+# test-vm, demo, bench, soak. test, fuzz, demo, bench and soak need root (BPF, namespaces);
 # generate needs clang and llvm; build needs only Go.
 
 GO        ?= go
@@ -8,7 +8,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 60s
 BINARIES  := bin/spiwatch bin/spiwatch-gen
 
-.PHONY: all build generate check-generated test fuzz lint demo bench soak clean
+.PHONY: all build generate check-generated test test-vm fuzz lint demo bench soak clean
 
 all: build
 
@@ -35,6 +35,16 @@ test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 
+# The tests that need a kernel with ESP (the xfrm source end to end, the xfrm lookup
+# option, the BPF tables) in VMs booting Debian's 6.1 and 6.12 kernels under qemu
+# (TCG), about 50 s each; see docs/VMTEST.md.
+# Needs root, qemu-system-x86, busybox-static, kmod, cpio; downloads the kernel
+# package once into $(VM_CACHE).
+VM_CACHE ?= /var/cache/spiwatch-vm
+test-vm:
+	VM_CACHE=$(VM_CACHE) .ci/vm/run 6.1
+	VM_CACHE=$(VM_CACHE) .ci/vm/run 6.12
+
 # Differential fuzzing of the BPF program against the Go reference, then the
 # reference, the known-SPI parsers and the capture reader on their own, FUZZTIME each.
 fuzz:
@@ -43,6 +53,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/knownsa
 	$(GO) test -run '^$$' -fuzz '^FuzzRead$$' -fuzztime $(FUZZTIME) ./internal/knownsa
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./internal/capread
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/sasource/xfrm
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed" >&2; exit 1; }

@@ -59,6 +59,8 @@ type obs struct {
 	Verdict uint32
 	Unknown *maps.Unknown // the unknown-table row it created, if any
 	Known   *maps.SA      // the known SA it was counted in, if any
+	ICMP    *maps.ICMPRow // the ICMP-error row it created, if any
+	IKE     *maps.IKERow  // the IKE row it created, if any
 }
 
 func (h *harness) counters(t testing.TB) maps.Counters {
@@ -128,6 +130,28 @@ func (h *harness) run(t testing.TB, frame []byte) obs {
 			t.Fatal(err)
 		}
 	}
+	icmp, err := h.m.ICMPSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ike, err := h.m.IKESnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(icmp) > 1 || len(ike) > 1 {
+		t.Fatalf("frame %x left %d ICMP and %d IKE rows, want at most 1", frame, len(icmp), len(ike))
+	}
+	if len(icmp) == 1 {
+		o.ICMP = &icmp[0]
+	}
+	if len(ike) == 1 {
+		o.IKE = &ike[0]
+	}
+	if len(icmp)+len(ike) > 0 {
+		if err := h.m.ClearDiag(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for sa, k := range h.knownStats(t) {
 		b := knownBefore[sa]
 		if k.Packets == b.Packets && k.Bytes == b.Bytes {
@@ -152,6 +176,17 @@ func (h *harness) expect(frame []byte) (obs, classify.Result) {
 		// (docs/CLASSES.md), and comes back as IPv4.
 		o.Unknown = &maps.Unknown{SPI: r.SPI, Src: r.Src.Unmap(), Dst: r.Dst.Unmap(), SrcPort: r.SrcPort, DstPort: r.DstPort,
 			Ifindex: testRunIfindex, Packets: 1, Bytes: uint64(len(frame)), LastSeq: r.Seq}
+	}
+	switch r.Class {
+	case classify.ClassICMPESP:
+		e := r.ICMP
+		e.Src, e.Dst = e.Src.Unmap(), e.Dst.Unmap()
+		o.ICMP = &maps.ICMPRow{Reporter: r.Src.Unmap(), Ifindex: testRunIfindex, ICMPError: e, Packets: 1, Bytes: uint64(len(frame))}
+	case classify.ClassIKE:
+		x := r.IKE
+		o.IKE = &maps.IKERow{Peer: r.Src.Unmap(), Ifindex: testRunIfindex, Version: x.Version, Exchange: x.Exchange, Dir: x.Dir,
+			Packets: 1, Bytes: uint64(len(frame)), LastISPI: x.ISPI, LastRSPI: x.RSPI, LastMsgID: x.MsgID,
+			LastFlags: x.Flags, LastExchangeType: x.ExchangeType, LastNextPay: x.NextPayload}
 	}
 	if o.Outcome == classify.OutcomeKnown {
 		// exact destination first, then any
@@ -189,6 +224,32 @@ func (h *harness) compare(t testing.TB, frame []byte) obs {
 	}
 	if (got.Known == nil) != (want.Known == nil) || got.Known != nil && *got.Known != *want.Known {
 		t.Fatalf("frame %x: bpf counted known SA %v, go %v", frame, got.Known, want.Known)
+	}
+	if (got.ICMP == nil) != (want.ICMP == nil) {
+		t.Fatalf("frame %x: bpf ICMP row %+v, go %+v", frame, got.ICMP, want.ICMP)
+	}
+	if got.ICMP != nil {
+		g := *got.ICMP
+		if g.FirstSeenNs == 0 || g.LastSeenNs < g.FirstSeenNs {
+			t.Fatalf("frame %x: ICMP row timestamps %d..%d", frame, g.FirstSeenNs, g.LastSeenNs)
+		}
+		g.FirstSeenNs, g.LastSeenNs = 0, 0
+		if g != *want.ICMP {
+			t.Fatalf("frame %x: ICMP row\n bpf %+v\n  go %+v", frame, g, *want.ICMP)
+		}
+	}
+	if (got.IKE == nil) != (want.IKE == nil) {
+		t.Fatalf("frame %x: bpf IKE row %+v, go %+v", frame, got.IKE, want.IKE)
+	}
+	if got.IKE != nil {
+		g := *got.IKE
+		if g.FirstSeenNs == 0 || g.LastSeenNs < g.FirstSeenNs {
+			t.Fatalf("frame %x: IKE row timestamps %d..%d", frame, g.FirstSeenNs, g.LastSeenNs)
+		}
+		g.FirstSeenNs, g.LastSeenNs = 0, 0
+		if g != *want.IKE {
+			t.Fatalf("frame %x: IKE row\n bpf %+v\n  go %+v", frame, g, *want.IKE)
+		}
 	}
 	return got
 }

@@ -22,13 +22,25 @@ volatile const __u32 natt_port_count = 1;
  * the headers was (VLAN depth, IPv4 options, IPv6 extensions) and prunes, instead
  * of verifying the lookups once per path. */
 struct pkt {
+	__u8 daddr[16]; /* first: 8-byte aligned, compared as two words */
+	__u8 saddr[16]; /* IPv6 or IPv4-mapped */
 	__u32 spi;
 	__u32 seq;
 	__u16 sport;
 	__u16 dport;
-	__u8 saddr[16]; /* IPv6 or IPv4-mapped */
-	__u8 daddr[16];
-};
+	/* For ike: where the IKE header starts and how many message bytes there
+	 * are. For SW_PARSE_ICMP: where the ICMP header starts and how many bytes
+	 * the IP packet holds from there (at most ICMP_AVAIL_MAX). Offsets are
+	 * masked like the walk's, so every path reaches the readers with the same
+	 * ranges. */
+	__u32 off;
+	__u32 avail;
+	__u32 family; /* SW_PARSE_ICMP: 4 (ICMP) or 6 (ICMPv6) */
+} __attribute__((aligned(8)));
+
+/* An ICMP error is read no further than this past the ICMP header: an 8-byte
+ * header, the longest quoted IPv4 header (60), UDP (8) and an SPI (4). */
+#define ICMP_AVAIL_MAX 255
 
 /* IPv4 addresses are keyed as IPv4-mapped IPv6 (::ffff:a.b.c.d). */
 static __always_inline void addr_v4mapped(__u8 dst[16], __be32 a)
@@ -135,8 +147,11 @@ static __always_inline int parse_l4(void *data, void *data_end, __u8 proto, __u3
 	}
 	p->sport = sport;
 	p->dport = dport;
-	if (ike)
+	if (ike) {
+		p->off = walk_mask(l4_off + sizeof(*udp));
+		p->avail = plen;
 		return SW_CLASS_IKE;
+	}
 
 	__u8 *payload = (void *)(udp + 1);
 	if (!first_frag && plen == 1) {
@@ -148,8 +163,11 @@ static __always_inline int parse_l4(void *data, void *data_end, __u8 proto, __u3
 	if (plen >= 4) {
 		if ((void *)(payload + 4) > data_end)
 			return SW_CLASS_MALFORMED;
-		if (*(__u32 *)payload == 0) /* non-ESP marker: IKE on a NAT-T port */
+		if (*(__u32 *)payload == 0) { /* non-ESP marker: IKE on a NAT-T port */
+			p->off = walk_mask(l4_off + sizeof(*udp) + 4);
+			p->avail = plen - 4;
 			return SW_CLASS_IKE;
+		}
 		if (plen > sizeof(struct esp_hdr)) {
 			struct esp_hdr *esp = (void *)payload;
 			if ((void *)(esp + 1) > data_end)
@@ -160,6 +178,18 @@ static __always_inline int parse_l4(void *data, void *data_end, __u8 proto, __u3
 		}
 	}
 	return first_frag ? SW_CLASS_FRAGMENT : SW_CLASS_MALFORMED;
+}
+
+/* An ICMP or ICMPv6 packet: remember where it starts for classify_icmp(), which
+ * reads it only after classify() returns, so the paths through the outer headers
+ * (VLAN depth, IPv4 options, IPv6 extensions) meet before it is verified. */
+static __always_inline int icmp_candidate(struct pkt *p, __u32 l4_off, __u32 l4_end, __u32 family)
+{
+	__u32 avail = l4_end > l4_off ? l4_end - l4_off : 0;
+	p->off = walk_mask(l4_off);
+	p->avail = avail > ICMP_AVAIL_MAX ? ICMP_AVAIL_MAX : avail;
+	p->family = family;
+	return SW_PARSE_ICMP;
 }
 
 static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, __u32 len,
@@ -183,8 +213,12 @@ static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, __u
 	__u32 tot = bpf_ntohs(ip->tot_len);
 	int bad_len = tot < hlen || tot > avail;
 	__u8 proto = ip->protocol;
-	if (proto != IPPROTO_ESP && proto != IPPROTO_UDP)
-		return SW_CLASS_OTHER;
+	if (proto != IPPROTO_ESP && proto != IPPROTO_UDP) {
+		if (proto != IPPROTO_ICMP || bad_len)
+			return SW_CLASS_OTHER;
+		addr_v4mapped(p->saddr, ip->saddr); /* the reporter */
+		return icmp_candidate(p, off + hlen, off + tot, 4);
+	}
 	if (proto == IPPROTO_UDP && !udp_ports_ipsec(data, data_end, off + hlen,
 						     bad_len ? len : off + tot))
 		return SW_CLASS_OTHER; /* plain UDP pays for nothing more */
@@ -243,6 +277,8 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, __u
 	}
 	if (is_ipv6_ext(nh))
 		return SW_CLASS_MALFORMED; /* more than MAX_IPV6_EXT extension headers */
+	if (nh == IPPROTO_ICMPV6)
+		return bad_len ? SW_CLASS_OTHER : icmp_candidate(p, cur, l3_end, 6);
 
 	return parse_l4(data, data_end, nh, cur, l3_end, bad_len, first_frag, p);
 }
@@ -274,6 +310,171 @@ static __always_inline int classify(void *data, void *data_end, __u32 len, struc
 	if (proto == bpf_htons(ETH_P_IPV6))
 		return parse_ipv6(data, data_end, off, len, p);
 	return SW_CLASS_OTHER; /* not IP, or a third VLAN tag */
+}
+
+/* quoted_udp reads a quoted UDP header and what follows it (docs/CLASSES.md, "ICMP
+ * errors quoting ESP"): fills the key's ports, SPI and quote kind. q is where the
+ * UDP header starts, qavail the quoted bytes from there. */
+static __always_inline int quoted_udp(void *data, void *data_end, __u32 q, __u32 qavail,
+				      struct icmp_key *k)
+{
+	struct udphdr *udp = data + q;
+	if (qavail < sizeof(*udp) || (void *)(udp + 1) > data_end)
+		return SW_CLASS_OTHER;
+	__u16 sport = bpf_ntohs(udp->source), dport = bpf_ntohs(udp->dest);
+	if (sport == IKE_PORT || dport == IKE_PORT || (!is_natt_port(sport) && !is_natt_port(dport)))
+		return SW_CLASS_OTHER;
+	k->qsport = sport;
+	k->qdport = dport;
+	if (qavail >= sizeof(*udp) + 4) {
+		__be32 *spi = (void *)(udp + 1);
+		if ((void *)(spi + 1) > data_end)
+			return SW_CLASS_OTHER;
+		if (*spi == 0)
+			return SW_CLASS_OTHER; /* the non-ESP marker: it quotes IKE */
+		k->spi = bpf_ntohl(*spi);
+		k->quote = SW_QUOTE_ESP_IN_UDP;
+		return SW_CLASS_ICMP_ESP;
+	}
+	/* RFC 792 quotes 8 bytes: the UDP header, not the SPI. The datagram was
+	 * ESP-in-UDP if its length leaves room for an ESP header (RFC 3948). */
+	if (bpf_ntohs(udp->len) <= sizeof(*udp) + sizeof(struct esp_hdr))
+		return SW_CLASS_OTHER;
+	k->spi = 0;
+	k->quote = SW_QUOTE_NATT_NO_SPI;
+	return SW_CLASS_ICMP_ESP;
+}
+
+static __always_inline int quoted_esp(void *data, void *data_end, __u32 q, __u32 qavail,
+				      struct icmp_key *k)
+{
+	__be32 *spi = data + q;
+	if (qavail < 4 || (void *)(spi + 1) > data_end)
+		return SW_CLASS_OTHER;
+	k->spi = bpf_ntohl(*spi);
+	k->qsport = 0;
+	k->qdport = 0;
+	k->quote = SW_QUOTE_ESP;
+	return SW_CLASS_ICMP_ESP;
+}
+
+/* classify_icmp decides an SW_PARSE_ICMP packet: icmp-esp when it is an error
+ * quoting ESP or ESP-in-UDP with what the key needs, else other. Fills k (but
+ * ifindex) and *mtu for icmp-esp. Everything it reads lies within p->avail bytes of p->off. */
+static __always_inline int classify_icmp(void *data, void *data_end, struct pkt *p,
+					 struct icmp_key *k, __u32 *mtu)
+{
+	__u32 off = walk_mask(p->off);
+	__u32 avail = p->avail;
+	if (avail > ICMP_AVAIL_MAX)
+		return SW_CLASS_OTHER; /* never: icmp_candidate clamps it */
+	struct icmp_hdr *ih = data + off;
+	if (avail < sizeof(*ih) || (void *)(ih + 1) > data_end)
+		return SW_CLASS_OTHER;
+	__u8 type = ih->type;
+	__u32 q = off + sizeof(*ih), qavail = avail - sizeof(*ih);
+	k->family = p->family;
+	k->type = type;
+	k->code = ih->code;
+	__builtin_memcpy(k->reporter, p->saddr, 16);
+
+	if (p->family == 4) {
+		/* destination unreachable, time exceeded, parameter problem */
+		if (type != 3 && type != 11 && type != 12)
+			return SW_CLASS_OTHER;
+		*mtu = type == 3 && ih->code == 4 ? bpf_ntohl(ih->rest) & 0xFFFF : 0;
+		struct iphdr *ip = data + q;
+		if (qavail < sizeof(*ip) || (void *)(ip + 1) > data_end)
+			return SW_CLASS_OTHER;
+		__u32 hlen = (ip->ver_ihl & 0x0F) * 4;
+		if ((ip->ver_ihl >> 4) != 4 || hlen < sizeof(*ip) || hlen > qavail)
+			return SW_CLASS_OTHER;
+		if (bpf_ntohs(ip->frag_off) & IP_OFFSET)
+			return SW_CLASS_OTHER; /* a later fragment quotes no SPI */
+		addr_v4mapped(k->qsaddr, ip->saddr);
+		addr_v4mapped(k->qdaddr, ip->daddr);
+		__u8 proto = ip->protocol;
+		q += hlen;
+		qavail -= hlen;
+		if (proto == IPPROTO_ESP)
+			return quoted_esp(data, data_end, q, qavail, k);
+		if (proto == IPPROTO_UDP)
+			return quoted_udp(data, data_end, q, qavail, k);
+		return SW_CLASS_OTHER;
+	}
+
+	/* ICMPv6: destination unreachable, packet too big, time exceeded, parameter problem */
+	if (type < 1 || type > 4)
+		return SW_CLASS_OTHER;
+	*mtu = type == 2 ? bpf_ntohl(ih->rest) : 0;
+	struct ipv6hdr *ip6 = data + q;
+	if (qavail < sizeof(*ip6) || (void *)(ip6 + 1) > data_end)
+		return SW_CLASS_OTHER;
+	if ((*(__u8 *)ip6 >> 4) != 6)
+		return SW_CLASS_OTHER;
+	__builtin_memcpy(k->qsaddr, ip6->saddr, 16);
+	__builtin_memcpy(k->qdaddr, ip6->daddr, 16);
+	__u8 nh = ip6->nexthdr; /* no extension headers in the quote: see CLASSES.md */
+	q += sizeof(*ip6);
+	qavail -= sizeof(*ip6);
+	if (nh == IPPROTO_ESP)
+		return quoted_esp(data, data_end, q, qavail, k);
+	if (nh == IPPROTO_UDP)
+		return quoted_udp(data, data_end, q, qavail, k);
+	return SW_CLASS_OTHER;
+}
+
+/* ike_exchange maps an exchange type byte of an IKE version to the counted kinds. */
+static __always_inline __u8 ike_exchange(__u8 major, __u8 exch)
+{
+	if (major == 2) {
+		if (exch >= 34 && exch <= 37)
+			return exch - 34 + SW_IKE_SA_INIT;
+	} else if (major == 1) {
+		switch (exch) {
+		case 2:
+			return SW_IKE_MAIN;
+		case 4:
+			return SW_IKE_AGGRESSIVE;
+		case 5:
+			return SW_IKE_INFORMATIONAL;
+		case 32:
+			return SW_IKE_QUICK;
+		}
+	}
+	return SW_IKE_OTHER;
+}
+
+/* read_ike reads the IKE header of an ike frame (p->off, p->avail) into k and the
+ * header fields of v. Returns 0 when the message is too short for the header
+ * (k says malformed). */
+_Static_assert(sizeof(struct ike_hdr) == 28, "IKE header is 28 bytes");
+
+static __always_inline int read_ike(void *data, void *data_end, struct pkt *p, struct ike_key *k,
+				    struct ike_stats *v)
+{
+	__u32 off = walk_mask(p->off);
+	struct ike_hdr *h = data + off;
+	if (p->avail < sizeof(*h) || (void *)(h + 1) > data_end) {
+		k->version = 0;
+		k->exchange = SW_IKE_MALFORMED;
+		k->dir = SW_IKE_NODIR;
+		return 0;
+	}
+	__u8 major = h->version >> 4;
+	k->version = major;
+	k->exchange = ike_exchange(major, h->exchange);
+	k->dir = major != 2 ? SW_IKE_NODIR : (h->flags & IKE_FLAG_RESPONSE) ? SW_IKE_RESPONSE : SW_IKE_REQUEST;
+	__be64 ispi, rspi;
+	__builtin_memcpy(&ispi, h->ispi, 8);
+	__builtin_memcpy(&rspi, h->rspi, 8);
+	v->last_ispi = bpf_be64_to_cpu(ispi);
+	v->last_rspi = bpf_be64_to_cpu(rspi);
+	v->last_msgid = bpf_ntohl(h->msgid);
+	v->last_flags = h->flags;
+	v->last_exchange = h->exchange;
+	v->last_next_payload = h->next_payload;
+	return 1;
 }
 
 #endif /* SPIWATCH_PARSING_H */

@@ -91,7 +91,7 @@ func tableCases() []tcase {
 	frag6Later := with(v6, func(f *frames.Frame) { f.Frag = &frames.Frag{Offset: 10, More: true, ID: 9} })
 	espFrame := v4.ESP(0xdead, 7, 64)
 	tcp := v4.TCP(40000, 443, 20)
-	return []tcase{
+	return append([]tcase{
 		{"esp v4 known any-destination", v4.ESP(0x1000, 1, 64), esp, known, 0x1000},
 		{"esp v4 known exact destination", v4.ESP(0x2000, 1, 64), esp, known, 0x2000},
 		{"esp v4 exact entry of another destination", toOther.ESP(0x2000, 1, 64), esp, unknown, 0x2000},
@@ -169,7 +169,7 @@ func tableCases() []tcase {
 		{"udp dns", v4.UDP(40000, 53, make([]byte, 30)), other, none, 0},
 		{"arp", patch(make([]byte, 42), 12, 0x08, 0x06), other, none, 0},
 		{"runt", []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}, other, none, 0},
-	}
+	}, diagTableCases()...)
 }
 
 func TestProgramTable(t *testing.T) {
@@ -280,6 +280,18 @@ func moreSeeds() [][]byte {
 	}
 	for n := 0; n <= 10; n++ {
 		out = append(out, with(v6, func(f *frames.Frame) { f.IPv6Ext = exts(n) }).ESPInUDP(4500, 4500, 0x1000+uint32(n), 1, 16))
+	}
+	// ICMP errors with every quote length around the SPI, and IKE messages of every
+	// length around the header.
+	for n := 0; n <= 14; n++ {
+		out = append(out,
+			fromRouter4.ICMP(3, 4, 1400, frames.Quote(out4.ESP(0xc0ffee01, 1, 40), n)),
+			fromPeer4.ICMP(3, 3, 0, frames.Quote(out4.ESPInUDP(4500, 4500, 0xc0ffee02, 1, 40), n)),
+			fromRouter6.ICMP(2, 0, 1280, frames.Quote(out6.ESPInUDP(4500, 4500, 0xc0ffee04, 1, 40), n)))
+	}
+	for n := 24; n <= 32; n++ {
+		msg := ikeMsg(0x20, 37, 0x20, 8)
+		out = append(out, v4.UDP(500, 500, msg[:n]), v6.IKEMessage(4500, 4500, true, msg[:n]))
 	}
 	return out
 }

@@ -23,6 +23,7 @@ volatile const __u32 capture_supported = 0;
  * sw_capcfg). A global: the hot path reads it with one load, no map lookup. The
  * .bss map is shared by every program instance, like the maps. */
 volatile __u32 capture_on = 0;
+volatile const __u32 xfrm_lookup = 0;  /* 1: on a known-SA miss, ask the kernel's SA table */
 
 #ifndef KNOWN_SAS_MAX
 #define KNOWN_SAS_MAX 65536
@@ -31,14 +32,26 @@ volatile __u32 capture_on = 0;
 #define UNKNOWN_MAX 65536
 #endif
 
-/* Known SAs, written only by Go. Per-CPU values: a busy tunnel hits one entry from
- * every CPU, and a shared counter there would bounce a cache line per packet. */
+/* Known SAs, written only by Go, keyed by SPI alone: an SPI names one SA almost
+ * always (the receiver picks it), so the common lookup hashes 4 bytes, not 20
+ * (measured: 10 ns per packet), and the SA's destination is compared after it. The
+ * rare SPIs shared by several SAs (different destinations) are flagged here and
+ * kept in sw_known_multi by (SPI, destination), as Linux looks them up. Per-CPU
+ * values: a busy tunnel hits one entry from every CPU, and a shared counter there
+ * would bounce a cache line per packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, KNOWN_SAS_MAX);
+	__type(key, __u32);
+	__type(value, struct known_spi);
+} sw_known SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, KNOWN_SAS_MAX);
 	__type(key, struct sa_key);
 	__type(value, struct sa_stats);
-} sw_known SEC(".maps");
+} sw_known_multi SEC(".maps");
 
 /* Unknown and reserved SPIs per (SPI, source, destination, ports, interface).
  * One LRU list per CPU: with a shared list every insert under a flood of new SPIs
@@ -119,6 +132,49 @@ struct {
 	__type(value, struct sw_capowner);
 } sw_capowner SEC(".maps");
 
+#ifndef ICMP_MAX
+#define ICMP_MAX 4096
+#endif
+#ifndef IKE_MAX
+#define IKE_MAX 16384
+#endif
+
+/* ICMP and ICMPv6 errors quoting ESP (class icmp-esp), per reporter, quoted
+ * addresses, ports and SPI, and ICMP type. Anyone can send them: LRU with a cap,
+ * one list per CPU as for sw_unknown, inserts tallied in sw_diag_tally. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, ICMP_MAX);
+	__type(key, struct icmp_key);
+	__type(value, struct icmp_stats);
+} sw_icmp SEC(".maps");
+
+/* IKE messages (class ike) per peer, version, exchange and request/response, with
+ * the last header seen. Peer-keyed: LRU with a cap like sw_icmp. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, IKE_MAX);
+	__type(key, struct ike_key);
+	__type(value, struct ike_stats);
+} sw_ike SEC(".maps");
+
+/* Inserts into sw_icmp and sw_ike (enum sw_diag_tally). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_DIAG_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sw_diag_tally SEC(".maps");
+
+static __always_inline void diag_tally(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&sw_diag_tally, &which);
+	if (v)
+		*v += 1;
+}
+
 static __always_inline void tally(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&sw_tally, &which);
@@ -126,22 +182,109 @@ static __always_inline void tally(__u32 which)
 		*v += 1;
 }
 
-static __always_inline int lookup_known(struct pkt *p, __u32 len)
+/* The kernel's own SA table (Linux 6.8+, net/xfrm/xfrm_state_bpf.c). Weak: where
+ * the kernel lacks the kfuncs the loader zeroes bpf_ksym_exists() and the verifier
+ * drops the call, as it does when xfrm_lookup is 0. */
+#define __ksym __attribute__((section(".ksyms")))
+#define __weak __attribute__((weak))
+#define bpf_ksym_exists(sym) (!!(sym))
+#define AF_INET 2
+#define AF_INET6 10
+
+struct xfrm_state {
+	int opaque; /* never read: the kernel's struct is matched by name and kind */
+};
+struct bpf_xfrm_state_opts {
+	__s32 error;
+	__s32 netns_id;
+	__u32 mark;
+	__u32 daddr[4]; /* xfrm_address_t: IPv4 in the first word */
+	__be32 spi;
+	__u8 proto;
+	__u16 family;
+};
+extern struct xfrm_state *bpf_xdp_get_xfrm_state(struct xdp_md *ctx, struct bpf_xfrm_state_opts *opts,
+						 __u32 opts__sz) __ksym __weak;
+extern void bpf_xdp_xfrm_state_release(struct xfrm_state *x) __ksym __weak;
+
+/* Does the kernel hold an SA for this SPI and destination, in the namespace of the
+ * receiving device? Only the answer matters: the state is released at once. */
+static __always_inline int kernel_has_sa(struct xdp_md *ctx, struct pkt *p)
+{
+	struct bpf_xfrm_state_opts o = {
+		.netns_id = -1, /* BPF_F_CURRENT_NETNS */
+		.spi = bpf_htonl(p->spi),
+		.proto = IPPROTO_ESP,
+		.family = AF_INET6,
+	};
+	__builtin_memcpy(o.daddr, p->daddr, 16);
+	if (o.daddr[0] == 0 && o.daddr[1] == 0 && o.daddr[2] == bpf_htonl(0xffff)) {
+		o.family = AF_INET; /* keyed IPv4-mapped: the kernel wants the bare address */
+		o.daddr[0] = o.daddr[3];
+		o.daddr[3] = 0;
+		o.daddr[2] = 0;
+	}
+	struct xfrm_state *x = bpf_xdp_get_xfrm_state(ctx, &o, sizeof(o));
+	if (!x)
+		return 0;
+	bpf_xdp_xfrm_state_release(x);
+	return 1;
+}
+
+/* lookup_multi finds an SA of an SPI shared by several: (SPI, destination) first,
+ * then (SPI, any destination). */
+static __attribute__((noinline)) struct sa_stats *lookup_multi(struct pkt *p)
 {
 	struct sa_key k = {.spi = p->spi};
 
 	__builtin_memcpy(k.daddr, p->daddr, 16);
-	struct sa_stats *st = bpf_map_lookup_elem(&sw_known, &k);
+	struct sa_stats *st = bpf_map_lookup_elem(&sw_known_multi, &k);
+	if (st)
+		return st;
+	__builtin_memset(k.daddr, 0, sizeof(k.daddr));
+	return bpf_map_lookup_elem(&sw_known_multi, &k);
+}
+
+static __always_inline int same_addr(const __u8 a[16], const __u8 b[16])
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* find_known returns this CPU's counts of the SA the packet belongs to; 0 if none. */
+static __always_inline struct sa_stats *find_known(struct pkt *p)
+{
+	__u32 spi = p->spi;
+	struct known_spi *ks = bpf_map_lookup_elem(&sw_known, &spi);
+	if (!ks)
+		return 0;
+	if (ks->flags & SW_KNOWN_MULTI)
+		return lookup_multi(p);
+	if (!(ks->flags & SW_KNOWN_ANY_DST) && !same_addr(ks->daddr, p->daddr))
+		return 0; /* the SPI's SA is for another destination */
+	return &ks->st;
+}
+
+static __always_inline int lookup_known(struct xdp_md *ctx, struct pkt *p, __u32 len)
+{
+	struct sa_stats *st = find_known(p);
 	if (!st) {
-		__builtin_memset(k.daddr, 0, sizeof(k.daddr)); /* the any-destination entry */
-		st = bpf_map_lookup_elem(&sw_known, &k);
-		if (!st)
-			return SW_OUTCOME_UNKNOWN;
+		/* Installed in the kernel, not yet in the map: known (no per-SA counters
+		 * until Go adds it). Off: the verifier removes this. */
+		if (xfrm_lookup && bpf_ksym_exists(bpf_xdp_get_xfrm_state) && kernel_has_sa(ctx, p))
+			return SW_OUTCOME_KNOWN;
+		return SW_OUTCOME_UNKNOWN;
 	}
 	/* this CPU's copy: plain stores, no atomics */
 	st->packets++;
 	st->bytes += len;
-	st->last_seen_ns = bpf_ktime_get_coarse_ns();
+	/* The coarse clock only moves at a tick: read it (a helper call, ~7 ns) once
+	 * per tick, which jiffies (an inlined load) tell. Same value, same precision. */
+	__u64 j = bpf_jiffies64();
+	if (j != st->last_jiffies) {
+		st->last_jiffies = j;
+		st->last_seen_ns = bpf_ktime_get_coarse_ns();
+	}
 	if (p->seq > st->max_seq)
 		st->max_seq = p->seq;
 	return SW_OUTCOME_KNOWN;
@@ -160,14 +303,16 @@ static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, _
 	__builtin_memcpy(k.saddr, p->saddr, 16);
 	__builtin_memcpy(k.daddr, p->daddr, 16);
 
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 j = bpf_jiffies64();
 	struct unknown_stats *us = bpf_map_lookup_elem(&sw_unknown, &k);
 	if (!us) {
+		__u64 now = bpf_ktime_get_coarse_ns();
 		struct unknown_stats fresh = {
 			.packets = 1,
 			.bytes = len,
 			.first_seen_ns = now,
 			.last_seen_ns = now,
+			.last_jiffies = j,
 			.last_seq = p->seq,
 		};
 		/* NOEXIST: if another CPU inserted the key meanwhile, add to its entry
@@ -186,9 +331,88 @@ static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, _
 	/* One flow usually arrives on one RX queue; atomics keep counts exact when not. */
 	__u64 before = __sync_fetch_and_add(&us->packets, 1);
 	__sync_fetch_and_add(&us->bytes, len);
-	us->last_seen_ns = now;
+	if (j != us->last_jiffies) { /* the coarse clock moved at most once since */
+		us->last_jiffies = j;
+		us->last_seen_ns = bpf_ktime_get_coarse_ns();
+	}
 	us->last_seq = p->seq;
 	return before + 1;
+}
+
+/* icmp_esp classifies an SW_PARSE_ICMP packet and counts an icmp-esp one in sw_icmp.
+ * Not inlined: the ICMP path is verified once, apart from the hot path. */
+static __attribute__((noinline)) int icmp_esp(struct xdp_md *ctx, struct pkt *p, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct icmp_key k = {.ifindex = ctx->ingress_ifindex};
+	__u32 mtu = 0;
+
+	if (classify_icmp(data, data_end, p, &k, &mtu) != SW_CLASS_ICMP_ESP)
+		return SW_CLASS_OTHER;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct icmp_stats *st = bpf_map_lookup_elem(&sw_icmp, &k);
+	if (!st) {
+		struct icmp_stats fresh = {
+			.packets = 1, .bytes = len, .first_seen_ns = now, .last_seen_ns = now, .mtu = mtu};
+		long err = bpf_map_update_elem(&sw_icmp, &k, &fresh, BPF_NOEXIST);
+		if (err == 0) {
+			diag_tally(SW_DIAG_ICMP_INSERTS);
+			return SW_CLASS_ICMP_ESP;
+		}
+		st = err == -EEXIST ? bpf_map_lookup_elem(&sw_icmp, &k) : 0;
+		if (!st) {
+			diag_tally(SW_DIAG_ICMP_INSERT_FAILS);
+			return SW_CLASS_ICMP_ESP;
+		}
+	}
+	__sync_fetch_and_add(&st->packets, 1);
+	__sync_fetch_and_add(&st->bytes, len);
+	st->last_seen_ns = now;
+	st->mtu = mtu;
+	return SW_CLASS_ICMP_ESP;
+}
+
+/* record_ike counts an ike frame in sw_ike by its header. Not inlined, like icmp_esp. */
+static __attribute__((noinline)) int record_ike(struct xdp_md *ctx, struct pkt *p, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ike_key k = {.ifindex = ctx->ingress_ifindex};
+	struct ike_stats fresh = {};
+
+	__builtin_memcpy(k.peer, p->saddr, 16);
+	read_ike(data, data_end, p, &k, &fresh);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct ike_stats *st = bpf_map_lookup_elem(&sw_ike, &k);
+	if (!st) {
+		fresh.packets = 1;
+		fresh.bytes = len;
+		fresh.first_seen_ns = now;
+		fresh.last_seen_ns = now;
+		long err = bpf_map_update_elem(&sw_ike, &k, &fresh, BPF_NOEXIST);
+		if (err == 0) {
+			diag_tally(SW_DIAG_IKE_INSERTS);
+			return 0;
+		}
+		st = err == -EEXIST ? bpf_map_lookup_elem(&sw_ike, &k) : 0;
+		if (!st) {
+			diag_tally(SW_DIAG_IKE_INSERT_FAILS);
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(&st->packets, 1);
+	__sync_fetch_and_add(&st->bytes, len);
+	st->last_seen_ns = now;
+	if (k.exchange != SW_IKE_MALFORMED) {
+		st->last_ispi = fresh.last_ispi;
+		st->last_rspi = fresh.last_rspi;
+		st->last_msgid = fresh.last_msgid;
+		st->last_flags = fresh.last_flags;
+		st->last_exchange = fresh.last_exchange;
+		st->last_next_payload = fresh.last_next_payload;
+	}
+	return 0;
 }
 
 static __always_inline void count(__u32 class, __u32 outcome, __u32 len)
@@ -204,8 +428,9 @@ static __always_inline void count(__u32 class, __u32 outcome, __u32 len)
 /* sample decides whether a frame the capture selected is kept (the first per_spi
  * packets of an unknown-table row always, then a per-CPU token bucket), and copies
  * it into the ring buffer. Out of line: it runs only while a capture is on.
- * what = class | outcome << 8 | action << 16. */
-static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 row_packets)
+ * what = class | outcome << 8 | action << 16; len is the whole frame's (all
+ * buffers of a multi-buffer frame), which bpf_xdp_load_bytes can read. */
+static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 row_packets, __u32 len)
 {
 	__u32 zero = 0;
 	__u32 class = what & 0xff, outcome = (what >> 8) & 0xff;
@@ -289,7 +514,6 @@ static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 ro
 	struct sw_capbuf *buf = bpf_map_lookup_elem(&sw_capbuf, &zero);
 	if (!buf)
 		return 0;
-	__u32 len = ctx->data_end - ctx->data;
 	__u32 cap = cfg->snaplen;
 	if (cap > len)
 		cap = len;
@@ -317,21 +541,34 @@ static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 ro
 	return 0;
 }
 
-SEC("xdp")
+/* xdp.frags: multi-buffer aware, so the program can stay attached to an interface
+ * with jumbo frames (drivers refuse an MTU above one page to other XDP programs).
+ * Headers are read from the first buffer; lengths are the whole frame's. */
+SEC("xdp.frags")
 int spiwatch_xdp(struct xdp_md *ctx)
 {
+	__u32 len = bpf_xdp_get_buff_len(ctx); /* first: a helper call clobbers r1-r5 */
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 len = ctx->data_end - ctx->data;
-	struct pkt p; /* filled by classify() for esp and esp-in-udp */
+	/* Filled by classify() for esp and esp-in-udp. The scalars start at zero: clang
+	 * keeps them in registers and would otherwise spill uninitialized ones on the
+	 * other classes' paths, which the verifier rejects. */
+	struct pkt p;
+	p.seq = 0;
+	p.sport = 0;
+	p.dport = 0;
 	__u32 outcome = SW_OUTCOME_NONE;
 	__u64 row_packets = 0;
 
 	__u32 class = classify(data, data_end, len, &p);
+	if (class == SW_PARSE_ICMP)
+		class = icmp_esp(ctx, &p, len);
+	else if (class == SW_CLASS_IKE)
+		record_ike(ctx, &p, len);
 	if (has_spi(class)) {
 		/* Reserved SPIs never name an SA: no lookup, but they are recorded with their
 		 * peer like unknown ones, since someone is sending them. */
-		outcome = p.spi < 256 ? SW_OUTCOME_RESERVED : lookup_known(&p, len);
+		outcome = p.spi < 256 ? SW_OUTCOME_RESERVED : lookup_known(ctx, &p, len);
 		if (outcome != SW_OUTCOME_KNOWN)
 			row_packets = record_unknown(ctx, &p, len);
 	}
@@ -339,6 +576,6 @@ int spiwatch_xdp(struct xdp_md *ctx)
 
 	__u32 action = outcome == SW_OUTCOME_UNKNOWN && drop_unknown ? XDP_DROP : XDP_PASS;
 	if (capture_on)
-		sample(ctx, class | outcome << 8 | action << 16, has_spi(class) ? p.spi : 0, row_packets);
+		sample(ctx, class | outcome << 8 | action << 16, has_spi(class) ? p.spi : 0, row_packets, len);
 	return action;
 }

@@ -21,8 +21,13 @@ enum sw_class {
 	SW_CLASS_NAT_KEEPALIVE = 4,
 	SW_CLASS_FRAGMENT = 5,
 	SW_CLASS_MALFORMED = 6,
-	SW_CLASS_MAX = 7,
+	SW_CLASS_ICMP_ESP = 7, /* an ICMP or ICMPv6 error quoting ESP or ESP-in-UDP */
+	SW_CLASS_MAX = 8,
 };
+
+/* Not a class: what classify() returns for an ICMP or ICMPv6 packet, which
+ * classify_icmp() then reads (icmp-esp or other). Never counted. */
+#define SW_PARSE_ICMP 0x80
 
 enum sw_outcome {
 	SW_OUTCOME_NONE = 0,
@@ -58,7 +63,23 @@ struct sa_stats {
 	__u64 packets;
 	__u64 bytes;
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC (coarse) */
+	__u64 last_jiffies; /* when last_seen_ns was last read: see lookup_known */
 	__u32 max_seq;
+	__u32 _pad;
+};
+
+/* sw_known's value flags. */
+enum sw_known_flags {
+	SW_KNOWN_ANY_DST = 1, /* the SA matches any destination: daddr is all zero */
+	SW_KNOWN_MULTI = 2,   /* several SAs share the SPI: they are in sw_known_multi */
+};
+
+/* Per-CPU value of sw_known (keyed by SPI alone): the SA's destination and, unless
+ * SW_KNOWN_MULTI, its counts. Go writes daddr and flags into every CPU's copy. */
+struct known_spi {
+	struct sa_stats st;
+	__u8 daddr[16];
+	__u32 flags; /* enum sw_known_flags */
 	__u32 _pad;
 };
 
@@ -76,8 +97,94 @@ struct unknown_stats {
 	__u64 bytes;
 	__u64 first_seen_ns; /* CLOCK_MONOTONIC (coarse) */
 	__u64 last_seen_ns;
+	__u64 last_jiffies; /* when last_seen_ns was last read */
 	__u32 last_seq;
 	__u32 _pad;
+};
+
+/* ---- ICMP errors quoting ESP, and IKE activity (docs/CLASSES.md) ---- */
+
+/* What an icmp-esp error quotes. */
+enum sw_quote {
+	SW_QUOTE_ESP = 1,         /* ESP over IP: the SPI is quoted */
+	SW_QUOTE_ESP_IN_UDP = 2,  /* UDP on a NAT-T port, first 4 payload bytes non-zero: the SPI */
+	SW_QUOTE_NATT_NO_SPI = 3, /* UDP on a NAT-T port long enough for ESP, quote ends before the SPI */
+};
+
+/* An ICMP error about ESP, per (reporter, quoted addresses and ports, SPI, ICMP type). */
+struct icmp_key {
+	__u8 reporter[16]; /* the ICMP packet's source: the router or host that sent it */
+	__u8 qsaddr[16];   /* the quoted packet's source and destination (IPv6 or v4-mapped) */
+	__u8 qdaddr[16];
+	__u32 spi;         /* the quoted SPI, host byte order; 0 for SW_QUOTE_NATT_NO_SPI */
+	__u32 ifindex;
+	__u16 qsport;      /* the quoted UDP ports, host byte order; 0 for quoted ESP */
+	__u16 qdport;
+	__u8 family;       /* 4: ICMP, 6: ICMPv6 */
+	__u8 type;
+	__u8 code;
+	__u8 quote;        /* enum sw_quote */
+};
+
+struct icmp_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 first_seen_ns; /* CLOCK_MONOTONIC (coarse) */
+	__u64 last_seen_ns;
+	__u32 mtu;           /* last MTU of fragmentation-needed / packet-too-big; else 0 */
+	__u32 _pad;
+};
+
+/* IKE exchanges counted apart; everything else is SW_IKE_OTHER. */
+enum sw_ike_exchange {
+	SW_IKE_OTHER = 0,
+	SW_IKE_SA_INIT = 1,        /* IKEv2 34 */
+	SW_IKE_AUTH = 2,           /* IKEv2 35 */
+	SW_IKE_CREATE_CHILD_SA = 3, /* IKEv2 36 */
+	SW_IKE_INFORMATIONAL = 4,  /* IKEv2 37, IKEv1 5 */
+	SW_IKE_MAIN = 5,           /* IKEv1 2, identity protection */
+	SW_IKE_AGGRESSIVE = 6,     /* IKEv1 4 */
+	SW_IKE_QUICK = 7,          /* IKEv1 32 */
+	SW_IKE_MALFORMED = 8,      /* shorter than the 28-byte header */
+};
+
+enum sw_ike_dir {
+	SW_IKE_REQUEST = 0,
+	SW_IKE_RESPONSE = 1, /* IKEv2 flag R */
+	SW_IKE_NODIR = 2,    /* IKEv1 and malformed: the header does not say */
+};
+
+/* IKE messages per (peer, interface, version, exchange, request/response). */
+struct ike_key {
+	__u8 peer[16]; /* the frame's source address (IPv6 or v4-mapped) */
+	__u32 ifindex;
+	__u8 version;  /* major version as sent (1, 2, ...); 0 when malformed */
+	__u8 exchange; /* enum sw_ike_exchange */
+	__u8 dir;      /* enum sw_ike_dir */
+	__u8 _pad;
+};
+
+struct ike_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 first_seen_ns; /* CLOCK_MONOTONIC (coarse) */
+	__u64 last_seen_ns;
+	__u64 last_ispi;     /* the last message's header, host byte order */
+	__u64 last_rspi;
+	__u32 last_msgid;
+	__u8 last_flags;
+	__u8 last_exchange;  /* the raw exchange type byte (tells what "other" was) */
+	__u8 last_next_payload;
+	__u8 _pad;
+};
+
+/* sw_diag_tally: inserts into the ICMP and IKE tables, for evictions. */
+enum sw_diag_tally {
+	SW_DIAG_ICMP_INSERTS = 0,
+	SW_DIAG_ICMP_INSERT_FAILS = 1,
+	SW_DIAG_IKE_INSERTS = 2,
+	SW_DIAG_IKE_INSERT_FAILS = 3,
+	SW_DIAG_MAX = 4,
 };
 
 /* Capture (spiwatch capture): the program copies the head of selected frames into
@@ -89,7 +196,7 @@ struct unknown_stats {
 #define SW_SNAP_MAX 9216
 /* class_mask bit for "unknown": packets of any SPI class with an unknown or
  * reserved SPI. Bits 0..SW_CLASS_MAX-1 select whole classes. */
-#define SW_CAP_UNKNOWN (1U << 7)
+#define SW_CAP_UNKNOWN (1U << 15)
 #define SW_NSEC 1000000000ULL
 /* --rate is at most this many packets per second per CPU: the token bucket's
  * arithmetic then stays far below 2^64. */

@@ -13,6 +13,64 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SpiwatchIcmpKey struct {
+	_        structs.HostLayout
+	Reporter [16]uint8
+	Qsaddr   [16]uint8
+	Qdaddr   [16]uint8
+	Spi      uint32
+	Ifindex  uint32
+	Qsport   uint16
+	Qdport   uint16
+	Family   uint8
+	Type     uint8
+	Code     uint8
+	Quote    uint8
+}
+
+type SpiwatchIcmpStats struct {
+	_           structs.HostLayout
+	Packets     uint64
+	Bytes       uint64
+	FirstSeenNs uint64
+	LastSeenNs  uint64
+	Mtu         uint32
+	Pad         uint32
+}
+
+type SpiwatchIkeKey struct {
+	_        structs.HostLayout
+	Peer     [16]uint8
+	Ifindex  uint32
+	Version  uint8
+	Exchange uint8
+	Dir      uint8
+	Pad      uint8
+}
+
+type SpiwatchIkeStats struct {
+	_               structs.HostLayout
+	Packets         uint64
+	Bytes           uint64
+	FirstSeenNs     uint64
+	LastSeenNs      uint64
+	LastIspi        uint64
+	LastRspi        uint64
+	LastMsgid       uint32
+	LastFlags       uint8
+	LastExchange    uint8
+	LastNextPayload uint8
+	Pad             uint8
+}
+
+type SpiwatchKnownSpi struct {
+	_     structs.HostLayout
+	St    SpiwatchSaStats
+	Daddr [16]uint8
+	Flags uint32
+	Pad   uint32
+}
+
 type SpiwatchSaKey struct {
 	_     structs.HostLayout
 	Spi   uint32
@@ -20,12 +78,13 @@ type SpiwatchSaKey struct {
 }
 
 type SpiwatchSaStats struct {
-	_          structs.HostLayout
-	Packets    uint64
-	Bytes      uint64
-	LastSeenNs uint64
-	MaxSeq     uint32
-	Pad        uint32
+	_           structs.HostLayout
+	Packets     uint64
+	Bytes       uint64
+	LastSeenNs  uint64
+	LastJiffies uint64
+	MaxSeq      uint32
+	Pad         uint32
 }
 
 type SpiwatchSwCapbuf struct {
@@ -101,6 +160,7 @@ type SpiwatchUnknownStats struct {
 	Bytes       uint64
 	FirstSeenNs uint64
 	LastSeenNs  uint64
+	LastJiffies uint64
 	LastSeq     uint32
 	Pad         uint32
 }
@@ -114,7 +174,11 @@ const (
 	SpiwatchMapSwCapowner       = "sw_capowner"
 	SpiwatchMapSwCapstate       = "sw_capstate"
 	SpiwatchMapSwCounters       = "sw_counters"
+	SpiwatchMapSwDiagTally      = "sw_diag_tally"
+	SpiwatchMapSwIcmp           = "sw_icmp"
+	SpiwatchMapSwIke            = "sw_ike"
 	SpiwatchMapSwKnown          = "sw_known"
+	SpiwatchMapSwKnownMulti     = "sw_known_multi"
 	SpiwatchMapSwSamples        = "sw_samples"
 	SpiwatchMapSwTally          = "sw_tally"
 	SpiwatchMapSwUnknown        = "sw_unknown"
@@ -125,6 +189,7 @@ const (
 	SpiwatchVarIfaceSlot        = "iface_slot"
 	SpiwatchVarNattPortCount    = "natt_port_count"
 	SpiwatchVarNattPorts        = "natt_ports"
+	SpiwatchVarXfrmLookup       = "xfrm_lookup"
 )
 
 // LoadSpiwatch returns the embedded CollectionSpec for Spiwatch.
@@ -176,15 +241,19 @@ type SpiwatchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SpiwatchMapSpecs struct {
-	SwCapbuf   *ebpf.MapSpec `ebpf:"sw_capbuf"`
-	SwCapcfg   *ebpf.MapSpec `ebpf:"sw_capcfg"`
-	SwCapowner *ebpf.MapSpec `ebpf:"sw_capowner"`
-	SwCapstate *ebpf.MapSpec `ebpf:"sw_capstate"`
-	SwCounters *ebpf.MapSpec `ebpf:"sw_counters"`
-	SwKnown    *ebpf.MapSpec `ebpf:"sw_known"`
-	SwSamples  *ebpf.MapSpec `ebpf:"sw_samples"`
-	SwTally    *ebpf.MapSpec `ebpf:"sw_tally"`
-	SwUnknown  *ebpf.MapSpec `ebpf:"sw_unknown"`
+	SwCapbuf     *ebpf.MapSpec `ebpf:"sw_capbuf"`
+	SwCapcfg     *ebpf.MapSpec `ebpf:"sw_capcfg"`
+	SwCapowner   *ebpf.MapSpec `ebpf:"sw_capowner"`
+	SwCapstate   *ebpf.MapSpec `ebpf:"sw_capstate"`
+	SwCounters   *ebpf.MapSpec `ebpf:"sw_counters"`
+	SwDiagTally  *ebpf.MapSpec `ebpf:"sw_diag_tally"`
+	SwIcmp       *ebpf.MapSpec `ebpf:"sw_icmp"`
+	SwIke        *ebpf.MapSpec `ebpf:"sw_ike"`
+	SwKnown      *ebpf.MapSpec `ebpf:"sw_known"`
+	SwKnownMulti *ebpf.MapSpec `ebpf:"sw_known_multi"`
+	SwSamples    *ebpf.MapSpec `ebpf:"sw_samples"`
+	SwTally      *ebpf.MapSpec `ebpf:"sw_tally"`
+	SwUnknown    *ebpf.MapSpec `ebpf:"sw_unknown"`
 }
 
 // SpiwatchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -197,6 +266,7 @@ type SpiwatchVariableSpecs struct {
 	IfaceSlot        *ebpf.VariableSpec `ebpf:"iface_slot"`
 	NattPortCount    *ebpf.VariableSpec `ebpf:"natt_port_count"`
 	NattPorts        *ebpf.VariableSpec `ebpf:"natt_ports"`
+	XfrmLookup       *ebpf.VariableSpec `ebpf:"xfrm_lookup"`
 }
 
 // SpiwatchObjects contains all objects after they have been loaded into the kernel.
@@ -219,15 +289,19 @@ func (o *SpiwatchObjects) Close() error {
 //
 // It can be passed to LoadSpiwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SpiwatchMaps struct {
-	SwCapbuf   *ebpf.Map `ebpf:"sw_capbuf"`
-	SwCapcfg   *ebpf.Map `ebpf:"sw_capcfg"`
-	SwCapowner *ebpf.Map `ebpf:"sw_capowner"`
-	SwCapstate *ebpf.Map `ebpf:"sw_capstate"`
-	SwCounters *ebpf.Map `ebpf:"sw_counters"`
-	SwKnown    *ebpf.Map `ebpf:"sw_known"`
-	SwSamples  *ebpf.Map `ebpf:"sw_samples"`
-	SwTally    *ebpf.Map `ebpf:"sw_tally"`
-	SwUnknown  *ebpf.Map `ebpf:"sw_unknown"`
+	SwCapbuf     *ebpf.Map `ebpf:"sw_capbuf"`
+	SwCapcfg     *ebpf.Map `ebpf:"sw_capcfg"`
+	SwCapowner   *ebpf.Map `ebpf:"sw_capowner"`
+	SwCapstate   *ebpf.Map `ebpf:"sw_capstate"`
+	SwCounters   *ebpf.Map `ebpf:"sw_counters"`
+	SwDiagTally  *ebpf.Map `ebpf:"sw_diag_tally"`
+	SwIcmp       *ebpf.Map `ebpf:"sw_icmp"`
+	SwIke        *ebpf.Map `ebpf:"sw_ike"`
+	SwKnown      *ebpf.Map `ebpf:"sw_known"`
+	SwKnownMulti *ebpf.Map `ebpf:"sw_known_multi"`
+	SwSamples    *ebpf.Map `ebpf:"sw_samples"`
+	SwTally      *ebpf.Map `ebpf:"sw_tally"`
+	SwUnknown    *ebpf.Map `ebpf:"sw_unknown"`
 }
 
 func (m *SpiwatchMaps) Close() error {
@@ -237,7 +311,11 @@ func (m *SpiwatchMaps) Close() error {
 		m.SwCapowner,
 		m.SwCapstate,
 		m.SwCounters,
+		m.SwDiagTally,
+		m.SwIcmp,
+		m.SwIke,
 		m.SwKnown,
+		m.SwKnownMulti,
 		m.SwSamples,
 		m.SwTally,
 		m.SwUnknown,
@@ -254,6 +332,7 @@ type SpiwatchVariables struct {
 	IfaceSlot        *ebpf.Variable `ebpf:"iface_slot"`
 	NattPortCount    *ebpf.Variable `ebpf:"natt_port_count"`
 	NattPorts        *ebpf.Variable `ebpf:"natt_ports"`
+	XfrmLookup       *ebpf.Variable `ebpf:"xfrm_lookup"`
 }
 
 // SpiwatchPrograms contains all programs after they have been loaded into the kernel.

@@ -5,6 +5,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"net"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -179,6 +180,14 @@ func (o *Objects) Reattach(a *Attachment, mode Mode) error {
 	return o.link(a, prog, mode)
 }
 
+// Rename records that a's interface now has another name (its ifindex, program
+// and counts are unchanged). Pinned links keep the name they were pinned under.
+func (o *Objects) Rename(a *Attachment, name string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	a.Iface = name
+}
+
 func (o *Objects) freeSlot() int {
 	used := map[int]bool{}
 	for _, a := range o.attached {
@@ -303,23 +312,35 @@ func removeXDP(l netlink.Link, ifindex int, prog ebpf.ProgramID) error {
 // Problem says why the program no longer sees the interface's traffic: the
 // interface was deleted (the kernel then drops the attachment), or another tool
 // removed or replaced our program. Empty while all is well.
-func (a *Attachment) Problem() string {
+func (a *Attachment) Problem() string { return a.Status().Problem }
+
+// Status is what netlink says of an attached interface now.
+type Status struct {
+	Problem  string // why it is not watched (see Problem); empty while it is
+	Name     string // its name now: it may have been renamed (empty if deleted)
+	LinkDown bool   // still attached, but down or without carrier: nothing arrives
+	MTU      int
+}
+
+// Status reads the interface's state.
+func (a *Attachment) Status() Status {
 	l, err := netlink.LinkByIndex(a.Ifindex)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) || errors.Is(err, syscall.ENODEV) {
-			return "interface deleted"
+			return Status{Problem: "interface deleted"}
 		}
-		return fmt.Sprintf("cannot check the interface: %v", err)
+		return Status{Problem: fmt.Sprintf("cannot check the interface: %v", err)}
 	}
-	x := l.Attrs().Xdp
+	at := l.Attrs()
+	st := Status{Name: at.Name, MTU: at.MTU, LinkDown: at.Flags&net.FlagUp == 0 || at.OperState == netlink.OperDown || at.OperState == netlink.OperLowerLayerDown}
+	x := at.Xdp
 	if x == nil || !x.Attached {
-		return "program detached by someone else"
+		st.Problem = "program detached by someone else"
+	} else if a.ProgID != 0 && ebpf.ProgramID(x.ProgId) != a.ProgID {
+		st.Problem = fmt.Sprintf("program replaced by %s", describeProg(ebpf.ProgramID(x.ProgId)))
 	}
-	if a.ProgID != 0 && ebpf.ProgramID(x.ProgId) != a.ProgID {
-		return fmt.Sprintf("program replaced by %s", describeProg(ebpf.ProgramID(x.ProgId)))
-	}
-	return ""
+	return st
 }
 
 // xdpState is what netlink says is attached to the interface; nil if nothing.

@@ -8,11 +8,13 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/spiwatch/spiwatch/bpf"
@@ -25,7 +27,11 @@ const (
 	MaxNATTPorts      = 8
 	DefaultKnownMax   = 65536
 	DefaultUnknownMax = 65536
-	progName          = "spiwatch_xdp"
+	// ICMPMax and IKEMax are the sizes of the ICMP-error and IKE tables
+	// (ICMP_MAX, IKE_MAX in bpf/spiwatch.c).
+	ICMPMax  = 4096
+	IKEMax   = 16384
+	progName = "spiwatch_xdp"
 )
 
 // Settings are fixed when the object is loaded.
@@ -34,6 +40,11 @@ type Settings struct {
 	DropUnknown bool     // XDP_DROP packets with an unknown SPI
 	KnownMax    uint32   // known-SA map size; 0: DefaultKnownMax
 	UnknownMax  uint32   // unknown-SPI table size; 0: DefaultUnknownMax
+	// XfrmLookup: on a known-SA map miss, the program asks the kernel's own SA table
+	// (kfunc bpf_xdp_get_xfrm_state, Linux 6.8+), so an SA the kernel has just
+	// installed counts as known before its event reaches the xfrm source. Where the
+	// kernel cannot, Load turns it off and says why in Objects.XfrmLookupOff.
+	XfrmLookup bool
 	// PinPath, if set, is a directory on the BPF filesystem where maps and links
 	// are pinned: they outlive the process, and the next one continues from them.
 	PinPath string
@@ -74,8 +85,13 @@ func (s Settings) withDefaults() Settings {
 
 // Objects are the loaded maps and program instances.
 type Objects struct {
-	Settings Settings
+	Settings Settings // as loaded: XfrmLookup is false when it could not be had
 	Maps     *maps.Maps
+	// MultiBuffer is nil when the program handles multi-buffer (jumbo) frames,
+	// else why it cannot (the kernel is too old).
+	MultiBuffer error
+	// XfrmLookupOff says why XfrmLookup was asked for and is off; nil otherwise.
+	XfrmLookupOff error
 
 	spec *ebpf.CollectionSpec
 	coll *ebpf.Collection
@@ -110,15 +126,20 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	memlockErr := rlimit.RemoveMemlock() // needed before 5.11 only; reported if loading fails
 	var ports [MaxNATTPorts]uint16
 	copy(ports[:], s.NATTPorts)
-	drop := uint32(0)
-	if s.DropUnknown {
-		drop = 1
+	var lookupOff error
+	if s.XfrmLookup {
+		if lookupOff = XfrmLookupSupported(); lookupOff != nil {
+			s.XfrmLookup = false
+		}
 	}
 	settings := map[string]any{
 		"natt_ports":      ports,
 		"natt_port_count": uint32(len(s.NATTPorts)),
-		"drop_unknown":    drop,
+		"drop_unknown":    b32(s.DropUnknown),
 		"iface_slot":      uint32(0),
+	}
+	if _, ok := spec.Variables["xfrm_lookup"]; ok || s.XfrmLookup {
+		settings["xfrm_lookup"] = b32(s.XfrmLookup)
 	}
 	if _, ok := spec.Variables["capture_supported"]; ok { // benchmark variants may lack it
 		settings["capture_supported"] = captureSupported()
@@ -133,7 +154,10 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		}
 	}
 	spec.Maps[maps.KnownName].MaxEntries = s.KnownMax
+	spec.Maps[maps.KnownMultiName].MaxEntries = knownMultiMax(s.KnownMax)
 	spec.Maps[maps.UnknownName].MaxEntries = s.UnknownMax
+
+	mbErr := dropMultiBuffer(spec)
 
 	var opts ebpf.CollectionOptions
 	if s.PinPath != "" {
@@ -146,6 +170,16 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		opts.Maps.PinPath = s.PinPath
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
+	if err != nil && s.XfrmLookup {
+		// The kernel has the kfunc but refuses the program with it (an older
+		// signature, XDP not allowed to call it): load without.
+		lookupOff = fmt.Errorf("the program does not load with it: %w", loadError(err, memlockErr))
+		s.XfrmLookup = false
+		if verr := spec.Variables["xfrm_lookup"].Set(uint32(0)); verr != nil {
+			return nil, fmt.Errorf("setting xfrm_lookup: %w", verr)
+		}
+		coll, err = ebpf.NewCollectionWithOptions(spec, opts)
+	}
 	if err != nil {
 		return nil, pinError(s.PinPath, loadError(err, memlockErr))
 	}
@@ -155,9 +189,16 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		return nil, err
 	}
 	return &Objects{
-		Settings: s, Maps: m, spec: spec, coll: coll,
+		Settings: s, Maps: m, spec: spec, coll: coll, MultiBuffer: mbErr, XfrmLookupOff: lookupOff,
 		progs: map[int]*ebpf.Program{0: coll.Programs[progName]},
 	}, nil
+}
+
+func b32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // captureSupported says whether the kernel has bpf_xdp_load_bytes (5.18), which
@@ -167,6 +208,24 @@ func captureSupported() uint32 {
 		return 1
 	}
 	return 0
+}
+
+// XfrmLookupSupported says whether the kernel offers what Settings.XfrmLookup
+// needs: nil if its BTF has the kfuncs bpf_xdp_get_xfrm_state and
+// bpf_xdp_xfrm_state_release (Linux 6.8+ with CONFIG_XFRM and BTF), else why not.
+// Whether the program then loads with them is Load's to find out.
+func XfrmLookupSupported() error {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("xfrm lookup needs kernel BTF (/sys/kernel/btf/vmlinux): %w", err)
+	}
+	for _, name := range []string{"bpf_xdp_get_xfrm_state", "bpf_xdp_xfrm_state_release"} {
+		var fn *btf.Func
+		if err := spec.TypeByName(name, &fn); err != nil {
+			return fmt.Errorf("this kernel lacks the kfunc %s (Linux 6.8 or later with CONFIG_XFRM): %w", name, err)
+		}
+	}
+	return nil
 }
 
 func loadError(err error, memlockErr error) error {
@@ -208,7 +267,7 @@ func (o *Objects) programLocked(slot int) (*ebpf.Program, error) {
 	}
 	replace := map[string]*ebpf.Map{}
 	for name, m := range o.coll.Maps {
-		if name != ".rodata" { // every instance has its own .rodata (its slot)
+		if !strings.HasPrefix(name, ".rodata") { // every instance has its own .rodata (its slot)
 			replace[name] = m
 		}
 	}
@@ -259,4 +318,10 @@ func (o *Objects) Close() error {
 		o.coll = nil
 	}
 	return errors.Join(errs...)
+}
+
+// knownMultiMax sizes the map of SPIs shared by several SAs: rare (the receiver
+// picks SPIs, unique per destination), so an eighth of the known-SA map.
+func knownMultiMax(knownMax uint32) uint32 {
+	return min(knownMax, max(knownMax/8, 64))
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
 	"github.com/spiwatch/spiwatch/internal/frames"
@@ -295,5 +296,25 @@ func TestVerifiedInstructions(t *testing.T) {
 	}
 	if info.Name != progName {
 		t.Errorf("program name %q, want %q", info.Name, progName)
+	}
+}
+
+// TestMultiBuffer: this kernel (6.x) loads multi-buffer XDP programs, and the
+// classifier is one: its instances carry the flag.
+func TestMultiBuffer(t *testing.T) {
+	testenv.RequireBPF(t)
+	if err := MultiBufferSupported(); err != nil {
+		t.Fatalf("multi-buffer XDP: %v", err)
+	}
+	objs, err := Load(Settings{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	if objs.MultiBuffer != nil {
+		t.Errorf("MultiBuffer = %v on a kernel that has it", objs.MultiBuffer)
+	}
+	if f := objs.spec.Programs[progName].Flags; f&unix.BPF_F_XDP_HAS_FRAGS == 0 {
+		t.Errorf("program flags %#x lack BPF_F_XDP_HAS_FRAGS", f)
 	}
 }

@@ -22,7 +22,7 @@ import (
 const DefaultPinPath = "/sys/fs/bpf/spiwatch"
 
 // pinnedMaps are the maps kept across restarts: counts continue from the pins.
-var pinnedMaps = []string{maps.KnownName, maps.UnknownName, maps.CountersName, maps.TallyName}
+var pinnedMaps = maps.Names
 
 // linkPin names the pinned link of iface in slot: the slot must survive restarts,
 // since each program instance has its slot built in.

@@ -27,8 +27,8 @@ const (
 	SnapMax      = 9216
 	CapRateMax   = 10_000_000
 	// CapUnknown is the class-mask bit for packets with an unknown or reserved SPI,
-	// whatever their class; bits 0-6 select whole classes.
-	CapUnknown = 1 << 7
+	// whatever their class; bits 0 to NumClasses-1 select whole classes.
+	CapUnknown = 1 << 15
 )
 
 // Reasons a sample was taken (enum sw_cap_reason).

@@ -17,8 +17,21 @@ type (
 // SlotsPerIface is the number of counter slots of one interface.
 const SlotsPerIface = slotsPerIface
 
-// KnownMap is the raw known-SA map.
-func (m *Maps) KnownMap() *ebpf.Map { return m.known }
+// SetKnownStats overwrites the per-CPU counts of a known SA, wherever it lives.
+func (m *Maps) SetKnownStats(sa SA, stats []SAStats) error {
+	k := sa.key()
+	vals := make([]knownSPI, m.ncpu)
+	if err := m.known.Lookup(k.SPI, &vals); err != nil {
+		return err
+	}
+	if vals[0].Flags&knownMulti != 0 {
+		return m.knownMulti.Update(k, stats, ebpf.UpdateExist)
+	}
+	for i := range vals {
+		vals[i].St = stats[i]
+	}
+	return m.known.Update(k.SPI, vals, ebpf.UpdateExist)
+}
 
 // CountersMap is the raw class-counter map.
 func (m *Maps) CountersMap() *ebpf.Map { return m.counters }

@@ -5,84 +5,174 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
 
+// The known-SA set lives in two maps (bpf/spiwatch.c): sw_known by SPI alone,
+// holding the SA's destination and counts, for the usual SPI that names one SA;
+// and, for an SPI several SAs share, a MULTI mark there and one sw_known_multi
+// entry per SA by (SPI, destination). Every change below keeps the program finding
+// the SAs that stay: new entries are written before the marks that lead to them,
+// and marks are changed before the entries they no longer need are removed.
+
+// group is the SAs of one SPI, as keys.
+type group []saKey
+
+func (g group) has(k saKey) bool { return slices.Contains(g, k) }
+
+func (g group) same(o group) bool {
+	if len(g) != len(o) {
+		return false
+	}
+	for _, k := range g {
+		if !o.has(k) {
+			return false
+		}
+	}
+	return true
+}
+
+// knownGroups reads the SAs in the maps, by SPI.
+func (m *Maps) knownGroups() (map[uint32]group, error) {
+	groups := map[uint32]group{}
+	var spi uint32
+	vals := make([]knownSPI, m.ncpu)
+	it := m.known.Iterate()
+	for it.Next(&spi, &vals) {
+		if vals[0].Flags&knownMulti == 0 {
+			groups[spi] = group{{SPI: spi, Daddr: vals[0].Daddr}}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("listing known SAs: %w", err)
+	}
+	var k saKey
+	stats := make([]saStats, m.ncpu)
+	it = m.knownMulti.Iterate()
+	for it.Next(&k, &stats) {
+		groups[k.SPI] = append(groups[k.SPI], k)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("listing known SAs: %w", err)
+	}
+	return groups, nil
+}
+
 // AddKnown adds SAs to the known set. SAs already there keep their counters.
-// On error nothing is left half-added: the SAs this call added are removed again.
 func (m *Maps) AddKnown(sas ...SA) error {
-	zero := make([]saStats, m.ncpu)
-	var added []saKey
+	cur, err := m.knownGroups()
+	if err != nil {
+		return err
+	}
+	want := cloneGroups(cur)
 	for _, sa := range sas {
 		k := sa.key()
-		err := m.known.Update(k, zero, ebpf.UpdateNoExist)
-		if errors.Is(err, ebpf.ErrKeyExist) {
-			continue
+		if !want[k.SPI].has(k) {
+			want[k.SPI] = append(want[k.SPI], k)
 		}
-		if err != nil {
-			for _, a := range added {
-				_ = m.known.Delete(a)
-			}
-			if isE2BIG(err) {
-				return fmt.Errorf("adding known SA %s: the known-SA map is full (%d entries)", sa, m.known.MaxEntries())
-			}
-			return fmt.Errorf("adding known SA %s: %w", sa, err)
-		}
-		added = append(added, k)
 	}
-	return nil
+	return m.applyKnown(cur, want)
 }
 
 // RemoveKnown removes SAs from the known set; SAs not there are ignored.
 func (m *Maps) RemoveKnown(sas ...SA) error {
-	for _, sa := range sas {
-		if err := m.known.Delete(sa.key()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("removing known SA %s: %w", sa, err)
-		}
-	}
-	return nil
-}
-
-// ReplaceKnown makes the known set equal to sas: it adds the new ones first (so a
-// failure leaves the old set in place), then removes the ones no longer wanted.
-// When the map has no room for old and new at once, it removes first.
-// SAs in both keep their counters.
-func (m *Maps) ReplaceKnown(sas []SA) error {
-	cur, err := m.knownKeys()
+	cur, err := m.knownGroups()
 	if err != nil {
 		return err
 	}
-	want := make(map[saKey]bool, len(sas))
-	var add []SA
+	want := cloneGroups(cur)
 	for _, sa := range sas {
 		k := sa.key()
-		if !want[k] && !cur[k] {
-			add = append(add, sa)
+		want[k.SPI] = slices.DeleteFunc(slices.Clone(want[k.SPI]), func(x saKey) bool { return x == k })
+	}
+	return m.applyKnown(cur, want)
+}
+
+// ReplaceKnown makes the known set equal to sas. SAs in both keep their counters.
+// It checks that the new set fits before changing anything, adds and changes
+// first and removes last (removing first only when old and new together do not
+// fit), so a failure to add leaves the SAs that were there.
+func (m *Maps) ReplaceKnown(sas []SA) error {
+	cur, err := m.knownGroups()
+	if err != nil {
+		return err
+	}
+	want := map[uint32]group{}
+	for _, sa := range sas {
+		k := sa.key()
+		if !want[k.SPI].has(k) {
+			want[k.SPI] = append(want[k.SPI], k)
 		}
-		want[k] = true
 	}
-	if len(want) > int(m.known.MaxEntries()) {
-		return fmt.Errorf("replacing known SAs: %d SAs do not fit the known-SA map (%d entries)", len(want), m.known.MaxEntries())
+	return m.applyKnown(cur, want)
+}
+
+func cloneGroups(g map[uint32]group) map[uint32]group {
+	out := make(map[uint32]group, len(g))
+	for spi, ks := range g {
+		out[spi] = slices.Clone(ks)
 	}
+	return out
+}
+
+// applyKnown turns the maps' set cur into want.
+func (m *Maps) applyKnown(cur, want map[uint32]group) error {
+	spis, multi, union := 0, 0, 0
+	for spi, g := range want {
+		if len(g) == 0 {
+			delete(want, spi)
+			continue
+		}
+		spis++
+		if len(g) > 1 {
+			multi += len(g)
+		}
+	}
+	if spis > int(m.known.MaxEntries()) {
+		return fmt.Errorf("known SAs: %d SPIs do not fit: the known-SA map is full (%d entries); raise --known-table-size", spis, m.known.MaxEntries())
+	}
+	if multi > int(m.knownMulti.MaxEntries()) {
+		return fmt.Errorf("known SAs: %d SAs share their SPI with another SA: the map for those is full (%d entries); raise --known-table-size", multi, m.knownMulti.MaxEntries())
+	}
+	for spi := range cur {
+		if want[spi] == nil {
+			union++
+		}
+	}
+	union += spis
 	remove := func() error {
-		for k := range cur {
-			if !want[k] {
-				if err := m.known.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-					return fmt.Errorf("removing known SA %s: %w", k.sa(), err)
+		for spi, g := range cur {
+			if want[spi] == nil {
+				if err := m.removeSPI(spi, g); err != nil {
+					return err
 				}
 			}
 		}
 		return nil
 	}
-	removeFirst := len(cur)+len(add) > int(m.known.MaxEntries())
+	removeFirst := union > int(m.known.MaxEntries())
 	if removeFirst {
 		if err := remove(); err != nil {
 			return err
 		}
 	}
-	if err := m.AddKnown(add...); err != nil {
-		return err
+	var added []uint32
+	for spi, g := range want {
+		old := cur[spi]
+		if old.same(g) {
+			continue
+		}
+		if err := m.setSPI(spi, old, g); err != nil {
+			for _, a := range added { // new SPIs only: changed ones keep their new state
+				_ = m.removeSPI(a, want[a])
+			}
+			return err
+		}
+		if old == nil {
+			added = append(added, spi)
+		}
 	}
 	if !removeFirst {
 		return remove()
@@ -90,35 +180,139 @@ func (m *Maps) ReplaceKnown(sas []SA) error {
 	return nil
 }
 
-func (m *Maps) knownKeys() (map[saKey]bool, error) {
-	keys := map[saKey]bool{}
-	var k saKey
-	it := m.known.Iterate()
-	vals := make([]saStats, m.ncpu)
-	for it.Next(&k, &vals) {
-		keys[k] = true
+// removeSPI forgets an SPI: the lookup entry first, so the program never follows
+// a MULTI mark to entries that are going.
+func (m *Maps) removeSPI(spi uint32, old group) error {
+	if err := m.known.Delete(spi); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("removing known SA %s: %w", old[0].sa(), err)
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("listing known SAs: %w", err)
+	if len(old) > 1 {
+		for _, k := range old {
+			if err := m.knownMulti.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("removing known SA %s: %w", k.sa(), err)
+			}
+		}
 	}
-	return keys, nil
+	return nil
+}
+
+// setSPI makes the SAs of spi equal to g (non-empty), carrying the counts of SAs
+// that stay when they move between the two maps.
+func (m *Maps) setSPI(spi uint32, old, g group) error {
+	if len(g) == 1 {
+		k := g[0]
+		stats := make([]saStats, m.ncpu)
+		if len(old) > 1 && old.has(k) { // from the shared map back to its own entry
+			if err := m.knownMulti.Lookup(k, &stats); err != nil {
+				return fmt.Errorf("moving known SA %s: %w", k.sa(), err)
+			}
+		}
+		if err := m.putSPI(k, stats, 0); err != nil {
+			return err
+		}
+		if len(old) > 1 {
+			return m.dropMulti(old, g)
+		}
+		return nil
+	}
+	// Several SAs: their entries first, then the mark that sends lookups there.
+	var carried []saStats
+	if len(old) == 1 && g.has(old[0]) {
+		vals := make([]knownSPI, m.ncpu)
+		if err := m.known.Lookup(spi, &vals); err == nil {
+			for _, v := range vals {
+				carried = append(carried, v.St)
+			}
+		}
+	}
+	for _, k := range g {
+		if len(old) > 1 && old.has(k) {
+			continue
+		}
+		stats := make([]saStats, m.ncpu)
+		if carried != nil && k == old[0] {
+			stats = carried
+		}
+		if err := m.knownMulti.Update(k, stats, ebpf.UpdateAny); err != nil {
+			if isE2BIG(err) {
+				return fmt.Errorf("adding known SA %s: the map of SAs sharing an SPI is full (%d entries)", k.sa(), m.knownMulti.MaxEntries())
+			}
+			return fmt.Errorf("adding known SA %s: %w", k.sa(), err)
+		}
+	}
+	if len(old) <= 1 {
+		if err := m.putSPI(saKey{SPI: spi}, make([]saStats, m.ncpu), knownMulti); err != nil {
+			return err
+		}
+	}
+	return m.dropMulti(old, g)
+}
+
+// putSPI writes spi's lookup entry: k's destination, flags and per-CPU counts.
+func (m *Maps) putSPI(k saKey, stats []saStats, flags uint32) error {
+	if flags&knownMulti == 0 && k.Daddr == ([16]byte{}) {
+		flags |= knownAnyDst
+	}
+	vals := make([]knownSPI, m.ncpu)
+	for i := range vals {
+		vals[i] = knownSPI{St: stats[i], Daddr: k.Daddr, Flags: flags}
+	}
+	if err := m.known.Update(k.SPI, vals, ebpf.UpdateAny); err != nil {
+		if isE2BIG(err) {
+			return fmt.Errorf("adding known SA %s: the known-SA map is full (%d entries)", k.sa(), m.known.MaxEntries())
+		}
+		return fmt.Errorf("adding known SA %s: %w", k.sa(), err)
+	}
+	return nil
+}
+
+// dropMulti removes the shared-map entries of old that g no longer has (all of
+// them when g is a single SA, which now has its own entry).
+func (m *Maps) dropMulti(old, g group) error {
+	if len(old) <= 1 {
+		return nil
+	}
+	for _, k := range old {
+		if len(g) > 1 && g.has(k) {
+			continue
+		}
+		if err := m.knownMulti.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("removing known SA %s: %w", k.sa(), err)
+		}
+	}
+	return nil
 }
 
 // ListKnown returns every known SA with its counters summed over CPUs.
 func (m *Maps) ListKnown() ([]KnownSA, error) {
 	var out []KnownSA
-	var k saKey
-	vals := make([]saStats, m.ncpu)
-	it := m.known.Iterate()
-	for it.Next(&k, &vals) {
+	sum := func(k saKey, st func(i int) saStats) {
 		ks := KnownSA{SA: k.sa()}
-		for _, v := range vals {
+		for i := 0; i < m.ncpu; i++ {
+			v := st(i)
 			ks.Packets += v.Packets
 			ks.Bytes += v.Bytes
 			ks.LastSeenNs = max(ks.LastSeenNs, v.LastSeenNs)
 			ks.MaxSeq = max(ks.MaxSeq, v.MaxSeq)
 		}
 		out = append(out, ks)
+	}
+	var spi uint32
+	vals := make([]knownSPI, m.ncpu)
+	it := m.known.Iterate()
+	for it.Next(&spi, &vals) {
+		if vals[0].Flags&knownMulti == 0 {
+			sum(saKey{SPI: spi, Daddr: vals[0].Daddr}, func(i int) saStats { return vals[i].St })
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("listing known SAs: %w", err)
+	}
+	var k saKey
+	stats := make([]saStats, m.ncpu)
+	it = m.knownMulti.Iterate()
+	for it.Next(&k, &stats) {
+		sum(k, func(i int) saStats { return stats[i] })
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("listing known SAs: %w", err)

@@ -4,6 +4,7 @@ package maps
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
@@ -13,17 +14,21 @@ import (
 
 // Maps is the set of spiwatch's maps, as loaded or opened from pins.
 type Maps struct {
-	known, unknown, counters, tally *ebpf.Map
-	ncpu                            int
+	known, knownMulti, unknown, counters, tally *ebpf.Map
+	icmp, ike, diagTally                        *ebpf.Map
+	ncpu                                        int
 	// deleted counts unknown-table entries removed by us, so that evictions stay
 	// exact: evictions = inserts - entries - deleted.
 	deleted atomic.Uint64
+	// the same for the ICMP-error and IKE tables
+	diagMu                  sync.Mutex
+	icmpDeleted, ikeDeleted uint64
 }
 
-// New wraps the four maps of the spiwatch object.
-func New(known, unknown, counters, tally *ebpf.Map) (*Maps, error) {
-	for name, m := range map[string]*ebpf.Map{KnownName: known, UnknownName: unknown, CountersName: counters, TallyName: tally} {
-		if m == nil {
+// FromCollection picks the maps (Names) out of a loaded collection's map set.
+func FromCollection(ms map[string]*ebpf.Map) (*Maps, error) {
+	for _, name := range Names {
+		if ms[name] == nil {
 			return nil, fmt.Errorf("opening maps: map %s is missing", name)
 		}
 	}
@@ -31,12 +36,9 @@ func New(known, unknown, counters, tally *ebpf.Map) (*Maps, error) {
 	if err != nil {
 		return nil, fmt.Errorf("counting possible CPUs: %w", err)
 	}
-	return &Maps{known: known, unknown: unknown, counters: counters, tally: tally, ncpu: ncpu}, nil
-}
-
-// FromCollection picks the maps out of a loaded collection's map set.
-func FromCollection(ms map[string]*ebpf.Map) (*Maps, error) {
-	return New(ms[KnownName], ms[UnknownName], ms[CountersName], ms[TallyName])
+	return &Maps{known: ms[KnownName], knownMulti: ms[KnownMultiName], unknown: ms[UnknownName],
+		counters: ms[CountersName], tally: ms[TallyName], icmp: ms[ICMPName], ike: ms[IKEName],
+		diagTally: ms[DiagTallyName], ncpu: ncpu}, nil
 }
 
 // UnknownCapacity is the unknown table's size.

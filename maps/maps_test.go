@@ -460,7 +460,7 @@ func TestKnownPerCPUStats(t *testing.T) {
 	if n > 1 {
 		vals[n-1].LastSeenNs = 7
 	}
-	if err := m.KnownMap().Update(sa.RawKey(), vals, ebpf.UpdateExist); err != nil {
+	if err := m.SetKnownStats(sa, vals); err != nil {
 		t.Fatalf("writing per-CPU stats: %v", err)
 	}
 	got := wantSet(t, m, sa, other)
@@ -670,4 +670,96 @@ func TestUnknownEvictions(t *testing.T) {
 	if st3.Inserts != n+10 || st3.Entries != 10 || st3.Evictions != st.Evictions {
 		t.Errorf("after 10 more: %+v, want %d inserts, 10 entries, evictions %d", st3, n+10, st.Evictions)
 	}
+}
+
+// TestKnownSharedSPI: SAs sharing one SPI (different destinations, and the
+// any-destination one) are each found by (SPI, destination) as Linux does, keep
+// their counts when the SPI's set grows or shrinks, and a destination with no SA
+// of that SPI is unknown.
+func TestKnownSharedSPI(t *testing.T) {
+	objs, prog := load(t, loader.Settings{})
+	m := objs.Maps
+	const spi = 0x7000
+	a := maps.SA{SPI: spi, Dst: dst4}
+	b := maps.SA{SPI: spi, Dst: other4}
+	anyDst := maps.SA{SPI: spi}
+	third := netip.MustParseAddr("192.0.2.99")
+	toA, toB, toThird := v4Frame.ESP(spi, 1, 20), frames.Frame{Dst: other4}.ESP(spi, 1, 20), frames.Frame{Dst: third}.ESP(spi, 1, 20)
+	outcome := func(frame []byte) classify.Outcome {
+		t.Helper()
+		before, err := m.Counters(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, prog, frame)
+		after, _ := m.Counters(0)
+		for o := classify.Outcome(0); o < classify.NumOutcomes; o++ {
+			if after[classify.ClassESP][o].Packets != before[classify.ClassESP][o].Packets {
+				return o
+			}
+		}
+		t.Fatal("the frame was not counted as esp")
+		return 0
+	}
+	check := func(step string, frame []byte, want classify.Outcome) {
+		t.Helper()
+		if got := outcome(frame); got != want {
+			t.Errorf("%s: %v, want %v", step, got, want)
+		}
+	}
+
+	// One SA: its own destination only.
+	if err := m.AddKnown(a); err != nil {
+		t.Fatal(err)
+	}
+	check("a alone, to a", toA, classify.OutcomeKnown)
+	check("a alone, to b", toB, classify.OutcomeUnknown)
+
+	// A second SA with the SPI: both known, a's count carried over.
+	if err := m.AddKnown(b); err != nil {
+		t.Fatal(err)
+	}
+	check("a and b, to a", toA, classify.OutcomeKnown)
+	check("a and b, to b", toB, classify.OutcomeKnown)
+	check("a and b, to a third address", toThird, classify.OutcomeUnknown)
+	got := wantSet(t, m, a, b)
+	if got[a].Packets != 2 || got[b].Packets != 1 {
+		t.Errorf("shared SPI counts: a %d, b %d; want 2 and 1", got[a].Packets, got[b].Packets)
+	}
+
+	// The any-destination SA catches the rest.
+	if err := m.AddKnown(anyDst); err != nil {
+		t.Fatal(err)
+	}
+	check("a, b, any: to a third address", toThird, classify.OutcomeKnown)
+	check("a, b, any: to a", toA, classify.OutcomeKnown)
+	got = wantSet(t, m, a, b, anyDst)
+	if got[a].Packets != 3 || got[anyDst].Packets != 1 {
+		t.Errorf("counts: a %d, any %d; want 3 and 1", got[a].Packets, got[anyDst].Packets)
+	}
+
+	// Back to one SA: its counts move with it; the others' destinations are unknown.
+	if err := m.ReplaceKnown([]maps.SA{a}); err != nil {
+		t.Fatal(err)
+	}
+	check("a again alone, to b", toB, classify.OutcomeUnknown)
+	check("a again alone, to a", toA, classify.OutcomeKnown)
+	got = wantSet(t, m, a)
+	if got[a].Packets != 4 {
+		t.Errorf("a's count after the others left: %d, want 4", got[a].Packets)
+	}
+
+	// Replaced by an SA of the same SPI for another destination: a new SA, from zero.
+	if err := m.ReplaceKnown([]maps.SA{b}); err != nil {
+		t.Fatal(err)
+	}
+	check("b replaced a, to a", toA, classify.OutcomeUnknown)
+	if got = wantSet(t, m, b); got[b].Packets != 0 {
+		t.Errorf("b starts with %d packets, want 0", got[b].Packets)
+	}
+	if err := m.RemoveKnown(b); err != nil {
+		t.Fatal(err)
+	}
+	wantSet(t, m)
+	check("nothing known, to b", toB, classify.OutcomeUnknown)
 }

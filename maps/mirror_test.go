@@ -29,13 +29,17 @@ func TestMirrors(t *testing.T) {
 		typ        ebpf.MapType
 		key, value any
 	}{
-		{KnownName, ebpf.PerCPUHash, saKey{}, saStats{}},
+		{KnownName, ebpf.PerCPUHash, uint32(0), knownSPI{}},
+		{KnownMultiName, ebpf.PerCPUHash, saKey{}, saStats{}},
 		{UnknownName, ebpf.LRUHash, unknownKey{}, unknownStats{}},
 		{CountersName, ebpf.PerCPUArray, uint32(0), swCount{}},
 		{TallyName, ebpf.PerCPUArray, uint32(0), uint64(0)},
 		{CapCfgName, ebpf.Array, uint32(0), capCfg{}},
 		{CapStateName, ebpf.PerCPUArray, uint32(0), capState{}},
 		{CapOwnerName, ebpf.Hash, uint32(0), CapOwner{}},
+		{ICMPName, ebpf.LRUHash, icmpKey{}, icmpStats{}},
+		{IKEName, ebpf.LRUHash, ikeKey{}, ikeStats{}},
+		{DiagTallyName, ebpf.PerCPUArray, uint32(0), uint64(0)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ms, ok := spec.Maps[tc.name]
@@ -79,6 +83,9 @@ func TestMirrors(t *testing.T) {
 	}
 	if got, want := spec.Maps[CountersName].MaxEntries, uint32(MaxIfaces*classify.NumClasses*classify.NumOutcomes); got != want {
 		t.Errorf("%s has %d entries, want MaxIfaces*NumClasses*NumOutcomes = %d", CountersName, got, want)
+	}
+	if got := spec.Maps[DiagTallyName].MaxEntries; got != uint32(reflect.TypeFor[DiagTally]().NumField()) {
+		t.Errorf("%s has %d entries, DiagTally reads %d", DiagTallyName, got, reflect.TypeFor[DiagTally]().NumField())
 	}
 	if got := spec.Maps[TallyName].MaxEntries; got != uint32(reflect.TypeFor[Tally]().NumField()) {
 		t.Errorf("%s has %d entries, Tally reads %d", TallyName, got, reflect.TypeFor[Tally]().NumField())

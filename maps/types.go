@@ -19,11 +19,18 @@ const (
 
 // Map names in the BPF object.
 const (
-	KnownName    = "sw_known"
-	UnknownName  = "sw_unknown"
-	CountersName = "sw_counters"
-	TallyName    = "sw_tally"
+	KnownName      = "sw_known"
+	KnownMultiName = "sw_known_multi"
+	UnknownName    = "sw_unknown"
+	CountersName   = "sw_counters"
+	TallyName      = "sw_tally"
+	ICMPName       = "sw_icmp"
+	IKEName        = "sw_ike"
+	DiagTallyName  = "sw_diag_tally"
 )
+
+// Names are the maps every program instance shares (and --pin keeps).
+var Names = []string{KnownName, KnownMultiName, UnknownName, CountersName, TallyName, ICMPName, IKEName, DiagTallyName}
 
 // saKey mirrors struct sa_key.
 type saKey struct {
@@ -33,12 +40,27 @@ type saKey struct {
 
 // saStats mirrors struct sa_stats (one CPU's copy).
 type saStats struct {
-	Packets    uint64
-	Bytes      uint64
-	LastSeenNs uint64
-	MaxSeq     uint32
-	_          uint32
+	Packets     uint64
+	Bytes       uint64
+	LastSeenNs  uint64
+	LastJiffies uint64
+	MaxSeq      uint32
+	_           uint32
 }
+
+// knownSPI mirrors struct known_spi (one CPU's copy).
+type knownSPI struct {
+	St    saStats
+	Daddr [16]byte
+	Flags uint32
+	_     uint32
+}
+
+// known_spi flags (enum sw_known_flags).
+const (
+	knownAnyDst = 1 // the SA matches any destination
+	knownMulti  = 2 // several SAs share the SPI: see sw_known_multi
+)
 
 // unknownKey mirrors struct unknown_key.
 type unknownKey struct {
@@ -56,6 +78,7 @@ type unknownStats struct {
 	Bytes       uint64
 	FirstSeenNs uint64
 	LastSeenNs  uint64
+	LastJiffies uint64
 	LastSeq     uint32
 	_           uint32
 }

@@ -13,6 +13,7 @@ typedef signed int __s32;
 typedef signed long long __s64;
 typedef __u16 __be16;
 typedef __u32 __be32;
+typedef __u64 __be64;
 
 struct xdp_md {
 	__u32 data;
@@ -69,6 +70,8 @@ static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)160;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)130;
 static long (*bpf_xdp_load_bytes)(struct xdp_md *xdp_md, __u32 offset, void *buf, __u32 len) = (void *)189;
+static __u64 (*bpf_jiffies64)(void) = (void *)118; /* inlined by the verifier */
+static __u64 (*bpf_xdp_get_buff_len)(struct xdp_md *ctx) = (void *)188;
 
 /* Byte order: convert on the BPF target's own endianness; constants fold at compile
  * time. */
@@ -77,11 +80,13 @@ static long (*bpf_xdp_load_bytes)(struct xdp_md *xdp_md, __u32 offset, void *buf
 #define bpf_htons(x) __builtin_bswap16(x)
 #define bpf_ntohl(x) __builtin_bswap32(x)
 #define bpf_htonl(x) __builtin_bswap32(x)
+#define bpf_be64_to_cpu(x) __builtin_bswap64(x)
 #elif __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define bpf_ntohs(x) (x)
 #define bpf_htons(x) (x)
 #define bpf_ntohl(x) (x)
 #define bpf_htonl(x) (x)
+#define bpf_be64_to_cpu(x) (x)
 #else
 #error "unknown byte order"
 #endif

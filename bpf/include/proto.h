@@ -13,10 +13,12 @@
 #define ETH_P_8021AD 0x88A8
 
 #define IPPROTO_HOPOPTS 0
+#define IPPROTO_ICMP 1
 #define IPPROTO_UDP 17
 #define IPPROTO_ROUTING 43
 #define IPPROTO_FRAGMENT 44
 #define IPPROTO_ESP 50
+#define IPPROTO_ICMPV6 58
 #define IPPROTO_DSTOPTS 60
 
 #define IP_MF 0x2000
@@ -85,5 +87,27 @@ struct esp_hdr {
 	__be32 spi;
 	__be32 seq;
 };
+
+/* ICMP and ICMPv6 share this 8-byte start; the quoted packet follows it. */
+struct icmp_hdr {
+	__u8 type;
+	__u8 code;
+	__be16 checksum;
+	__be32 rest; /* ICMP type 3 code 4: unused16, next-hop MTU16; ICMPv6 type 2: MTU32 */
+};
+
+/* IKEv1 (RFC 2408 3.1) and IKEv2 (RFC 7296 3.1) share this header. */
+struct ike_hdr {
+	__u8 ispi[8]; /* byte arrays: the header is 28 bytes, not padded to 32 */
+	__u8 rspi[8];
+	__u8 next_payload;
+	__u8 version; /* major << 4 | minor */
+	__u8 exchange;
+	__u8 flags;
+	__be32 msgid;
+	__be32 length;
+};
+
+#define IKE_FLAG_RESPONSE 0x20 /* IKEv2 */
 
 #endif /* SPIWATCH_PROTO_H */

@@ -21,6 +21,13 @@ build of the classifier as an extra column in the same run (min of 15 rounds of
 | one LRU list per CPU in the unknown table (BPF_F_NO_COMMON_LRU), end to end, in-kernel | new unknown SPI each packet | 734 | 394 |
 | report: rows only for the top N (one pass, no full sort), fixed-size row keys, buffers reused between reports | full report, 65,536 rows | 113.5 ms | 61 ms |
 | Go heap soft limit of 40 MiB (GOMEMLIMIT overrides) and the above | spiwatch peak RSS in the flood | 60.6 MiB | 42.2 MiB |
+| multi-buffer aware program (xdp.frags, frame length from bpf_xdp_get_buff_len) | esp known | 57 | 57 |
+| | TCP | 14 | 14 |
+| known-SA map keyed by SPI alone, destination compared after the lookup; SPIs shared by several SAs in a second map by (SPI, destination), flagged in the first. Two runs of each build, alternating (the map layout differs, so not one run) | esp known | 44, 41 | 39, 36 |
+| | esp-in-udp known | 65, 64 | 42, 41 |
+| | esp unknown (existing entry) | 94, 94 | 84, 64 |
+| the coarse clock read once per tick, which jiffies tell (bpf_jiffies64 is inlined by the verifier; the coarse clock only moves at a tick, so last-seen keeps its value and precision). Alternating runs | esp known | 35, 38 | 31, 33 |
+| | esp unknown (existing entry) | 68, 66 | 63, 69 |
 | capture as a mode of the same program: while no capture runs, one load of ` + "`capture_on`" + ` (.bss) and a branch per frame; two A/B runs of 21 rounds, before / after in each | esp known | 54, 60 | 63, 63 |
 | | esp-in-udp known | 64, 64 | 73, 71 |
 | | esp unknown (existing entry) | 114, 113 | 119, 113 |
@@ -30,9 +37,10 @@ Measured but not (yet) taken:
 
 | idea | frame | now | with it | why not yet |
 |---|---|---:|---:|---|
-| known-SA map keyed by SPI only (4-byte hash instead of 20) | esp known | 41 | 31 | changes the map contract (SPI + destination, as the kernel looks SAs up); needs a second map for SPIs with several destinations |
 | plain adds instead of atomics in the unknown table | esp unknown | 93 | 85 | counts would be lost when two CPUs update one row |
 | a 65,536-bit filter of known SPIs checked before the known-SA lookups | esp unknown | 95 | 95 | no gain: a miss in the sparse known-SA hash costs little; the unknown row's update is the cost |
+| no IPv4 source address copy before the lookup (measurement only) | esp known | 40 | 36 | needed for unknown rows only: could be deferred to that path |
+| no per-class counter update (measurement only) | esp known | 40 | 36 | the class counters are the product |
 | two copies of the per-frame code, with and without capture, chosen by one branch at the top, so the hot path is exactly the old one | — | — | — | does not load: the compiler merges the copies' common code (and zeroes the packet struct in both), and the capture copy as a subprogram goes over the 512-byte combined stack |
 | the capture check reading the SPI and row count from the packet struct on the stack instead of registers | — | — | — | does not load: the compiler then spills registers it never set, which the verifier refuses |
 `

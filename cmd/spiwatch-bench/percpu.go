@@ -23,6 +23,7 @@ var (
 	benchGW   = netip.MustParseAddr("203.0.113.1")
 	benchV4   = frames.Frame{Src: benchPeer, Dst: benchGW}
 	benchV6   = frames.Frame{Src: netip.MustParseAddr("2001:db8::1"), Dst: netip.MustParseAddr("2001:db8::2")}
+	benchOut4 = frames.Frame{Src: benchGW, Dst: benchPeer} // our own outbound ESP, which ICMP errors quote
 )
 
 // benchKnown are the SAs the classifier knows during the per-packet runs.
@@ -58,6 +59,9 @@ func frameKinds() []frameKind {
 		{"vlan esp known", vlan.ESP(0x1000, 1, 56), "", 0},
 		{"other: tcp", benchV4.TCP(40000, 443, 44), "empty", 1.1},
 		{"other: udp 53", benchV4.UDP(40000, 53, make([]byte, 56)), "empty", 1.1},
+		// ICMP errors quoting our ESP are counted in their own table; echo is other.
+		{"icmp-esp (frag-needed)", benchV4.ICMP(3, 4, 1400, frames.Quote(benchOut4.ESP(0x1000, 1, 1400), 8)), "", 0},
+		{"other: icmp echo", benchV4.ICMP(8, 0, 0x00010001, make([]byte, 56)), "", 0},
 	}
 }
 

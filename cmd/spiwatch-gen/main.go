@@ -25,9 +25,14 @@ const usageHead = `spiwatch-gen sends test frames out of IFACE with BPF live fra
 Usage:
   spiwatch-gen -i IFACE --send 'KIND key=value ...' [--send ...] [flags]
 
-KIND is esp, esp-in-udp, ike, keepalive, fragment, tcp or udp. Keys: src, dst, spi,
-seq, sport, dport, len, count, vlan=ID[,ID], marker=true (ike on a NAT-T port),
-spis=N and srcs=N (cycle through N SPIs / source addresses).
+KIND is esp, esp-in-udp, ike, keepalive, fragment, tcp, udp or icmp-error. Keys: src,
+dst, spi, seq, sport, dport, len, count, vlan=ID[,ID], marker=true (ike on a NAT-T
+port), spis=N and srcs=N (cycle through N SPIs / source addresses).
+ike: version=1|2, exchange=IKE_SA_INIT|IKE_AUTH|CREATE_CHILD_SA|INFORMATIONAL|main|
+aggressive|quick|informational|NUMBER, response=true, msgid=N.
+icmp-error (from src to dst, quoting dst's own ESP to qdst): type, code, mtu,
+quote=esp|esp-in-udp, qlen=N (quoted bytes after the quoted IP header, default 8),
+qdst=ADDR (default src); default IPv4 frag-needed MTU 1400, IPv6 packet-too-big 1280.
 
 Without --duration each stream sends count frames, streams interleaved, then the
 generator prints what it sent as JSON. With --duration, count is frames per second

@@ -91,10 +91,11 @@ var captureClasses = map[string]uint32{
 	"keepalive":  1 << classify.ClassNATKeepalive,
 	"fragment":   1 << classify.ClassFragment,
 	"malformed":  1 << classify.ClassMalformed,
+	"icmp-esp":   1 << classify.ClassICMPESP,
 	"other":      1 << classify.ClassOther,
 	// every class that has to do with IPsec; not other traffic
 	"all": maps.CapUnknown | 1<<classify.ClassESP | 1<<classify.ClassESPInUDP | 1<<classify.ClassIKE |
-		1<<classify.ClassNATKeepalive | 1<<classify.ClassFragment | 1<<classify.ClassMalformed,
+		1<<classify.ClassNATKeepalive | 1<<classify.ClassFragment | 1<<classify.ClassMalformed | 1<<classify.ClassICMPESP,
 }
 
 func (f *captureFlags) validate() (*captureSetup, error) {
@@ -119,7 +120,7 @@ func (f *captureFlags) validate() (*captureSetup, error) {
 		for _, name := range strings.Split(c, ",") {
 			bit, ok := captureClasses[strings.TrimSpace(name)]
 			if !ok {
-				return nil, fmt.Errorf("--class %s: unknown class (want unknown, esp, esp-in-udp, ike, keepalive, fragment, malformed, other or all)", name)
+				return nil, fmt.Errorf("--class %s: unknown class (want unknown, esp, esp-in-udp, ike, keepalive, fragment, malformed, icmp-esp, other or all)", name)
 			}
 			s.set.ClassMask |= bit
 		}
@@ -172,7 +173,11 @@ func (f *captureFlags) validate() (*captureSetup, error) {
 	if s.natt, err = parseNATTPorts(f.nattPorts); err != nil {
 		return nil, err
 	}
-	if s.known, err = readKnown(f.knownSPIs, f.knownFile, loader.DefaultKnownMax); err != nil {
+	var files []string
+	if f.knownFile != "" {
+		files = append(files, f.knownFile)
+	}
+	if s.known, err = readKnown(f.knownSPIs, files, loader.DefaultKnownMax); err != nil {
 		return nil, err
 	}
 	s.standalone = len(f.knownSPIs) > 0 || f.knownFile != "" || len(f.nattPorts) > 0
@@ -225,7 +230,7 @@ func runCapture(args []string, stdout, stderr io.Writer) int {
 	fs.SortFlags = false
 	fs.StringArrayVarP(&f.ifaces, "interface", "i", nil, "interface to capture on (repeatable, up to 8)")
 	fs.StringVarP(&f.write, "write", "w", "", "pcapng file to write; - for stdout")
-	fs.StringArrayVar(&f.classes, "class", []string{"unknown"}, "what to capture (repeatable or comma-separated): unknown (unknown or reserved SPIs), esp, esp-in-udp, ike, keepalive, fragment, malformed, other, all (every IPsec class)")
+	fs.StringArrayVar(&f.classes, "class", []string{"unknown"}, "what to capture (repeatable or comma-separated): unknown (unknown or reserved SPIs), esp, esp-in-udp, ike, keepalive, fragment, malformed, icmp-esp, other, all (every IPsec class)")
 	fs.StringArrayVar(&f.spis, "spi", nil, "only frames carrying this SPI (repeatable, up to 8)")
 	fs.Uint32Var(&f.snaplen, "snaplen", 128, "bytes kept of each frame (0: whole frames, up to 9216)")
 	fs.Uint32Var(&f.perSPI, "per-spi", 10, "first packets of every new unknown SPI (per SPI, peer and ports) always kept")

@@ -5,6 +5,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strconv"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"github.com/spiwatch/spiwatch/internal/knownsa"
 	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/metrics"
+	"github.com/spiwatch/spiwatch/internal/report"
+	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/loader"
 	"github.com/spiwatch/spiwatch/maps"
 )
@@ -32,6 +35,8 @@ type Config struct {
 	// what the program knows and does
 	KnownSPIs  []string
 	KnownFile  string
+	KnownFrom  []string
+	XfrmLookup bool
 	NATTPorts  []string
 	Action     string
 	UnknownMax uint32
@@ -47,6 +52,7 @@ type Config struct {
 	// diagnosis
 	RekeyGrace   time.Duration
 	StaleHistory time.Duration
+	IKEInitRate  float64
 
 	// event log
 	LogFile   string
@@ -71,7 +77,9 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "directory on the BPF filesystem for --pin")
 
 	fs.StringArrayVar(&c.KnownSPIs, "known-spi", nil, "known SA as SPI[@DESTINATION], SPI in hex (0x...) or decimal (repeatable)")
-	fs.StringVar(&c.KnownFile, "known-file", "", "file of known SAs, one SPI[@DESTINATION] per line, # comments; re-read on SIGHUP and when it changes")
+	fs.StringArrayVar(&c.KnownFrom, "known-from", nil, "follow a known-SA source: xfrm (the kernel's SAs), vici[=SOCKET] (strongSwan), file=PATH or none (repeatable; default: xfrm when this kernel has ESP, else none)")
+	fs.StringVar(&c.KnownFile, "known-file", "", "file of known SAs, one SPI[@DESTINATION] per line, # comments; re-read on SIGHUP and when it changes (the same as --known-from file=PATH)")
+	fs.BoolVar(&c.XfrmLookup, "xfrm-lookup", false, "on a known-SA miss, let the XDP program ask the kernel's own SA table, so an SA is known the moment it is installed (Linux 6.8+ with ESP; off with a message where the kernel cannot)")
 	fs.StringArrayVar(&c.NATTPorts, "natt-port", nil, "UDP port carrying ESP-in-UDP (repeatable, up to 8; default 4500)")
 	fs.StringVar(&c.Action, "action", "pass", "what to do with unknown-SPI packets: pass or drop")
 	fs.Uint32Var(&c.UnknownMax, "unknown-table-size", loader.DefaultUnknownMax, "entries in the unknown-SPI table (least recently seen are evicted, and counted)")
@@ -85,8 +93,9 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 
 	fs.DurationVar(&c.RekeyGrace, "rekey-grace", knownset.DefaultRekeyGrace, "an SPI unknown when first seen and known within this time is a rekey race, not a fault")
 	fs.DurationVar(&c.StaleHistory, "stale-history", knownset.DefaultHistory, "an SPI whose SA was removed this recently is stale (the peer still uses a forgotten SA)")
+	fs.Float64Var(&c.IKEInitRate, "ike-init-rate", report.DefaultIKEInitRate, "IKE_SA_INIT requests per second from one peer, averaged over 10 s, above which the report and event log flag an IKE_SA_INIT storm (0: never)")
 
-	fs.StringVar(&c.LogFile, "log-file", "", "write the event log (new unknown SPIs, table evictions, lost interfaces) to this file; - is stderr (default: stderr, off in the live view)")
+	fs.StringVar(&c.LogFile, "log-file", "", "write the event log (new unknown SPIs, ICMP errors about ESP, IKE_SA_INIT storms, table evictions, lost interfaces) to this file; - is stderr (default: stderr, off in the live view)")
 	fs.StringVar(&c.LogFormat, "log-format", "logfmt", "event log format: logfmt or json")
 	fs.DurationVar(&c.LogEvery, "log-every", 10*time.Second, "at most one event line per SPI and per peer in this time")
 
@@ -102,8 +111,8 @@ type Validated struct {
 	Mode        loader.Mode
 	Known       []maps.SA // all of them
 	FlagKnown   []maps.SA // from --known-spi
-	FileKnown   []maps.SA // from --known-file
-	MetricsAddr string    // completed HOST:PORT; empty: no metrics
+	Sources     []sasource.Spec
+	MetricsAddr string // completed HOST:PORT; empty: no metrics
 }
 
 // Validate checks every flag before anything touches the kernel.
@@ -149,6 +158,7 @@ func (c *Config) Validate() (*Validated, error) {
 		return nil, errors.New("--known-table-size must be at least 1")
 	}
 	v.Settings.UnknownMax, v.Settings.KnownMax = c.UnknownMax, c.KnownMax
+	v.Settings.XfrmLookup = c.XfrmLookup
 	if c.Pin {
 		if c.PinPath == "" {
 			return nil, errors.New("--pin-path: empty")
@@ -165,19 +175,27 @@ func (c *Config) Validate() (*Validated, error) {
 		return nil, fmt.Errorf("--count %d: must be 0 (no limit) or more", c.Count)
 	}
 
-	if v.Known, err = readKnown(c.KnownSPIs, c.KnownFile, c.KnownMax); err != nil {
+	if v.Sources, err = knownFrom(c.KnownFrom, c.KnownFile); err != nil {
+		return nil, err
+	}
+	// Files are read now, so that a bad one fails before anything is attached.
+	var files []string
+	for _, s := range v.Sources {
+		if s.Kind == "file" {
+			files = append(files, s.Arg)
+		}
+	}
+	if v.Known, err = readKnown(c.KnownSPIs, files, c.KnownMax); err != nil {
 		return nil, err
 	}
 	if v.FlagKnown, err = knownsa.ParseAll(c.KnownSPIs); err != nil {
 		return nil, err
 	}
-	if c.KnownFile != "" {
-		if v.FileKnown, err = knownsa.ReadFile(c.KnownFile); err != nil {
-			return nil, err
-		}
-	}
 	if c.RekeyGrace < 0 || c.StaleHistory < 0 {
 		return nil, errors.New("--rekey-grace and --stale-history must be 0 or more")
+	}
+	if c.IKEInitRate < 0 || math.IsNaN(c.IKEInitRate) || math.IsInf(c.IKEInitRate, 0) {
+		return nil, fmt.Errorf("--ike-init-rate %v: must be a number of requests per second, 0 or more", c.IKEInitRate)
 	}
 	if c.MetricsAddr != "" {
 		if v.MetricsAddr, err = metrics.ListenAddr(c.MetricsAddr); err != nil {
@@ -228,13 +246,50 @@ func parseNATTPorts(in []string) ([]uint16, error) {
 	return ports, nil
 }
 
-// readKnown gathers the known SAs of --known-spi and --known-file.
-func readKnown(spis []string, file string, limit uint32) ([]maps.SA, error) {
+// knownFrom checks the --known-from values (with --known-file as one more file)
+// and fills in the default.
+func knownFrom(values []string, knownFile string) ([]sasource.Spec, error) {
+	var specs []sasource.Spec
+	seen := map[sasource.Spec]bool{}
+	none := false
+	for _, val := range values {
+		s, err := sasource.ParseSpec(val)
+		if err != nil {
+			return nil, err
+		}
+		if s.Kind == "none" {
+			none = true
+			continue
+		}
+		if seen[s] {
+			return nil, fmt.Errorf("--known-from %s: given twice", s)
+		}
+		seen[s] = true
+		specs = append(specs, s)
+	}
+	if none && len(specs) > 0 {
+		return nil, fmt.Errorf("--known-from none: cannot be combined with --known-from %s", specs[0])
+	}
+	if len(values) == 0 {
+		specs = defaultSources()
+	}
+	if knownFile != "" {
+		s := sasource.Spec{Kind: "file", Arg: knownFile}
+		if seen[s] {
+			return nil, fmt.Errorf("--known-file %s: also given as --known-from %s", knownFile, s)
+		}
+		specs = append(specs, s)
+	}
+	return specs, nil
+}
+
+// readKnown gathers the known SAs of --known-spi and the known-SPI files.
+func readKnown(spis []string, files []string, limit uint32) ([]maps.SA, error) {
 	known, err := knownsa.ParseAll(spis)
 	if err != nil {
 		return nil, err
 	}
-	if file != "" {
+	for _, file := range files {
 		fromFile, err := knownsa.ReadFile(file)
 		if err != nil {
 			return nil, err

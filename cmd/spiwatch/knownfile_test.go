@@ -64,13 +64,34 @@ func TestKnownFileFollowed(t *testing.T) {
 		t.Errorf("no error naming the bad line: %s", s.stderr)
 	}
 	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x3000 src=198.51.100.3 count=7"})
-	if got, found := value(t, scrape(t, lab.NSB, "127.0.0.1:9467"), "spiwatch_known_source_errors_total", map[string]string{"source": "file " + file}); !found || got != 1 {
-		t.Errorf("spiwatch_known_source_errors_total = %v (found %v), want 1", got, found)
+	page := scrape(t, lab.NSB, "127.0.0.1:9467")
+	for metric, want := range map[string]float64{"spiwatch_known_source_errors_total": 1, "spiwatch_known_source_sas": 2, "spiwatch_known_source_up": 1} {
+		if got, found := value(t, page, metric, map[string]string{"source": "file " + file}); !found || got != want {
+			t.Errorf("%s = %v (found %v), want %v", metric, got, found, want)
+		}
+	}
+	var src struct {
+		Sources []struct {
+			Name      string `json:"name"`
+			SAs       int    `json:"sas"`
+			Errors    int    `json:"errors"`
+			LastError string `json:"last_error"`
+		} `json:"known_sources"`
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); { // past the lines written before the error
+		json.Unmarshal([]byte(<-s.lines), &src)
+		if len(src.Sources) == 1 && src.Sources[0].Errors > 0 {
+			break
+		}
+	}
+	if len(src.Sources) != 1 || src.Sources[0].Name != "file "+file || src.Sources[0].SAs != 2 || src.Sources[0].Errors != 1 ||
+		!strings.Contains(src.Sources[0].LastError, file+":2:") {
+		t.Errorf("known_sources %+v, want the file with 2 SAs, 1 error naming line 2", src.Sources)
 	}
 	// SIGHUP re-reads even without a change of time or size.
 	os.WriteFile(file, []byte("0x1000\n0x3000\n"), 0o600)
 	s.cmd.Process.Signal(syscall.SIGHUP)
-	if !s.waitStderr("reloaded " + file) {
+	if !s.waitStderr("known SAs from file " + file + ": 2") {
 		t.Errorf("SIGHUP did not reload: %s", s.stderr)
 	}
 	o := s.stop(t)

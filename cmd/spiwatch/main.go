@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,7 +21,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/spiwatch/spiwatch/internal/eventlog"
-	"github.com/spiwatch/spiwatch/internal/knownsa"
 	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/liveview"
 	"github.com/spiwatch/spiwatch/internal/metrics"
@@ -162,6 +160,12 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		for _, c := range s.VerdictChanges {
 			events.VerdictChange(c.Row, c.From)
 		}
+		for _, e := range s.NewICMP {
+			events.ICMPError(e)
+		}
+		for _, st := range s.IKEInitStorms {
+			events.IKEInitStorm(st)
+		}
 		events.HeldBack(s.MoreEvents)
 		events.Table(s.Table)
 	}
@@ -179,6 +183,14 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err
 	}
 	defer objs.Close() // detaches every interface not pinned
+	if objs.XfrmLookupOff != nil {
+		fmt.Fprintf(stderr, "spiwatch: --xfrm-lookup is off: %v\n", objs.XfrmLookupOff)
+	} else if v.Settings.XfrmLookup {
+		fmt.Fprintln(stderr, "spiwatch: --xfrm-lookup: SPIs missing from the map are looked up in the kernel's SA table")
+	}
+	if objs.MultiBuffer != nil {
+		fmt.Fprintf(stderr, "spiwatch: %v\n", objs.MultiBuffer)
+	}
 	if v.Settings.PinPath != "" {
 		defer fmt.Fprintf(stderr, "spiwatch: left attached and counting, pinned in %s (spiwatch stats reads it, spiwatch detach removes it)\n", v.Settings.PinPath)
 	}
@@ -186,45 +198,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if err := known.Update("--known-spi", v.FlagKnown); err != nil {
 		return err
 	}
-	reloadFile := func() {} // re-reads --known-file on SIGHUP or when it changes
-	var sourceErrors atomic.Uint64
-	if cfg.KnownFile != "" {
-		src := "file " + cfg.KnownFile
-		if err := known.Update(src, v.FileKnown); err != nil {
-			return err
-		}
-		var hup atomic.Bool
-		hupCh := make(chan os.Signal, 1)
-		signal.Notify(hupCh, syscall.SIGHUP)
-		go func() {
-			for range hupCh {
-				hup.Store(true)
-			}
-		}()
-		lastStat := fileStamp(cfg.KnownFile)
-		reloadFile = func() {
-			stamp := fileStamp(cfg.KnownFile)
-			if !hup.Swap(false) && stamp == lastStat {
-				return
-			}
-			lastStat = stamp
-			sas, err := knownsa.ReadFile(cfg.KnownFile)
-			if err == nil {
-				err = known.Update(src, sas)
-			}
-			if err != nil {
-				sourceErrors.Add(1)
-				fmt.Fprintf(stderr, "spiwatch: %v; keeping the previous %d known SAs\n", err, known.Len())
-				if events != nil {
-					events.SourceError(src, err)
-				}
-				return
-			}
-			fmt.Fprintf(stderr, "spiwatch: reloaded %s: %d known SAs in all\n", cfg.KnownFile, known.Len())
-			if events != nil {
-				events.SourceSync(src, len(sas))
-			}
-		}
+	sources, err := startSources(ctx, v.Sources, known, sourceLog{stderr: stderr, events: events, known: known})
+	if err != nil {
+		return err
 	}
 	var ifaces []report.Iface
 	var attached []*loader.Attachment
@@ -243,12 +219,11 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if v.Settings.DropUnknown {
 		fmt.Fprintln(stderr, "spiwatch: --action drop: packets with an unknown SPI are dropped")
 	}
+	var col *metrics.Collector
 	if metricsLn != nil {
-		col := metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown)
+		col = metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown)
 		col.Verdict = known.Verdict
-		if cfg.KnownFile != "" {
-			col.SourceErrors = func() map[string]uint64 { return map[string]uint64{"file " + cfg.KnownFile: sourceErrors.Load()} }
-		}
+		col.Sources = sourceStats(sources)
 		srv, err := metrics.Serve(metricsLn, col)
 		if err != nil {
 			return err
@@ -261,58 +236,89 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	var keep []int
 	if cfg.WaitIface {
 		keep = []int{privdrop.CapBPF, privdrop.CapPerfmon, privdrop.CapNetAdmin}
+	} else if followsXfrm(v.Sources) {
+		keep = []int{privdrop.CapNetAdmin} // the xfrm source dumps again after lost events
 	}
 	if err := privdrop.Drop(cfg.User, keep...); err != nil {
 		if !errors.Is(err, privdrop.ErrCgo) || cfg.User != "" {
 			return err
 		}
 		fmt.Fprintf(stderr, "spiwatch: keeping privileges: %v\n", err)
-	} else if cfg.User != "" {
+	} else if cfg.User != "" && len(keep) == 0 {
 		fmt.Fprintf(stderr, "spiwatch: running as %s, without capabilities\n", cfg.User)
+	} else if cfg.User != "" {
+		fmt.Fprintf(stderr, "spiwatch: running as %s, keeping only %s\n", cfg.User, privdrop.Names(keep))
 	}
-	fmt.Fprintf(stderr, "spiwatch: %d known SAs; reporting every %s\n", len(v.Known), cfg.Interval)
+	fmt.Fprintf(stderr, "spiwatch: %d known SAs; reporting every %s\n", known.Len(), cfg.Interval)
 
 	rep, err := report.New(objs.Maps, ifaces)
 	if err != nil {
 		return err
 	}
-	rep.Action, rep.Top = cfg.Action, cfg.Top
+	rep.Action, rep.Top, rep.IKEInitRate = cfg.Action, cfg.Top, cfg.IKEInitRate
 	rep.Verdict = known.Verdict
-	// lost remembers interfaces that stopped being watched, to say so once on
-	// stderr and in every report; with none left, spiwatch ends.
-	lost := map[string]string{}
+	if len(sources) > 0 {
+		rep.Sources = sourceStats(sources)
+	}
+	// lost remembers interfaces that stopped being watched (by counter slot), to say
+	// so once on stderr and in every report; with none left, spiwatch ends. down
+	// remembers links that are down, which are still watched.
+	lost := map[int]string{}
+	down := map[int]bool{}
+	ifaceEvent := func(iface, what string) {
+		if events != nil && !logToStderr {
+			events.Interface(iface, what)
+		}
+	}
 	checkIfaces := func() error {
 		for _, a := range attached {
-			p := a.Problem()
-			if p != "" && lost[a.Iface] == "" {
+			st := a.Status()
+			p := st.Problem
+			if p != "" && lost[a.Slot] == "" {
 				fmt.Fprintf(stderr, "spiwatch: %s: %s; its counts so far stay in the reports\n", a.Iface, p)
-				if events != nil && !logToStderr {
-					events.Interface(a.Iface, p)
-				}
+				ifaceEvent(a.Iface, p)
 			}
 			if p != "" {
-				lost[a.Iface] = p
+				lost[a.Slot] = p
+			}
+			if p == "" && st.Name != "" && st.Name != a.Iface {
+				fmt.Fprintf(stderr, "spiwatch: %s was renamed %s; still watching it\n", a.Iface, st.Name)
+				ifaceEvent(st.Name, "renamed from "+a.Iface)
+				objs.Rename(a, st.Name)
+			}
+			if p == "" && st.LinkDown != down[a.Slot] {
+				what := "link down: still attached, nothing arrives until it is up"
+				if !st.LinkDown {
+					what = "link up again"
+				}
+				fmt.Fprintf(stderr, "spiwatch: %s: %s\n", a.Iface, what)
+				ifaceEvent(a.Iface, what)
+				down[a.Slot] = st.LinkDown
 			}
 			// --wait-iface: an interface of that name is back; attach to it again.
-			if cfg.WaitIface && lost[a.Iface] == "interface deleted" {
+			if cfg.WaitIface && lost[a.Slot] == "interface deleted" {
 				if err := objs.Reattach(a, v.Mode); err == nil {
-					delete(lost, a.Iface)
+					delete(lost, a.Slot)
 					fmt.Fprintf(stderr, "spiwatch: %s is back: watching it again (%s XDP, program id %d)\n", a.Iface, a.Mode, a.ProgID)
 				}
 			}
-			rep.SetIface(a.Slot, a.Ifindex, a.Mode.String(), lost[a.Iface])
+			now := report.Iface{Name: a.Iface, Ifindex: a.Ifindex, Mode: a.Mode.String(), Slot: a.Slot,
+				Problem: lost[a.Slot], LinkDown: lost[a.Slot] == "" && down[a.Slot]}
+			rep.SetIface(now)
+			if col != nil {
+				col.SetIface(now)
+			}
 		}
 		if len(lost) == len(attached) && !cfg.WaitIface {
 			var why []string
 			for _, a := range attached {
-				why = append(why, a.Iface+": "+lost[a.Iface])
+				why = append(why, a.Iface+": "+lost[a.Slot])
 			}
 			return fmt.Errorf("no interface left to watch (%s)", strings.Join(why, "; "))
 		}
 		return nil
 	}
 	write := func() (bool, error) {
-		reloadFile()
 		ifErr := checkIfaces()
 		s, err := rep.Take()
 		if err != nil {
@@ -333,19 +339,12 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err == nil, err
 	}
 	if out, in, ok := liveTerminal(cfg, stdout); ok {
-		sources := []string{}
+		given := "none given"
 		if len(cfg.KnownSPIs) > 0 {
-			sources = append(sources, "--known-spi")
-		}
-		if cfg.KnownFile != "" {
-			sources = append(sources, cfg.KnownFile)
-		}
-		if len(sources) == 0 {
-			sources = append(sources, "none given")
+			given = "--known-spi"
 		}
 		rep.Top = 0 // the view sorts by the column asked for and fits the rows to the screen
 		return liveview.Run(ctx, in, out, cfg.Interval, func() (*report.Snapshot, error) {
-			reloadFile()
 			if err := checkIfaces(); err != nil {
 				return nil, err
 			}
@@ -354,7 +353,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 				logSnapshot(s)
 			}
 			return s, err
-		}, liveview.Info{Started: time.Now(), KnownSources: strings.Join(sources, ", ")})
+		}, liveview.Info{Started: time.Now(), KnownSources: given})
 	}
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
@@ -380,13 +379,4 @@ func liveTerminal(cfg *Config, stdout io.Writer) (out, in *os.File, ok bool) {
 		return nil, nil, false
 	}
 	return f, os.Stdin, true
-}
-
-// fileStamp is what tells a changed file: modification time and size.
-func fileStamp(path string) string {
-	st, err := os.Stat(path)
-	if err != nil {
-		return "missing"
-	}
-	return fmt.Sprint(st.ModTime().UnixNano(), st.Size())
 }

@@ -83,7 +83,11 @@ func runRead(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	o.Settings.UnknownMax, o.Settings.KnownMax = unknownMax, knownMax
-	if o.Known, err = readKnown(knownSPIs, knownFile, knownMax); err != nil {
+	var files []string
+	if knownFile != "" {
+		files = append(files, knownFile)
+	}
+	if o.Known, err = readKnown(knownSPIs, files, knownMax); err != nil {
 		return fail(err)
 	}
 

@@ -25,13 +25,14 @@ const (
 	ClassNATKeepalive
 	ClassFragment
 	ClassMalformed
+	ClassICMPESP // an ICMP or ICMPv6 error quoting ESP or ESP-in-UDP
 
 	// NumClasses is the number of classes (the size of per-class tables).
-	NumClasses = 7
+	NumClasses = 8
 )
 
 var classNames = [NumClasses]string{
-	"other", "esp", "esp-in-udp", "ike", "nat-keepalive", "fragment", "malformed",
+	"other", "esp", "esp-in-udp", "ike", "nat-keepalive", "fragment", "malformed", "icmp-esp",
 }
 
 // String returns the name used in reports and flags, e.g. "esp-in-udp".
@@ -154,6 +155,11 @@ type Result struct {
 	// SrcPort and DstPort are set once a UDP header could be read (always
 	// for esp-in-udp, ike and nat-keepalive); 0 for plain esp.
 	SrcPort, DstPort uint16
+	// ICMP is what an icmp-esp error says (zero for other classes); the
+	// reporter is Src.
+	ICMP ICMPError
+	// IKE is the IKE header of an ike frame (zero for other classes).
+	IKE IKEHeader
 }
 
 const (
@@ -169,10 +175,12 @@ const (
 	ipv6FragHdrLen = 8
 
 	protoHopByHop = 0
+	protoICMP     = 1
 	protoUDP      = 17
 	protoRouting  = 43
 	protoFragment = 44
 	protoESP      = 50
+	protoICMPv6   = 58
 	protoDstOpts  = 60
 
 	udpHdrLen = 8
@@ -181,6 +189,7 @@ const (
 
 // l3 is what the IP layer hands to layer 4.
 type l3 struct {
+	family    uint8 // 4 or 6
 	proto     uint8
 	badLen    bool
 	firstFrag bool
@@ -254,6 +263,7 @@ func parseIPv4(ip []byte, r *Result) (l l3, c Class, done bool) {
 		return l, ClassFragment, true
 	}
 	totalLen := int(binary.BigEndian.Uint16(ip[2:4]))
+	l.family = 4
 	l.proto = proto
 	l.badLen = totalLen < hdrLen || totalLen > avail
 	l.firstFrag = flagsFrag&0x2000 != 0
@@ -313,6 +323,7 @@ walk:
 	if isIPv6Ext(nh) {
 		return l, ClassMalformed, true // chain too long: fail closed
 	}
+	l.family = 6
 	l.proto = nh
 	if off < l3End {
 		l.l4 = ip[off:l3End]
@@ -369,14 +380,20 @@ func classifyL4(l l3, cfg *Config, r *Result) {
 		switch {
 		case is500:
 			r.Class = ClassIKE // port 500 wins, as in tshark
+			r.IKE = readIKE(payload)
 		case !l.firstFrag && plen == 1 && payload[0] == 0xff:
 			r.Class = ClassNATKeepalive
 		case plen >= 4 && binary.BigEndian.Uint32(payload) == 0:
 			r.Class = ClassIKE // non-ESP marker
+			r.IKE = readIKE(payload[4:])
 		case plen > espHdrLen:
 			setSPI(r, ClassESPInUDP, payload) // xfrm4_udp_encap_rcv's test
 		default:
 			r.Class = shortClass(l.firstFrag, ClassMalformed)
+		}
+	case protoICMP, protoICMPv6:
+		if (l.proto == protoICMP) == (l.family == 4) { // ICMP in IPv4, ICMPv6 in IPv6
+			classifyICMP(l, cfg, r)
 		}
 	default:
 		r.Class = ClassOther

@@ -358,6 +358,10 @@ func samples() [][]byte {
 			f.Keepalive(4500, 4500),
 			f.UDP(53, 53, []byte("query")),
 			f.TCP(443, 50000, 20),
+			// ICMP errors quoting ESP and ESP-in-UDP, and IKE headers.
+			f.ICMP(3, 4, 1400, frames.Quote(f.ESP(spi, seq, 40), 8)),
+			f.ICMP(2, 0, 1280, frames.Quote(f.ESPInUDP(4500, 4500, spi, seq, 40), 64)),
+			f.IKEMessage(500, 500, false, frames.IKEHeader{Version: 0x10, Exchange: 2}.Message(8)),
 		)
 	}
 	return out
@@ -442,7 +446,7 @@ func TestVerdict(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	want := []string{"other", "esp", "esp-in-udp", "ike", "nat-keepalive", "fragment", "malformed"}
+	want := []string{"other", "esp", "esp-in-udp", "ike", "nat-keepalive", "fragment", "malformed", "icmp-esp"}
 	for i, n := range want {
 		if got := Class(i).String(); got != n {
 			t.Errorf("Class(%d) = %q, want %q", i, got, n)
@@ -457,8 +461,8 @@ func TestNames(t *testing.T) {
 	if _, err := ParseClass("bogus"); err == nil {
 		t.Error("ParseClass(bogus): no error")
 	}
-	if got := Class(7).String(); got != "class(7)" {
-		t.Errorf("Class(7) = %q", got)
+	if got := Class(8).String(); got != "class(8)" {
+		t.Errorf("Class(8) = %q", got)
 	}
 	for i, n := range []string{"none", "known", "unknown", "reserved"} {
 		if got := Outcome(i).String(); got != n {
@@ -517,6 +521,9 @@ func FuzzClassify(f *testing.F) {
 		}
 		if hasSPI && !r.Dst.IsValid() {
 			t.Fatalf("class %v without addresses", r.Class)
+		}
+		if (r.Class == ClassICMPESP) != (r.ICMP.Family != 0) || r.Class != ClassIKE && r.IKE != (IKEHeader{}) {
+			t.Fatalf("class %v with ICMP %+v IKE %+v", r.Class, r.ICMP, r.IKE)
 		}
 		if r.Class == ClassESP && (r.SrcPort != 0 || r.DstPort != 0) {
 			t.Fatalf("esp with ports %d → %d", r.SrcPort, r.DstPort)

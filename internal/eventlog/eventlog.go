@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiwatch/spiwatch/internal/classify"
 	"github.com/spiwatch/spiwatch/internal/report"
 	"github.com/spiwatch/spiwatch/maps"
 )
@@ -29,6 +30,7 @@ type Logger struct {
 	every time.Duration
 	now   func() time.Time
 
+	lastICMP map[netip.Addr]time.Time // per reporter
 	lastSPI  map[uint32]time.Time
 	lastPeer map[netip.Addr]time.Time
 	held     int // unknown-SPI lines held back since the last one written
@@ -44,7 +46,7 @@ func New(w io.Writer, format string, every time.Duration) (*Logger, error) {
 		return nil, fmt.Errorf("--log-format %q: want logfmt or json", format)
 	}
 	return &Logger{w: w, json: format == "json", every: every, now: time.Now,
-		lastSPI: map[uint32]time.Time{}, lastPeer: map[netip.Addr]time.Time{}}, nil
+		lastSPI: map[uint32]time.Time{}, lastPeer: map[netip.Addr]time.Time{}, lastICMP: map[netip.Addr]time.Time{}}, nil
 }
 
 // kv is one field of a line, in order.
@@ -185,10 +187,66 @@ func (l *Logger) SourceError(source string, err error) {
 	l.write("error", "source_error", "Known-SA source failed; keeping the previous SAs", kv{"source", source}, kv{"error", err.Error()})
 }
 
+// SourceNotice logs what a known-SA source did besides reading: connected,
+// lost its connection and retries, re-read everything after lost events.
+func (l *Logger) SourceNotice(source, msg string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.write("info", "source_notice", msg, kv{"source", source})
+}
+
 // HeldBack counts n unknown-SPI lines that were never offered (the reporter's own
 // cap under a flood), so the next line's held_back includes them.
 func (l *Logger) HeldBack(n int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.held += n
+}
+
+// ICMPError logs a row that appeared in the ICMP-error table: an ICMP or ICMPv6
+// error quoting ESP, e.g. fragmentation needed on our own tunnel traffic, or a
+// peer's port unreachable for ESP-in-UDP. At most one line per reporter every
+// `every`; held back lines count in held_back like unknown-SPI ones.
+func (l *Logger) ICMPError(e report.ICMPRow) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if now.Sub(l.lastICMP[e.Reporter]) < l.every {
+		l.held++
+		return
+	}
+	if len(l.lastICMP) >= 4096 {
+		for k, t := range l.lastICMP {
+			if now.Sub(t) >= l.every {
+				delete(l.lastICMP, k)
+			}
+		}
+	}
+	l.lastICMP[e.Reporter] = now
+	name := classify.ICMPTypeName(e.Family, e.Type, e.Code)
+	msg := "Received ICMP error about ESP"
+	switch {
+	case e.Family == 4 && e.Type == 3 && e.Code == 4, e.Family == 6 && e.Type == 2:
+		msg = "Received ICMP error about ESP: path MTU smaller than our ESP packets"
+	case e.Family == 4 && e.Type == 3 && e.Code == 3, e.Family == 6 && e.Type == 1 && e.Code == 4:
+		msg = "Received ICMP error about ESP: port unreachable (is the peer's IKE daemon running?)"
+	}
+	spi := report.ICMPSPI(e.ICMPError)
+	l.write("warn", "icmp_esp", msg, kv{"reporter", e.Reporter.String()}, kv{"error", name},
+		kv{"family", report.ICMPFamily(e.Family)}, kv{"type", e.Type}, kv{"code", e.Code}, kv{"quote", e.Quote.String()},
+		kv{"spi", spi}, kv{"src", e.Src.String()}, kv{"sport", e.SrcPort}, kv{"dst", e.Dst.String()}, kv{"dport", e.DstPort},
+		kv{"mtu", e.MTU}, kv{"iface", e.Iface}, kv{"known_sa", e.KnownSA}, kv{"packets", e.Packets}, kv{"held_back", l.held})
+	l.held = 0
+}
+
+// IKEInitStorm logs a peer whose IKE_SA_INIT request rate went above
+// --ike-init-rate: it retries IKE in a loop (failing authentication, proposals
+// the gateway refuses, a lost response path). Not rate-limited: the reporter
+// says so only when the rate goes above again after it was below.
+func (l *Logger) IKEInitStorm(st report.IKEInitStorm) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.write("warn", "ike_init_storm", "Peer retries IKE_SA_INIT above --ike-init-rate",
+		kv{"peer", st.Peer.String()}, kv{"iface", st.Iface}, kv{"rate", fmt.Sprintf("%.2f", st.Rate)},
+		kv{"window", report.IKEInitWindow.String()}, kv{"requests", st.Requests})
 }

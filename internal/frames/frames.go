@@ -35,11 +35,13 @@ const (
 	TPID8021AD    = 0x88a8
 
 	ProtoHopByHop = 0
+	ProtoICMP     = 1
 	ProtoTCP      = 6
 	ProtoUDP      = 17
 	ProtoRouting  = 43
 	ProtoFragment = 44
 	ProtoESP      = 50
+	ProtoICMPv6   = 58
 	ProtoNoNext   = 59
 	ProtoDstOpts  = 60
 

@@ -137,7 +137,7 @@ func (v *View) Render(w, h int) string {
 		if i.Problem != "" {
 			ifs = append(ifs, fmt.Sprintf("%s (%s, NOT WATCHED: %s)", i.Name, i.Mode, i.Problem))
 		} else {
-			ifs = append(ifs, fmt.Sprintf("%s (%s)", i.Name, i.Mode))
+			ifs = append(ifs, report.IfaceLabel(i.Iface))
 		}
 	}
 	state := ""
@@ -152,7 +152,11 @@ func (v *View) Render(w, h int) string {
 	if s.Table.InsertFails > 0 {
 		evict = fmt.Sprintf(", %d not recorded", s.Table.InsertFails)
 	}
-	add("known SAs %d (%s)  unknown table %d/%d, %d evicted%s", len(s.Known), v.info.KnownSources,
+	from := v.info.KnownSources
+	if len(s.Sources) > 0 {
+		from = report.SourcesLine(s.Sources)
+	}
+	add("known SAs %d (%s)  unknown table %d/%d, %d evicted%s", len(s.Known), from,
 		s.Table.Entries, s.Table.Capacity, s.Table.Evictions, evict)
 	add("")
 	add("%-14s %-9s %9s %9s %14s %16s", "class", "outcome", "pkt/s", "bit/s", "packets", "bytes")
@@ -184,7 +188,8 @@ func (v *View) Render(w, h int) string {
 	rows := slices.Clone(s.Unknown)
 	v.sortRows(rows)
 	add("unknown SPIs: %d, sorted by %s   [q] quit  [s] sort  [p] pause", max(s.UnknownRows, len(rows)), sorts[v.sort])
-	room := h - len(lines) - 2
+	extra := diagLines(s)
+	room := h - len(lines) - 2 - len(extra)
 	if room < len(rows) {
 		rows = rows[:max(room, 0)]
 	}
@@ -204,6 +209,7 @@ func (v *View) Render(w, h int) string {
 	if n := max(s.UnknownRows, len(s.Unknown)); n > len(rows) {
 		add("... %d more (make the terminal taller)", n-len(rows))
 	}
+	lines = append(lines, extra...)
 	for i, l := range lines {
 		if len(l) > w {
 			lines[i] = l[:w]

@@ -22,6 +22,7 @@ import (
 
 	"github.com/spiwatch/spiwatch/internal/classify"
 	"github.com/spiwatch/spiwatch/internal/report"
+	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -68,6 +69,14 @@ var (
 		"Unknown-SPI rows left out of spiwatch_unknown_spi_packets_total by the cardinality cap.", nil, nil)
 	sourceErrDesc = prometheus.NewDesc("spiwatch_known_source_errors_total",
 		"Failed reads of a known-SA source (the previous SAs were kept), by source.", []string{"source"}, nil)
+	sourceSAsDesc = prometheus.NewDesc("spiwatch_known_source_sas",
+		"Known SAs each known-SA source gave in its last good read, by source.", []string{"source"}, nil)
+	sourceResyncDesc = prometheus.NewDesc("spiwatch_known_source_resyncs_total",
+		"Full re-reads of a known-SA source because change events were lost (netlink ENOBUFS), by source.", []string{"source"}, nil)
+	sourceReconnDesc = prometheus.NewDesc("spiwatch_known_source_reconnects_total",
+		"Connections to a known-SA source re-established after a loss (charon restarted), by source.", []string{"source"}, nil)
+	sourceUpDesc = prometheus.NewDesc("spiwatch_known_source_up",
+		"1 while a known-SA source is followed, 0 while spiwatch is cut off from it (retrying), by source.", []string{"source"}, nil)
 	scrapeErrDesc = prometheus.NewDesc("spiwatch_scrape_errors_total",
 		"Scrapes in which reading a BPF map failed.", nil, nil)
 )
@@ -75,6 +84,7 @@ var (
 // Collector reads the maps at each scrape.
 type Collector struct {
 	src        Source
+	ifMu       sync.Mutex // ifaces and names change on a rename or re-attach
 	ifaces     []report.Iface
 	names      map[uint32]string
 	topUnknown int
@@ -83,24 +93,39 @@ type Collector struct {
 	buf        []maps.Unknown // the unknown table as last read, reused across scrapes
 	// Verdict diagnoses a row (nil: by its SPI alone), as in the reports.
 	Verdict func(spi uint32, firstSeen time.Time) string
-	// SourceErrors returns the failed reads per known-SA source (nil: none).
-	SourceErrors func() map[string]uint64
+	// Sources returns the known-SA sources' health (nil: none).
+	Sources func() []sasource.Stats
 }
 
 // NewCollector exposes src for the watched interfaces; topUnknown rows of the
 // unknown table (capped at MaxUnknownSeries) become labelled series.
 func NewCollector(src Source, ifaces []report.Iface, topUnknown int) *Collector {
-	c := &Collector{src: src, ifaces: ifaces, names: map[uint32]string{}, topUnknown: min(max(topUnknown, 0), MaxUnknownSeries)}
+	c := &Collector{src: src, ifaces: slices.Clone(ifaces), names: map[uint32]string{}, topUnknown: min(max(topUnknown, 0), MaxUnknownSeries)}
 	for _, i := range ifaces {
 		c.names[uint32(i.Ifindex)] = i.Name
 	}
 	return c
 }
 
+// SetIface follows a watched interface's rename or re-attach (by counter slot).
+func (c *Collector) SetIface(i report.Iface) {
+	c.ifMu.Lock()
+	defer c.ifMu.Unlock()
+	for k := range c.ifaces {
+		if c.ifaces[k].Slot == i.Slot {
+			c.ifaces[k] = i
+			c.names[uint32(i.Ifindex)] = i.Name
+		}
+	}
+}
+
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packetsDesc, bytesDesc, knownDesc, knownCapDesc, saPacketsDesc, saBytesDesc, saSeqDesc,
-		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, sourceErrDesc, scrapeErrDesc} {
+		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, sourceErrDesc, sourceSAsDesc, sourceResyncDesc, sourceReconnDesc, sourceUpDesc, scrapeErrDesc} {
+		ch <- d
+	}
+	for _, d := range diagDescs {
 		ch <- d
 	}
 }
@@ -118,13 +143,28 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	defer func() {
 		ch <- prometheus.MustNewConstMetric(scrapeErrDesc, prometheus.CounterValue, float64(c.errors.Load()))
 	}()
-	if c.SourceErrors != nil {
-		for src, n := range c.SourceErrors() {
-			ch <- prometheus.MustNewConstMetric(sourceErrDesc, prometheus.CounterValue, float64(n), src)
+	if c.Sources != nil {
+		for _, s := range c.Sources() {
+			up := 0.0
+			if s.Connected {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(sourceErrDesc, prometheus.CounterValue, float64(s.Errors), s.Name)
+			ch <- prometheus.MustNewConstMetric(sourceSAsDesc, prometheus.GaugeValue, float64(s.SAs), s.Name)
+			ch <- prometheus.MustNewConstMetric(sourceResyncDesc, prometheus.CounterValue, float64(s.Resyncs), s.Name)
+			ch <- prometheus.MustNewConstMetric(sourceReconnDesc, prometheus.CounterValue, float64(s.Reconnects), s.Name)
+			ch <- prometheus.MustNewConstMetric(sourceUpDesc, prometheus.GaugeValue, up, s.Name)
 		}
 	}
 
-	for _, i := range c.ifaces {
+	c.ifMu.Lock()
+	ifaces := slices.Clone(c.ifaces)
+	names := make(map[uint32]string, len(c.names))
+	for k, v := range c.names {
+		names[k] = v
+	}
+	c.ifMu.Unlock()
+	for _, i := range ifaces {
 		cnt, err := c.src.Counters(i.Slot)
 		if err != nil {
 			fail(fmt.Errorf("reading counters of %s: %w", i.Name, err))
@@ -158,6 +198,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 
+	c.collectDiag(ch, names, fail)
+
 	c.bufMu.Lock()
 	defer c.bufMu.Unlock()
 	snap, err := c.src.UnknownSnapshotInto(c.buf)
@@ -183,7 +225,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	})
 	shown := min(len(snap), c.topUnknown)
 	for _, u := range snap[:shown] {
-		iface := c.names[u.Ifindex]
+		iface := names[u.Ifindex]
 		if iface == "" {
 			iface = fmt.Sprintf("if%d", u.Ifindex)
 		}

@@ -53,8 +53,26 @@ type acc struct {
 	rows        map[rowKey]*maps.Unknown
 	rowTimes    map[rowKey][2]time.Time
 	known       map[maps.SA]*report.KnownRow
+	icmp        map[icmpKey]*report.ICMPRow
+	ike         map[ikeKey]*report.IKERow
 	first, last time.Time
 	packets     int
+}
+
+// icmpKey and ikeKey are the program's keys of the ICMP-error and IKE tables.
+type icmpKey struct {
+	reporter netip.Addr
+	classify.ICMPError
+}
+
+type ikeKey struct {
+	peer                   netip.Addr
+	version, exchange, dir uint8
+}
+
+func icmpKeyOf(reporter netip.Addr, e classify.ICMPError) icmpKey {
+	e.MTU = 0 // a value, not part of the key
+	return icmpKey{reporter, e}
 }
 
 type rowKey struct {
@@ -65,7 +83,8 @@ type rowKey struct {
 
 // ReadFrom is Read on an open capture; name labels the report.
 func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, error) {
-	a := &acc{rows: map[rowKey]*maps.Unknown{}, rowTimes: map[rowKey][2]time.Time{}, known: map[maps.SA]*report.KnownRow{}}
+	a := &acc{rows: map[rowKey]*maps.Unknown{}, rowTimes: map[rowKey][2]time.Time{}, known: map[maps.SA]*report.KnownRow{},
+		icmp: map[icmpKey]*report.ICMPRow{}, ike: map[ikeKey]*report.IKERow{}}
 	cfg := classify.Config{NATTPorts: o.Settings.NATTPorts}
 	set := classify.SASet{}
 	for _, sa := range o.Known {
@@ -136,6 +155,9 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 			return nil, err
 		}
 		s.Table = ts
+		if s.ICMPTable, s.IKETable, err = objs.Maps.DiagTableStats(len(a.icmp), len(a.ike)); err != nil {
+			return nil, err
+		}
 	} else {
 		// The reference keeps every row; capacity is what the program would have had.
 		capacity := int(o.Settings.UnknownMax)
@@ -143,6 +165,8 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 			capacity = loader.DefaultUnknownMax
 		}
 		s.Table = maps.TableStats{Entries: len(a.rows), Capacity: capacity, Inserts: uint64(len(a.rows))}
+		s.ICMPTable = maps.TableStats{Entries: len(a.icmp), Capacity: loader.ICMPMax, Inserts: uint64(len(a.icmp))}
+		s.IKETable = maps.TableStats{Entries: len(a.ike), Capacity: loader.IKEMax, Inserts: uint64(len(a.ike))}
 	}
 	return s, readErr
 }
@@ -163,6 +187,7 @@ func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify
 	if count {
 		a.counters[res.Class][oc] = a.counters[res.Class][oc].Add(maps.Count{Packets: 1, Bytes: n})
 	}
+	a.addDiag(res, n, ts, count)
 	switch oc {
 	case classify.OutcomeUnknown, classify.OutcomeReserved:
 		// As in the program's keys, an IPv4-mapped address is the IPv4 one.
@@ -220,6 +245,9 @@ func (a *acc) fromMaps(m *maps.Maps) error {
 		u := snap[i]
 		a.rows[rowKey{u.SPI, u.Src, u.Dst, u.SrcPort, u.DstPort}] = &u
 	}
+	if err := a.diagFromMaps(m); err != nil {
+		return err
+	}
 	known, err := m.ListKnown()
 	if err != nil {
 		return err
@@ -265,4 +293,118 @@ func (a *acc) fill(s *report.Snapshot, mode string, top int) {
 		s.Known = append(s.Known, *k)
 	}
 	report.SortKnown(s.Known)
+	a.fillDiag(s, secs)
+}
+
+// addDiag records an icmp-esp or ike frame's row: times always, counts when
+// count is set (else the program's maps count).
+func (a *acc) addDiag(res classify.Result, n uint64, ts time.Time, count bool) {
+	stamp := func(first, last *time.Time) {
+		if first.IsZero() || ts.Before(*first) {
+			*first = ts
+		}
+		if ts.After(*last) {
+			*last = ts
+		}
+	}
+	switch res.Class {
+	case classify.ClassICMPESP:
+		e := res.ICMP
+		e.Src, e.Dst = e.Src.Unmap(), e.Dst.Unmap() // as the program's keys
+		k := icmpKeyOf(res.Src.Unmap(), e)
+		r := a.icmp[k]
+		if r == nil {
+			r = &report.ICMPRow{ICMPRow: maps.ICMPRow{Reporter: k.reporter, Ifindex: ifindex, ICMPError: e}}
+			a.icmp[k] = r
+		}
+		stamp(&r.FirstSeen, &r.LastSeen)
+		if count {
+			r.Packets++
+			r.Bytes += n
+			r.MTU = e.MTU
+		}
+	case classify.ClassIKE:
+		x := res.IKE
+		k := ikeKey{res.Src.Unmap(), x.Version, uint8(x.Exchange), uint8(x.Dir)}
+		r := a.ike[k]
+		if r == nil {
+			r = &report.IKERow{IKERow: maps.IKERow{Peer: k.peer, Ifindex: ifindex, Version: x.Version, Exchange: x.Exchange, Dir: x.Dir}}
+			a.ike[k] = r
+		}
+		stamp(&r.FirstSeen, &r.LastSeen)
+		if count {
+			r.Packets++
+			r.Bytes += n
+			if x.Exchange != classify.IKEMalformed {
+				r.LastISPI, r.LastRSPI, r.LastMsgID = x.ISPI, x.RSPI, x.MsgID
+				r.LastFlags, r.LastExchangeType, r.LastNextPay = x.Flags, x.ExchangeType, x.NextPayload
+			}
+		}
+	}
+}
+
+// diagFromMaps takes the ICMP-error and IKE rows from the program's maps, with
+// the capture times the reference pass found for them.
+func (a *acc) diagFromMaps(m *maps.Maps) error {
+	icmp, err := m.ICMPSnapshot()
+	if err != nil {
+		return err
+	}
+	ike, err := m.IKESnapshot()
+	if err != nil {
+		return err
+	}
+	seenICMP, seenIKE := a.icmp, a.ike
+	a.icmp, a.ike = map[icmpKey]*report.ICMPRow{}, map[ikeKey]*report.IKERow{}
+	for _, e := range icmp {
+		k := icmpKeyOf(e.Reporter, e.ICMPError)
+		r := &report.ICMPRow{ICMPRow: e}
+		if p := seenICMP[k]; p != nil {
+			r.FirstSeen, r.LastSeen = p.FirstSeen, p.LastSeen
+		}
+		a.icmp[k] = r
+	}
+	for _, x := range ike {
+		k := ikeKey{x.Peer, x.Version, uint8(x.Exchange), uint8(x.Dir)}
+		r := &report.IKERow{IKERow: x}
+		if p := seenIKE[k]; p != nil {
+			r.FirstSeen, r.LastSeen = p.FirstSeen, p.LastSeen
+		}
+		a.ike[k] = r
+	}
+	return nil
+}
+
+// fillDiag puts the ICMP-error and IKE rows into the snapshot, rates averaged
+// over the capture.
+func (a *acc) fillDiag(s *report.Snapshot, secs float64) {
+	known := map[maps.SA]bool{}
+	for _, k := range s.Known {
+		known[k.SA] = true
+	}
+	for _, r := range a.icmp {
+		row := *r
+		row.Iface, row.FirstSeenNs, row.LastSeenNs = s.Source, 0, 0
+		if secs > 0 {
+			row.Rate = float64(row.Packets) / secs
+		}
+		row.KnownSA = row.Quote != classify.QuoteNATTNoSPI && (known[maps.SA{SPI: row.SPI, Dst: row.Dst}] || known[maps.SA{SPI: row.SPI}])
+		s.ICMP = append(s.ICMP, row)
+	}
+	report.SortICMP(s.ICMP)
+	var unknown []maps.Unknown
+	for _, u := range a.rows {
+		unknown = append(unknown, *u)
+	}
+	peerUnknown := report.PeerUnknownCounts(unknown)
+	for _, r := range a.ike {
+		row := *r
+		row.PeerUnknown = peerUnknown[row.Peer]
+		row.Iface, row.FirstSeenNs, row.LastSeenNs = s.Source, 0, 0
+		if secs > 0 {
+			row.Rate = float64(row.Packets) / secs
+		}
+		s.IKE = append(s.IKE, row)
+	}
+	report.SortIKE(s.IKE)
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os/user"
 	"strconv"
+	"strings"
 	"syscall"
 	"unsafe"
 
@@ -58,6 +59,13 @@ func Drop(userName string, keep ...int) error {
 		}
 	}
 	if userName != "" {
+		if len(keep) > 0 {
+			// Without this the kernel clears every capability when the uid leaves 0;
+			// with it the permitted set stays, and capset below trims it to keep.
+			if err := allThreads(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 1, 0); err != nil {
+				return fmt.Errorf("keeping capabilities across the user switch: %w", err)
+			}
+		}
 		if err := switchUser(userName); err != nil {
 			return err
 		}
@@ -94,4 +102,18 @@ func switchUser(name string) error {
 		return fmt.Errorf("--user %s: setting user %d: %w", name, uid, err)
 	}
 	return nil
+}
+
+// Names spells capabilities the way capabilities(7) does.
+func Names(caps []int) string {
+	names := map[int]string{CapNetAdmin: "CAP_NET_ADMIN", CapPerfmon: "CAP_PERFMON", CapBPF: "CAP_BPF"}
+	var out []string
+	for _, c := range caps {
+		if n, ok := names[c]; ok {
+			out = append(out, n)
+		} else {
+			out = append(out, fmt.Sprintf("capability %d", c))
+		}
+	}
+	return strings.Join(out, ", ")
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -30,12 +31,13 @@ type jsonClass struct {
 }
 
 type jsonIface struct {
-	Name    string      `json:"name"`
-	Ifindex int         `json:"ifindex"`
-	Mode    string      `json:"mode"`
-	Problem string      `json:"problem,omitempty"` // the interface was deleted, or our program detached
-	Total   jsonCount   `json:"total"`
-	Classes []jsonClass `json:"classes"`
+	Name     string      `json:"name"`
+	Ifindex  int         `json:"ifindex"`
+	Mode     string      `json:"mode"`
+	Problem  string      `json:"problem,omitempty"`   // the interface was deleted, or our program detached
+	LinkDown bool        `json:"link_down,omitempty"` // attached, but the link is down: nothing arrives
+	Total    jsonCount   `json:"total"`
+	Classes  []jsonClass `json:"classes"`
 }
 
 type jsonTable struct {
@@ -83,6 +85,26 @@ type jsonSnapshot struct {
 	UnknownTable jsonTable     `json:"unknown_table"`
 	UnknownSPIs  []jsonUnknown `json:"unknown_spis"`
 	KnownSAs     []jsonKnown   `json:"known_sas"`
+	KnownSources []jsonSource  `json:"known_sources,omitempty"`
+	ICMPTable    jsonTable     `json:"icmp_table"`
+	ICMPErrors   []jsonICMP    `json:"icmp_errors"`
+	IKETable     jsonTable     `json:"ike_table"`
+	IKE          []jsonIKE     `json:"ike"`
+	// IKEInitStorms: peers whose IKE_SA_INIT rate went above --ike-init-rate
+	// since the previous line.
+	IKEInitStorms []jsonStorm `json:"ike_init_storms,omitempty"`
+}
+
+// jsonSource is a known-SA source's health.
+type jsonSource struct {
+	Name       string `json:"name"`
+	SAs        int    `json:"sas"`
+	Connected  bool   `json:"connected"`
+	Syncs      uint64 `json:"syncs"`
+	Errors     uint64 `json:"errors"`
+	Resyncs    uint64 `json:"resyncs"`
+	Reconnects uint64 `json:"reconnects"`
+	LastError  string `json:"last_error,omitempty"`
 }
 
 func rate(n uint64, d time.Duration) float64 {
@@ -142,7 +164,7 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 		KnownSAs:    []jsonKnown{},
 	}
 	for _, ic := range s.Ifaces {
-		js.Interfaces = append(js.Interfaces, jsonIface{Name: ic.Name, Ifindex: ic.Ifindex, Mode: ic.Mode, Problem: ic.Problem,
+		js.Interfaces = append(js.Interfaces, jsonIface{Name: ic.Name, Ifindex: ic.Ifindex, Mode: ic.Mode, Problem: ic.Problem, LinkDown: ic.LinkDown,
 			Total: count(ic.Now.Total(), ic.Delta.Total(), s.Interval), Classes: classesJSON(ic, s.Interval)})
 	}
 	for i, u := range s.Unknown {
@@ -159,6 +181,11 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 		js.KnownSAs = append(js.KnownSAs, jsonKnown{SPI: fmt.Sprintf("0x%08x", k.SPI), Dst: addrString(k.Dst),
 			Packets: k.Packets, Bytes: k.Bytes, LastSeen: stamp(k.LastSeen), HighestSeq: k.MaxSeq})
 	}
+	for _, src := range s.Sources {
+		js.KnownSources = append(js.KnownSources, jsonSource{Name: src.Name, SAs: src.SAs, Connected: src.Connected, Syncs: src.Syncs,
+			Errors: src.Errors, Resyncs: src.Resyncs, Reconnects: src.Reconnects, LastError: src.LastError})
+	}
+	diagJSON(&js, s)
 	b, err := json.Marshal(js)
 	if err != nil {
 		return err
@@ -177,7 +204,7 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 			ifs = append(ifs, fmt.Sprintf("%s (%s, NOT WATCHED: %s)", i.Name, i.Mode, i.Problem))
 			continue
 		}
-		ifs = append(ifs, fmt.Sprintf("%s (%s)", i.Name, i.Mode))
+		ifs = append(ifs, IfaceLabel(i.Iface))
 	}
 	fmt.Fprintf(&b, "%s  %s  known SAs %d  unknown table %d/%d, %d evicted",
 		s.Time.Format("2006-01-02 15:04:05"), strings.Join(ifs, ", "), len(s.Known),
@@ -189,6 +216,9 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 		b.WriteString("  DROPPING unknown-SPI packets")
 	}
 	b.WriteString("\n")
+	if len(s.Sources) > 0 {
+		fmt.Fprintf(&b, "known SAs from %s\n", SourcesLine(s.Sources))
+	}
 	if s.Source != "" {
 		fmt.Fprintf(&b, "capture %s: %s, rates averaged over it\n", s.Source, s.Interval.Round(time.Millisecond))
 	}
@@ -231,6 +261,7 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 		}
 		tw.Flush()
 	}
+	writeDiagText(&b, s, top)
 	b.WriteString("\n")
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -276,4 +307,35 @@ func Human(v float64) string {
 		return fmt.Sprintf("%.1fk", v/1e3)
 	}
 	return fmt.Sprintf("%.0f", v)
+}
+
+// SourcesLine sums up the known-SA sources for a person: "xfrm 12, file /etc/k 3
+// (ERROR: /etc/k:4: ...; keeping 3)", "vici /run/charon.vici 0 (NOT CONNECTED: ...)".
+func SourcesLine(srcs []sasource.Stats) string {
+	var parts []string
+	for _, s := range srcs {
+		p := fmt.Sprintf("%s %d", s.Name, s.SAs)
+		switch {
+		case !s.Connected && s.LastError != "":
+			p += fmt.Sprintf(" (NOT CONNECTED: %s)", s.LastError)
+		case !s.Connected:
+			p += " (NOT CONNECTED)"
+		case s.LastError != "":
+			p += fmt.Sprintf(" (ERROR: %s; keeping %d)", s.LastError, s.SAs)
+		}
+		if s.Resyncs > 0 {
+			p += fmt.Sprintf(", %d resyncs after lost events", s.Resyncs)
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// IfaceLabel is a watched interface for the header line: "eth0 (native)", or
+// "eth0 (native, LINK DOWN)" while nothing can arrive.
+func IfaceLabel(i Iface) string {
+	if i.LinkDown {
+		return fmt.Sprintf("%s (%s, LINK DOWN)", i.Name, i.Mode)
+	}
+	return fmt.Sprintf("%s (%s)", i.Name, i.Mode)
 }

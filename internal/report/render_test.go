@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/sasource"
 	spimaps "github.com/spiwatch/spiwatch/maps"
 )
 
@@ -134,7 +135,8 @@ func checkClasses(t *testing.T, what string, v any) {
 
 func TestWriteJSONFields(t *testing.T) {
 	m, _ := writeJSON(t, sampleSnapshot(), 0)
-	wantKeys(t, "snapshot", m, "time", "interval_s", "action", "interfaces", "total", "classes", "unknown_table", "unknown_spis", "known_sas")
+	wantKeys(t, "snapshot", m, "time", "interval_s", "action", "interfaces", "total", "classes", "unknown_table", "unknown_spis", "known_sas",
+		"icmp_table", "icmp_errors", "ike_table", "ike")
 	if m["action"] != "pass" {
 		t.Errorf("action %v, want pass", m["action"])
 	}
@@ -478,5 +480,27 @@ func TestWriteTextInterfaceProblem(t *testing.T) {
 	}
 	if _, ok := m["interfaces"].([]any)[1].(map[string]any)["problem"]; ok {
 		t.Error("JSON: a watched interface has a problem field")
+	}
+}
+
+func TestSourcesLine(t *testing.T) {
+	srcs := []sasource.Stats{
+		{Name: "xfrm", SAs: 12, Connected: true, Resyncs: 2},
+		{Name: "file /etc/k", SAs: 3, Connected: true, Errors: 1, LastError: "/etc/k:4: bad"},
+		{Name: "vici /run/charon.vici", Connected: false, LastError: "dial: no such file"},
+	}
+	want := "xfrm 12, 2 resyncs after lost events, file /etc/k 3 (ERROR: /etc/k:4: bad; keeping 3), vici /run/charon.vici 0 (NOT CONNECTED: dial: no such file)"
+	if got := SourcesLine(srcs); got != want {
+		t.Errorf("SourcesLine:\n got %s\nwant %s", got, want)
+	}
+	var b strings.Builder
+	s := &Snapshot{Time: time.Unix(0, 0), Sources: srcs}
+	if err := WriteText(&b, s, 0); err != nil || !strings.Contains(b.String(), "\nknown SAs from "+want+"\n") {
+		t.Errorf("text report lacks the sources line (%v):\n%s", err, b.String())
+	}
+	b.Reset()
+	if err := WriteJSON(&b, s, 0); err != nil || !strings.Contains(b.String(),
+		`"known_sources":[{"name":"xfrm","sas":12,"connected":true,"syncs":0,"errors":0,"resyncs":2,"reconnects":0},`) {
+		t.Errorf("JSON lacks known_sources (%v):\n%s", err, b.String())
 	}
 }

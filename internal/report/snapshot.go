@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -34,6 +35,8 @@ type Iface struct {
 	// Problem is empty while the program is attached, else what happened to the
 	// interface ("deleted", "program detached by someone else"); its counts stay.
 	Problem string
+	// LinkDown: attached, but the link is down (or has no carrier): nothing arrives.
+	LinkDown bool
 }
 
 // IfaceCounts is one interface's counters at a snapshot, with the change since the
@@ -81,6 +84,20 @@ type Snapshot struct {
 	MoreEvents int
 	Table      maps.TableStats
 	Known      []KnownRow
+	// Sources are the known-SA sources' health (none for spiwatch read).
+	Sources []sasource.Stats
+	// ICMP are the ICMP errors quoting ESP (class icmp-esp), highest rate first.
+	ICMP      []ICMPRow
+	ICMPTable maps.TableStats
+	// IKE is the IKE activity per peer, version, exchange and direction.
+	IKE      []IKERow
+	IKETable maps.TableStats
+	// NewICMP are the ICMP-error rows that appeared since the previous snapshot
+	// (at most maxEvents; more count in MoreEvents).
+	NewICMP []ICMPRow
+	// IKEInitStorms are peers whose IKE_SA_INIT request rate went above
+	// Reporter.IKEInitRate since the previous snapshot.
+	IKEInitStorms []IKEInitStorm
 }
 
 // maxEvents bounds NewUnknown and VerdictChanges per snapshot.
@@ -123,25 +140,31 @@ type Reporter struct {
 	// Verdict diagnoses a row first seen at firstSeen; nil: VerdictOf (unknown or
 	// reserved by the SPI alone).
 	Verdict func(spi uint32, firstSeen time.Time) string
-	snapBuf []maps.Unknown // the table as last read, reused
+	// Sources reports the known-SA sources' health (nil: none to show).
+	Sources func() []sasource.Stats
+	// IKEInitRate is the IKE_SA_INIT requests per second (over IKEInitWindow)
+	// from one peer above which a snapshot reports an IKEInitStorm; 0: never.
+	IKEInitRate float64
+	diag        diagState
+	snapBuf     []maps.Unknown // the table as last read, reused
 	// now returns wall time and CLOCK_MONOTONIC in ns (the BPF timestamps' clock).
 	now func() (time.Time, uint64)
 }
 
-// SetIface updates the watched interface of a counter slot: its problem (see
-// Iface.Problem) and, after a re-attach, its ifindex and mode.
-func (r *Reporter) SetIface(slot, ifindex int, mode, problem string) {
-	for i := range r.ifaces {
-		if r.ifaces[i].Slot == slot {
-			r.ifaces[i].Ifindex, r.ifaces[i].Mode, r.ifaces[i].Problem = ifindex, mode, problem
-			r.names[uint32(ifindex)] = r.ifaces[i].Name
+// SetIface updates the watched interface of counter slot i.Slot: its name (after a
+// rename), ifindex and mode (after a re-attach), problem and link state.
+func (r *Reporter) SetIface(i Iface) {
+	for k := range r.ifaces {
+		if r.ifaces[k].Slot == i.Slot {
+			r.ifaces[k] = i
+			r.names[uint32(i.Ifindex)] = i.Name
 		}
 	}
 }
 
 // New starts a Reporter; rates of the first snapshot are since now.
 func New(src Source, ifaces []Iface) (*Reporter, error) {
-	r := &Reporter{src: src, ifaces: ifaces, names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow}
+	r := &Reporter{src: src, ifaces: slices.Clone(ifaces), names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow}
 	for _, i := range ifaces {
 		r.names[uint32(i.Ifindex)] = i.Name
 		c, err := src.Counters(i.Slot)
@@ -151,6 +174,11 @@ func New(src Source, ifaces []Iface) (*Reporter, error) {
 		r.prev[i.Slot] = c
 	}
 	r.prevTime, _ = r.now()
+	if d, ok := src.(DiagSource); ok { // counts so far are no rate
+		if err := r.primeDiag(d); err != nil {
+			return nil, err
+		}
+	}
 	snap, err := src.UnknownSnapshotInto(nil)
 	if err != nil {
 		return nil, err
@@ -229,6 +257,9 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		return wall.Add(-time.Duration(int64(mono - ns)))
 	}
 	s := &Snapshot{Time: wall, Interval: wall.Sub(r.prevTime), Action: r.Action}
+	if r.Sources != nil {
+		s.Sources = r.Sources()
+	}
 	secs := s.Interval.Seconds()
 	s.Total.Name = "all"
 	for _, i := range r.ifaces {
@@ -288,6 +319,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		}
 	}
 	r.spareUnk, r.prevUnk = r.prevUnk, cur
+	prevTime := r.prevTime
 	r.prevTime = wall
 	s.UnknownRows = len(snap)
 	// Full rows only for what the report shows.
@@ -303,6 +335,11 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		s.Known = append(s.Known, KnownRow{KnownSA: k, LastSeen: toWall(k.LastSeenNs)})
 	}
 	SortKnown(s.Known)
+	if d, ok := r.src.(DiagSource); ok {
+		if err := r.takeDiag(s, d, prevTime, toWall); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 

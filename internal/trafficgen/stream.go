@@ -12,7 +12,7 @@ import (
 )
 
 // Kinds of stream a generator can send.
-var kinds = []string{"esp", "esp-in-udp", "ike", "keepalive", "fragment", "tcp", "udp"}
+var kinds = []string{"esp", "esp-in-udp", "ike", "keepalive", "fragment", "tcp", "udp", "icmp-error"}
 
 // Stream is count copies of one frame, optionally varying its SPI and source.
 type Stream struct {
@@ -24,6 +24,29 @@ type Stream struct {
 	Marker       bool // ike on a NAT-T port: prefix the non-ESP marker
 	Count        int
 	SPIs, Srcs   uint32 // distinct SPIs / source addresses to cycle through (0 or 1: fixed)
+
+	// ike: the header, when any of version=, exchange=, response=, msgid= is
+	// given (otherwise an IKEv2 IKE_SA_INIT request); the message is Len bytes
+	// from the header on, cut inside the header when Len < 28.
+	IKE *frames.IKEHeader
+
+	// icmp-error: an ICMP (IPv4) or ICMPv6 error from src (a router or the
+	// peer) to dst (the gateway) quoting the gateway's own outbound ESP (quote=esp)
+	// or ESP-in-UDP (quote=esp-in-udp) to qdst, with SPI spi, cut to qlen bytes after
+	// the quoted IP header (RFC 792: 8).
+	ICMPType, ICMPCode uint8
+	MTU                uint32
+	Quote              string
+	QuoteLen           int
+	QuotedDst          netip.Addr
+}
+
+// ikeExchanges are the exchange= names (or give the number).
+var ikeExchanges = map[string]struct{ version, typ uint8 }{
+	"IKE_SA_INIT": {0x20, frames.IKEv2SAInit}, "IKE_AUTH": {0x20, frames.IKEv2Auth},
+	"CREATE_CHILD_SA": {0x20, frames.IKEv2CreateChildSA}, "INFORMATIONAL": {0x20, frames.IKEv2Informational},
+	"main": {0x10, frames.IKEv1Main}, "aggressive": {0x10, frames.IKEv1Aggressive},
+	"quick": {0x10, frames.IKEv1Quick}, "informational": {0x10, frames.IKEv1Informational},
 }
 
 // ParseStream reads "KIND key=value ...", for example
@@ -31,9 +54,16 @@ type Stream struct {
 //	esp spi=0x1000 src=10.0.0.1 dst=10.0.0.2 count=1000
 //	esp-in-udp spi=0xc0ffee sport=4500 dport=4500 vlan=100 count=10
 //	ike dport=4500 marker=true
+//	ike exchange=CREATE_CHILD_SA response=true
+//	icmp-error type=3 code=4 mtu=1400 quote=esp spi=0xc0ffee01 src=192.0.2.254 qdst=198.51.100.1
 //
 // Keys: src, dst (IPv4 or IPv6), spi, seq, sport, dport, len, count, vlan (IDs,
-// outermost first: one tag is 802.1Q, two are 802.1ad + 802.1Q), marker, spis, srcs.
+// outermost first: one tag is 802.1Q, two are 802.1ad + 802.1Q), marker, spis, srcs;
+// for ike: version (1, 2), exchange (IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA,
+// INFORMATIONAL, main, aggressive, quick, informational, or a number), response,
+// msgid; for icmp-error: type, code, mtu, quote (esp, esp-in-udp), qlen (quoted
+// bytes after the quoted IP header, default 8), qdst (the quoted packet's
+// destination; its source is dst); sport and dport are then the quoted ports.
 func ParseStream(s string) (Stream, error) {
 	fields := strings.Fields(s)
 	if len(fields) == 0 {
@@ -50,12 +80,14 @@ func ParseStream(s string) (Stream, error) {
 		st.Sport, st.Dport = 40000, 443
 	case "udp":
 		st.Sport, st.Dport = 40000, 53
+	case "icmp-error":
+		st.Sport, st.Dport, st.Quote, st.QuoteLen, st.SPI = 4500, 4500, "esp", frames.ICMPRFC792QuoteBytes, 0xc0ffee01
 	default:
 		return Stream{}, fmt.Errorf("stream %q: unknown kind %q, want one of %s", s, st.Kind, strings.Join(kinds, ", "))
 	}
 	st.Frame.Src = netip.MustParseAddr("198.51.100.1")
 	st.Frame.Dst = netip.MustParseAddr("203.0.113.1")
-	srcSet, dstSet := false, false
+	srcSet, dstSet, icmpSet := false, false, false
 	for _, kv := range fields[1:] {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
@@ -101,6 +133,32 @@ func ParseStream(s string) (Stream, error) {
 			}
 		case "marker":
 			st.Marker, err = strconv.ParseBool(v)
+		case "version", "exchange", "response", "msgid":
+			err = st.setIKE(k, v)
+		case "type", "code":
+			var n uint64
+			if n, err = strconv.ParseUint(v, 10, 8); err == nil {
+				if k == "type" {
+					st.ICMPType = uint8(n)
+				} else {
+					st.ICMPCode = uint8(n)
+				}
+				icmpSet = true
+			}
+		case "mtu":
+			st.MTU, err = parseU32(v)
+		case "quote":
+			if v != "esp" && v != "esp-in-udp" {
+				err = fmt.Errorf("want esp or esp-in-udp")
+			}
+			st.Quote = v
+		case "qlen":
+			st.QuoteLen, err = strconv.Atoi(v)
+			if err == nil && (st.QuoteLen < 0 || st.QuoteLen > 1400) {
+				err = fmt.Errorf("out of range 0-1400")
+			}
+		case "qdst":
+			st.QuotedDst, err = netip.ParseAddr(v)
 		case "vlan":
 			ids := strings.Split(v, ",")
 			if len(ids) > 2 {
@@ -148,6 +206,32 @@ func ParseStream(s string) (Stream, error) {
 	if st.Kind == "fragment" {
 		st.Frame.Frag = &frames.Frag{Offset: 185, ID: 7}
 	}
+	if st.IKE != nil && st.Kind != "ike" || st.Kind != "icmp-error" && (icmpSet || st.QuotedDst.IsValid()) {
+		return Stream{}, fmt.Errorf("stream %q: version, exchange, response and msgid are for ike; type, code, qdst for icmp-error", s)
+	}
+	if st.Kind == "icmp-error" {
+		if !icmpSet { // fragmentation needed / packet too big
+			st.ICMPType, st.ICMPCode = frames.ICMPUnreachable, frames.ICMPCodeFragNeeded
+			if st.Frame.Src.Is6() {
+				st.ICMPType, st.ICMPCode = frames.ICMPv6PacketTooBig, 0
+			}
+			if st.MTU == 0 {
+				st.MTU = 1400
+				if st.Frame.Src.Is6() {
+					st.MTU = 1280
+				}
+			}
+		}
+		if !st.QuotedDst.IsValid() {
+			st.QuotedDst = st.Frame.Src // the peer itself reports
+		}
+		if st.QuotedDst.Is4() != st.Frame.Src.Is4() {
+			return Stream{}, fmt.Errorf("stream %q: qdst must be the same IP version as src and dst", s)
+		}
+		if st.SPI == 0 && st.Quote == "esp-in-udp" {
+			return Stream{}, fmt.Errorf("stream %q: quote=esp-in-udp needs spi= other than 0", s)
+		}
+	}
 	return st, nil
 }
 
@@ -167,7 +251,20 @@ func (s Stream) Build() []byte {
 	case "esp-in-udp":
 		return f.ESPInUDP(s.Sport, s.Dport, s.SPI, s.Seq, s.Len)
 	case "ike":
-		return f.IKE(s.Sport, s.Dport, s.Marker, s.Len)
+		if s.IKE == nil {
+			return f.IKE(s.Sport, s.Dport, s.Marker, s.Len)
+		}
+		msg := s.IKE.Message(max(s.Len-frames.IKEHeaderLen, 0))
+		return f.IKEMessage(s.Sport, s.Dport, s.Marker, msg[:min(len(msg), s.Len)])
+	case "icmp-error":
+		out := frames.Frame{Src: f.Dst, Dst: s.QuotedDst} // the gateway's own outbound packet
+		var quoted []byte
+		if s.Quote == "esp-in-udp" {
+			quoted = out.ESPInUDP(s.Sport, s.Dport, s.SPI, s.Seq, max(s.Len, 8))
+		} else {
+			quoted = out.ESP(s.SPI, s.Seq, max(s.Len, 8))
+		}
+		return f.ICMP(s.ICMPType, s.ICMPCode, s.MTU, frames.Quote(quoted, s.QuoteLen))
 	case "keepalive":
 		return f.Keepalive(s.Sport, s.Dport)
 	case "tcp":
@@ -210,4 +307,50 @@ func (s Stream) Vary() (Vary, error) {
 		v.SrcOffset, v.SrcBase, v.SrcSpan = off, uint32(b[0])<<24|uint32(b[1])<<16|uint32(b[2])<<8|uint32(b[3]), s.Srcs
 	}
 	return v, nil
+}
+
+// setIKE applies an ike key: the header starts as an IKEv2 IKE_SA_INIT request
+// from the initiator.
+func (st *Stream) setIKE(k, v string) error {
+	if st.IKE == nil {
+		st.IKE = &frames.IKEHeader{ISPI: 0x8a3f5c1e27d94b60, RSPI: 0x1c7e9a0f3b5d2468, NextPayload: 33, Version: 0x20,
+			Exchange: frames.IKEv2SAInit, Flags: frames.IKEFlagInitiator}
+	}
+	switch k {
+	case "version":
+		switch v {
+		case "1":
+			st.IKE.Version = 0x10
+		case "2":
+			st.IKE.Version = 0x20
+		default:
+			return fmt.Errorf("want 1 or 2")
+		}
+	case "exchange":
+		if x, ok := ikeExchanges[v]; ok {
+			st.IKE.Version, st.IKE.Exchange = x.version, x.typ
+			return nil
+		}
+		n, err := strconv.ParseUint(v, 0, 8)
+		if err != nil {
+			return fmt.Errorf("want an exchange name (IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL, main, aggressive, quick, informational) or a number")
+		}
+		st.IKE.Exchange = uint8(n)
+	case "response":
+		r, err := strconv.ParseBool(v)
+		if err != nil {
+			return err
+		}
+		st.IKE.Flags = frames.IKEFlagInitiator
+		if r {
+			st.IKE.Flags = frames.IKEFlagResponse
+		}
+	case "msgid":
+		n, err := parseU32(v)
+		if err != nil {
+			return err
+		}
+		st.IKE.MsgID = n
+	}
+	return nil
 }

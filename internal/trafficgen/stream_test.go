@@ -35,12 +35,15 @@ func defaults(kind string) Stream {
 		s.Sport, s.Dport = 40000, 53
 	case "fragment":
 		s.Frame.Frag = &frames.Frag{Offset: 185, ID: 7}
+	case "icmp-error":
+		s.Sport, s.Dport, s.Quote, s.QuoteLen, s.SPI = 4500, 4500, "esp", 8, 0xc0ffee01
+		s.ICMPType, s.ICMPCode, s.MTU, s.QuotedDst = 3, 4, 1400, defSrc
 	}
 	return s
 }
 
 func TestParseStreamDefaults(t *testing.T) {
-	for _, kind := range []string{"esp", "esp-in-udp", "ike", "keepalive", "fragment", "tcp", "udp"} {
+	for _, kind := range []string{"esp", "esp-in-udp", "ike", "keepalive", "fragment", "tcp", "udp", "icmp-error"} {
 		in, want := kind, defaults(kind)
 		if kind == "esp-in-udp" {
 			in += " spi=0x100" // there is no default SPI: see TestParseStreamErrors
@@ -55,7 +58,7 @@ func TestParseStreamDefaults(t *testing.T) {
 			t.Errorf("%s:\n got %+v\nwant %+v", kind, got, want)
 		}
 	}
-	if len(kinds) != 7 {
+	if len(kinds) != 8 {
 		t.Errorf("kinds %v: a kind was added; add its defaults here", kinds)
 	}
 }
@@ -362,5 +365,58 @@ func TestApplyBounds(t *testing.T) {
 	v = Vary{SPIOffset: 2, SPIBase: 0xa0b0c0d0}
 	if got := v.Apply(make([]byte, 8), 5); binary.BigEndian.Uint32(got[2:]) != 0xa0b0c0d0 {
 		t.Errorf("span 0: %x, want base", got)
+	}
+}
+
+// TestStreamDiag: icmp-error and ike streams build what the classifier reads as
+// such, with the keys' values.
+func TestStreamDiag(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want classify.ICMPError
+	}{
+		{"icmp-error src=192.0.2.254 qdst=198.51.100.9", classify.ICMPError{Family: 4, Type: 3, Code: 4, Quote: classify.QuoteESP,
+			SPI: 0xc0ffee01, Src: defDst, Dst: netip.MustParseAddr("198.51.100.9"), MTU: 1400}},
+		{"icmp-error type=3 code=3 quote=esp-in-udp spi=0x77 qlen=64", classify.ICMPError{Family: 4, Type: 3, Code: 3,
+			Quote: classify.QuoteESPInUDP, SPI: 0x77, Src: defDst, Dst: defSrc, SrcPort: 4500, DstPort: 4500}},
+		{"icmp-error type=3 code=3 quote=esp-in-udp", classify.ICMPError{Family: 4, Type: 3, Code: 3,
+			Quote: classify.QuoteNATTNoSPI, Src: defDst, Dst: defSrc, SrcPort: 4500, DstPort: 4500}},
+		{"icmp-error src=2001:db8::1", classify.ICMPError{Family: 6, Type: 2, Quote: classify.QuoteESP, SPI: 0xc0ffee01, Src: defDst6, Dst: defSrc6, MTU: 1280}},
+		{"icmp-error src=2001:db8::1 type=1 code=4 quote=esp-in-udp qlen=100", classify.ICMPError{Family: 6, Type: 1, Code: 4,
+			Quote: classify.QuoteESPInUDP, SPI: 0xc0ffee01, Src: defDst6, Dst: defSrc6, SrcPort: 4500, DstPort: 4500}},
+	} {
+		st, err := ParseStream(c.in)
+		if err != nil {
+			t.Fatalf("%q: %v", c.in, err)
+		}
+		r := classify.Classify(st.Build(), nil)
+		if r.Class != classify.ClassICMPESP || r.ICMP != c.want {
+			t.Errorf("%q: %v %+v, want icmp-esp %+v", c.in, r.Class, r.ICMP, c.want)
+		}
+	}
+	for _, c := range []struct {
+		in   string
+		want classify.IKEHeader
+	}{
+		{"ike exchange=IKE_AUTH response=true msgid=1", classify.IKEHeader{Version: 2, Exchange: classify.IKEAuth, Dir: classify.IKEResponse}},
+		{"ike exchange=quick sport=4500 dport=4500 marker=true", classify.IKEHeader{Version: 1, Exchange: classify.IKEQuick, Dir: classify.IKENoDir}},
+		{"ike exchange=43", classify.IKEHeader{Version: 2, Exchange: classify.IKEOther, Dir: classify.IKERequest}},
+		{"ike exchange=INFORMATIONAL len=20", classify.IKEHeader{Exchange: classify.IKEMalformed, Dir: classify.IKENoDir}},
+		{"ike", classify.IKEHeader{Version: 2, Exchange: classify.IKESAInit, Dir: classify.IKERequest}},
+	} {
+		st, err := ParseStream(c.in)
+		if err != nil {
+			t.Fatalf("%q: %v", c.in, err)
+		}
+		r := classify.Classify(st.Build(), nil)
+		if r.Class != classify.ClassIKE || r.IKE.Version != c.want.Version || r.IKE.Exchange != c.want.Exchange || r.IKE.Dir != c.want.Dir {
+			t.Errorf("%q: %v %+v, want ike %+v", c.in, r.Class, r.IKE, c.want)
+		}
+	}
+	for _, bad := range []string{"esp exchange=IKE_AUTH", "ike exchange=bogus", "icmp-error quote=ah", "esp qdst=10.0.0.1",
+		"icmp-error qdst=2001:db8::9", "ike version=3", "tcp type=3"} {
+		if _, err := ParseStream(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }

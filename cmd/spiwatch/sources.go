@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spiwatch/spiwatch/internal/eventlog"
+	"github.com/spiwatch/spiwatch/internal/knownset"
+	"github.com/spiwatch/spiwatch/internal/sasource"
+	"github.com/spiwatch/spiwatch/internal/sasource/file"
+	"github.com/spiwatch/spiwatch/internal/sasource/vici"
+	"github.com/spiwatch/spiwatch/internal/sasource/xfrm"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// defaultSources is what spiwatch follows without --known-from: the kernel's SAs
+// when it can hold ESP states (xfrm.Available), else nothing.
+func defaultSources() []sasource.Spec {
+	if xfrm.Available() == nil {
+		return []sasource.Spec{{Kind: "xfrm"}}
+	}
+	return nil
+}
+
+// followsXfrm says whether one of the sources is the kernel's SA database, whose
+// resyncs (a dump after lost events) need CAP_NET_ADMIN for as long as spiwatch runs.
+func followsXfrm(specs []sasource.Spec) bool {
+	for _, s := range specs {
+		if s.Kind == "xfrm" {
+			return true
+		}
+	}
+	return false
+}
+
+// newSource makes the source a --known-from value names.
+func newSource(spec sasource.Spec, reload <-chan struct{}) (sasource.Source, error) {
+	switch spec.Kind {
+	case "file":
+		return file.New(spec.Arg, file.DefaultPoll, reload), nil
+	case "xfrm":
+		return xfrm.New(xfrm.Options{}), nil
+	case "vici":
+		return vici.New(spec.Arg), nil
+	}
+	return nil, fmt.Errorf("--known-from %s: this build has no %s source", spec, spec.Kind)
+}
+
+// startSources starts every known-SA source, each feeding its SAs into known.
+// SIGHUP makes the file sources read their files again.
+func startSources(ctx context.Context, specs []sasource.Spec, known *knownset.Set, rep sasource.Reporter) ([]sasource.Source, error) {
+	var sources []sasource.Source
+	var reloads []chan struct{}
+	for _, spec := range specs {
+		reload := make(chan struct{}, 1)
+		src, err := newSource(spec, reload)
+		if err != nil {
+			return nil, err
+		}
+		name := src.Name()
+		if err := src.Start(ctx, func(sas []maps.SA) error { return known.Update(name, sas) }, rep); err != nil {
+			return nil, fmt.Errorf("known SAs from %s: %w", name, err)
+		}
+		sources = append(sources, src)
+		reloads = append(reloads, reload)
+	}
+	if len(reloads) > 0 {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		go func() {
+			defer signal.Stop(hup)
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+				}
+				for _, r := range reloads {
+					select {
+					case r <- struct{}{}:
+					default: // one already pending
+					}
+				}
+			}
+		}()
+	}
+	return sources, nil
+}
+
+// sourceLog tells stderr and the event log what the known-SA sources do.
+type sourceLog struct {
+	stderr io.Writer
+	events *eventlog.Logger // nil: no event log
+	known  *knownset.Set
+}
+
+func (l sourceLog) Synced(src string, sas int) {
+	fmt.Fprintf(l.stderr, "spiwatch: known SAs from %s: %d (%d known SAs in all)\n", src, sas, l.known.Len())
+	if l.events != nil {
+		l.events.SourceSync(src, sas)
+	}
+}
+
+func (l sourceLog) Failed(src string, err error) {
+	fmt.Fprintf(l.stderr, "spiwatch: %s: %v; keeping the previous %d known SAs\n", src, err, l.known.Len())
+	if l.events != nil {
+		l.events.SourceError(src, err)
+	}
+}
+
+func (l sourceLog) Notice(src, msg string) {
+	fmt.Fprintf(l.stderr, "spiwatch: %s: %s\n", src, msg)
+	if l.events != nil {
+		l.events.SourceNotice(src, msg)
+	}
+}
+
+// sourceStats collects every source's health for the reports and metrics.
+func sourceStats(sources []sasource.Source) func() []sasource.Stats {
+	return func() []sasource.Stats {
+		out := make([]sasource.Stats, 0, len(sources))
+		for _, s := range sources {
+			out = append(out, s.Stats())
+		}
+		return out
+	}
+}

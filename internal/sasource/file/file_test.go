@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package file
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+type recorder struct {
+	mu     sync.Mutex
+	sets   [][]maps.SA
+	events []string
+}
+
+func (r *recorder) sink(sas []maps.SA) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sets = append(r.sets, sas)
+	return nil
+}
+func (r *recorder) Synced(src string, n int) { r.add("synced " + src) }
+func (r *recorder) Failed(src string, err error) {
+	r.add("failed " + err.Error())
+}
+func (r *recorder) Notice(src, msg string) { r.add("notice " + msg) }
+func (r *recorder) add(s string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, s)
+}
+
+// waitFor polls until cond holds on the recorder, or fails.
+func (r *recorder) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		r.mu.Lock()
+		ok := cond()
+		r.mu.Unlock()
+		if ok {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s; sets %v, events %v", what, r.sets, r.events)
+}
+
+func TestFollowsFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "known")
+	os.WriteFile(path, []byte("0x1000\n0x2000@192.0.2.1\n"), 0o600)
+	reload := make(chan struct{}, 1)
+	src := New(path, 10*time.Millisecond, reload)
+	rec := &recorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := src.Start(ctx, rec.sink, rec); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.sets) != 1 || len(rec.sets[0]) != 2 {
+		t.Fatalf("initial set %v, want the file's 2 SAs", rec.sets)
+	}
+
+	// A change (new inode, same size) is picked up.
+	tmp := path + ".new"
+	os.WriteFile(tmp, []byte("0x3000\n0x2000@192.0.2.1\n"), 0o600)
+	os.Rename(tmp, path)
+	rec.waitFor(t, "the changed file", func() bool { return len(rec.sets) == 2 && rec.sets[1][0].SPI == 0x3000 })
+
+	// A bad line keeps the set, names the line and counts the error.
+	os.WriteFile(path, []byte("0x3000\nbogus\n"), 0o600)
+	rec.waitFor(t, "the error", func() bool { return len(rec.events) > 1 })
+	if !strings.Contains(rec.events[1], path+":2:") {
+		t.Errorf("error %q does not name %s:2", rec.events[1], path)
+	}
+	if len(rec.sets) != 2 {
+		t.Errorf("a bad file reached the sink: %v", rec.sets)
+	}
+	if st := src.Stats(); st.Errors != 1 || st.SAs != 2 || st.LastError == "" {
+		t.Errorf("stats %+v, want 1 error, 2 SAs, the error text", st)
+	}
+
+	// A removed file keeps the set too.
+	os.Remove(path)
+	rec.waitFor(t, "the missing-file error", func() bool { return len(rec.events) > 2 })
+	if !strings.Contains(rec.events[2], "no such file") || len(rec.sets) != 2 {
+		t.Errorf("missing file: events %v, sets %d", rec.events, len(rec.sets))
+	}
+
+	// A reload request reads the file even when nothing seems to have changed.
+	os.WriteFile(path, []byte("0x4000\n"), 0o600)
+	rec.waitFor(t, "the file back", func() bool { return len(rec.sets) == 3 })
+	reload <- struct{}{}
+	rec.waitFor(t, "the forced reload", func() bool { return len(rec.sets) == 4 && rec.sets[3][0].SPI == 0x4000 })
+	if st := src.Stats(); st.LastError != "" || st.Syncs != 4 {
+		t.Errorf("stats %+v, want the error cleared after 4 syncs", st)
+	}
+}
+
+func TestStartFailsOnBadFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "known")
+	os.WriteFile(path, []byte("0x1000\n12\n"), 0o600)
+	rec := &recorder{}
+	err := New(path, time.Second, nil).Start(context.Background(), rec.sink, rec)
+	if err == nil || !strings.Contains(err.Error(), path+":2:") || !strings.Contains(err.Error(), "reserved") {
+		t.Errorf("Start = %v, want the reserved SPI on line 2", err)
+	}
+	if len(rec.sets) != 0 {
+		t.Errorf("a bad file reached the sink: %v", rec.sets)
+	}
+}
+
+// TestNotReadMidWrite: a file rewritten in place is empty for a moment (truncated,
+// then written); the source must never hand that moment on as an empty set.
+func TestNotReadMidWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "known")
+	os.WriteFile(path, []byte("0x1000\n0x2000\n"), 0o600)
+	rec := &recorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := New(path, 5*time.Millisecond, nil).Start(ctx, rec.sink, rec); err != nil {
+		t.Fatal(err)
+	}
+	// Truncated, then written a poll or so later, many times over.
+	for i := 0; i < 20; i++ {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+		f.WriteString("0x1000\n0x2000\n")
+		f.Close()
+		time.Sleep(15 * time.Millisecond)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for i, set := range rec.sets {
+		if len(set) != 2 {
+			t.Errorf("set %d handed on has %d SAs, want 2 (a file read mid-write)", i, len(set))
+		}
+	}
+}

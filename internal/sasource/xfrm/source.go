@@ -1,0 +1,385 @@
+// SPDX-License-Identifier: Apache-2.0
+
+//go:build linux
+
+// Package xfrm follows the Linux kernel's SA database (xfrm), where strongSwan's
+// kernel-netlink, libreswan and `ip xfrm` install SAs: a full dump of the ESP states
+// at start, then the NETLINK_XFRM multicast events (new, update, delete, hard
+// expire, flush) keep the known-SA set equal to the inbound states, within a few
+// milliseconds. A lost event (ENOBUFS) triggers a full re-dump, counted and reported.
+//
+// Privileges: Start needs CAP_NET_ADMIN (joining the xfrm groups and dumping the
+// states). Afterwards the event socket needs nothing, but a resync after lost events
+// dumps again and so needs CAP_NET_ADMIN still: keep it in the effective set.
+// Reading the local addresses (RTM_GETADDR) needs no capability.
+package xfrm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/spiwatch/spiwatch/internal/sasource"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// Defaults of Options.
+const (
+	DefaultRcvBuf   = 4 << 20               // event socket buffer: room for a burst of thousands of SAs
+	DefaultCoalesce = 10 * time.Millisecond // quiet time that ends a burst of events
+	maxCoalesce     = 100 * time.Millisecond
+	idlePoll        = 200 * time.Millisecond // how often the loop checks ctx and retries
+	retryAfter      = time.Second            // after a failed sink or socket error
+)
+
+// Options tune the source; the zero value is what spiwatch uses.
+type Options struct {
+	// NetNS is the network namespace whose SA database is followed; the zero
+	// value or a closed handle (netns.None()) means the current one. (Descriptor
+	// 0 is stdin, never a namespace handle here.)
+	NetNS netns.NsHandle
+	// RcvBuf is the event socket's receive buffer in bytes; 0: DefaultRcvBuf.
+	// Raised past the system limit when the process has CAP_NET_ADMIN.
+	RcvBuf int
+	// Coalesce is how long the source waits for more events before handing the
+	// set on (at most 100 ms after the first); 0: DefaultCoalesce.
+	Coalesce time.Duration
+}
+
+// Source follows the kernel's ESP states.
+type Source struct {
+	opts   Options
+	health *sasource.Health
+
+	mu     sync.Mutex
+	events *nl.NetlinkSocket
+	route  *netlink.Handle
+	table  *Table
+	last   []maps.SA // the set last handed on; nil before the first
+
+	addrChanged atomic.Bool   // an address of the namespace came or went
+	addrDone    chan struct{} // ends the address subscription
+	stopping    atomic.Bool   // set before addrDone closes: its socket error is expected
+
+	beforeReceive func() // tests: stall the event loop so the socket overruns
+}
+
+var _ sasource.Source = (*Source)(nil)
+
+// New makes an xfrm source; nothing touches the kernel until Start.
+func New(o Options) *Source {
+	if o.RcvBuf == 0 {
+		o.RcvBuf = DefaultRcvBuf
+	}
+	if o.Coalesce == 0 {
+		o.Coalesce = DefaultCoalesce
+	}
+	if o.NetNS == 0 || !o.NetNS.IsOpen() {
+		o.NetNS = netns.None()
+	}
+	return &Source{opts: o, health: sasource.NewHealth("xfrm"), table: NewTable()}
+}
+
+// Name is "xfrm".
+func (s *Source) Name() string { return "xfrm" }
+
+// Stats is the source's health.
+func (s *Source) Stats() sasource.Stats { return s.health.Stats() }
+
+// Start joins the xfrm event groups, then dumps the ESP states (so no change made
+// during the dump is missed), hands the inbound ones to sink and follows changes
+// until ctx ends.
+func (s *Source) Start(ctx context.Context, sink sasource.Sink, r sasource.Reporter) error {
+	route, err := netlink.NewHandleAt(s.opts.NetNS, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("xfrm: opening a route netlink socket: %w", err)
+	}
+	// Which states are inbound depends on the local addresses: follow them too (a
+	// VIP moving to this node on failover makes its SAs inbound).
+	addrs := make(chan netlink.AddrUpdate, 64)
+	s.addrDone = make(chan struct{})
+	ao := netlink.AddrSubscribeOptions{ErrorCallback: func(err error) {
+		if s.stopping.Load() {
+			return
+		}
+		r.Notice(s.Name(), "following address changes failed, inbound states are re-checked at the next SA change: "+err.Error())
+	}}
+	if s.opts.NetNS.IsOpen() {
+		ns := s.opts.NetNS
+		ao.Namespace = &ns
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, s.addrDone, ao); err != nil {
+		route.Close()
+		return fmt.Errorf("xfrm: following address changes: %w", err)
+	}
+	go func() {
+		for range addrs {
+			s.addrChanged.Store(true)
+		}
+	}()
+	events, err := s.subscribe()
+	if err != nil {
+		s.stopAddrs()
+		route.Close()
+		return err
+	}
+	states, err := s.dump()
+	if err == nil {
+		s.table.Reset(states)
+		_, err = s.apply(route, sink)
+	}
+	if err != nil {
+		s.stopAddrs()
+		events.Close()
+		route.Close()
+		s.health.Failed(err)
+		return err
+	}
+	r.Synced(s.Name(), s.health.Stats().SAs)
+	s.health.SetConnected(true)
+	s.mu.Lock()
+	s.events, s.route = events, route
+	s.mu.Unlock()
+	go s.follow(ctx, sink, r)
+	return nil
+}
+
+func (s *Source) stopAddrs() {
+	s.stopping.Store(true)
+	close(s.addrDone)
+}
+
+// subscribe opens the event socket: XFRMNLGRP_SA (NEWSA, UPDSA, DELSA, FLUSHSA)
+// and XFRMNLGRP_EXPIRE (soft and hard expires; a hard one deletes the state
+// without a DELSA).
+func (s *Source) subscribe() (*nl.NetlinkSocket, error) {
+	sock, err := nl.SubscribeAt(s.opts.NetNS, netns.None(), unix.NETLINK_XFRM, nl.XFRMNLGRP_SA, nl.XFRMNLGRP_EXPIRE)
+	if err != nil {
+		return nil, fmt.Errorf("xfrm: joining the SA event groups: %w%s", err, hint(err))
+	}
+	if err := sock.SetReceiveBufferSize(s.opts.RcvBuf, true); err != nil {
+		_ = sock.SetReceiveBufferSize(s.opts.RcvBuf, false) // capped by net.core.rmem_max
+	}
+	return sock, nil
+}
+
+func hint(err error) string {
+	switch {
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return " (needs CAP_NET_ADMIN)"
+	case errors.Is(err, unix.EPROTONOSUPPORT):
+		return " (this kernel has no xfrm netlink: CONFIG_XFRM_USER, module xfrm_user)"
+	}
+	return ""
+}
+
+// dump reads every ESP state with XFRM_MSG_GETSA.
+func (s *Source) dump() ([]State, error) {
+	sock, err := nl.GetNetlinkSocketAt(s.opts.NetNS, netns.None(), unix.NETLINK_XFRM)
+	if err != nil {
+		return nil, fmt.Errorf("xfrm: opening a netlink socket: %w%s", err, hint(err))
+	}
+	defer sock.Close()
+	_ = sock.SetReceiveTimeout(&unix.Timeval{Sec: 10})
+	for attempt := 0; ; attempt++ {
+		states, interrupted, err := dumpOnce(sock)
+		if err != nil {
+			return nil, err
+		}
+		if !interrupted || attempt == 3 {
+			return states, nil // after 3 interrupted dumps the events that follow fix the rest
+		}
+	}
+}
+
+func dumpOnce(sock *nl.NetlinkSocket) (states []State, interrupted bool, err error) {
+	req := nl.NewNetlinkRequest(nl.XFRM_MSG_GETSA, unix.NLM_F_DUMP)
+	if err := sock.Send(req); err != nil {
+		return nil, false, fmt.Errorf("xfrm: requesting the SA dump: %w%s", err, hint(err))
+	}
+	for {
+		msgs, _, err := sock.Receive()
+		if err != nil {
+			return nil, false, fmt.Errorf("xfrm: reading the SA dump: %w%s", err, hint(err))
+		}
+		for _, m := range msgs {
+			if m.Header.Seq != req.Seq {
+				continue
+			}
+			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
+				interrupted = true
+			}
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return states, interrupted, nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if errno := -int32(nl.NativeEndian().Uint32(m.Data)); errno != 0 {
+						err := syscall.Errno(errno)
+						return nil, false, fmt.Errorf("xfrm: SA dump: %w%s", err, hint(err))
+					}
+				}
+				return states, interrupted, nil
+			}
+			ev, err := Parse(m.Header.Type, m.Data)
+			if err != nil {
+				return nil, false, fmt.Errorf("xfrm: SA dump: %w", err)
+			}
+			if ev.Kind == Add {
+				states = append(states, ev.State)
+			}
+		}
+	}
+}
+
+// apply hands the inbound states to sink, unless they are the ones it has.
+func (s *Source) apply(route *netlink.Handle, sink sasource.Sink) (handed bool, err error) {
+	local, err := localAddrs(route)
+	if err != nil {
+		return false, err
+	}
+	sas := s.table.Inbound(func(a netip.Addr) bool { return local[a] })
+	if s.last != nil && slices.Equal(sas, s.last) {
+		return false, nil // an outbound state, an unrelated address: nothing to hand on
+	}
+	if err := sink(sas); err != nil {
+		return false, fmt.Errorf("xfrm: applying %d SAs: %w", len(sas), err)
+	}
+	if sas == nil {
+		sas = []maps.SA{}
+	}
+	s.last = sas
+	s.health.Synced(len(sas))
+	return true, nil
+}
+
+// localAddrs are this namespace's addresses: an SA whose destination is one of
+// them is inbound.
+func localAddrs(route *netlink.Handle) (map[netip.Addr]bool, error) {
+	addrs, err := route.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("xfrm: listing local addresses: %w", err)
+	}
+	out := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			out[ip.Unmap()] = true
+		}
+	}
+	return out, nil
+}
+
+// follow applies events until ctx ends. Events that arrive close together are
+// applied to the table one by one and handed to sink once.
+func (s *Source) follow(ctx context.Context, sink sasource.Sink, r sasource.Reporter) {
+	s.mu.Lock()
+	events, route := s.events, s.route
+	s.mu.Unlock()
+	defer func() {
+		s.stopAddrs()
+		events.Close()
+		route.Close()
+		s.health.SetConnected(false)
+	}()
+	var (
+		dirty       bool // the table changed since the last set handed on
+		first, last time.Time
+		retryAt     time.Time // after a failure: when to try again
+		needResync  bool
+		resyncWhy   string
+	)
+	for ctx.Err() == nil {
+		now := time.Now()
+		wait := idlePoll
+		if dirty {
+			wait = min(wait, last.Add(s.opts.Coalesce).Sub(now), first.Add(maxCoalesce).Sub(now))
+		}
+		if !retryAt.IsZero() {
+			wait = min(wait, retryAt.Sub(now))
+		}
+		if wait > 0 {
+			if s.beforeReceive != nil {
+				s.beforeReceive()
+			}
+			_ = events.SetReceiveTimeout(&unix.Timeval{Usec: max(wait.Microseconds(), 1)})
+			msgs, _, err := events.Receive()
+			switch {
+			case err == nil:
+				for _, m := range msgs {
+					ev, perr := Parse(m.Header.Type, m.Data)
+					if perr != nil {
+						// A change we cannot read is a change we would miss.
+						needResync, resyncWhy = true, perr.Error()
+						continue
+					}
+					if s.table.Apply(ev) {
+						if !dirty {
+							first = time.Now()
+						}
+						dirty, last = true, time.Now()
+					}
+				}
+			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+				// quiet: hand on a finished burst, or retry
+			case errors.Is(err, unix.ENOBUFS):
+				needResync, resyncWhy = true, "the kernel dropped xfrm events (receive buffer overrun)"
+			default:
+				err = fmt.Errorf("xfrm: reading events: %w", err)
+				s.health.Failed(err)
+				r.Failed(s.Name(), err)
+				needResync, resyncWhy = true, err.Error()
+				retryAt = time.Now().Add(retryAfter) // do not spin on a broken socket
+			}
+		}
+		now = time.Now()
+		if s.addrChanged.Swap(false) {
+			if !dirty {
+				first = now
+			}
+			dirty, last = true, now
+		}
+		due := retryAt.IsZero() || !now.Before(retryAt)
+		if needResync && due {
+			s.health.Resynced()
+			r.Notice(s.Name(), "resyncing with a full dump: "+resyncWhy)
+			states, err := s.dump()
+			if err != nil {
+				s.health.Failed(err)
+				r.Failed(s.Name(), err)
+				retryAt = now.Add(retryAfter)
+				continue
+			}
+			s.table.Reset(states)
+			needResync, retryAt = false, time.Time{}
+			dirty, first, last = true, time.Time{}, time.Time{} // hand on at once
+		}
+		if needResync || !dirty || !due {
+			continue
+		}
+		if now.Before(last.Add(s.opts.Coalesce)) && now.Before(first.Add(maxCoalesce)) {
+			continue // the burst goes on
+		}
+		handed, err := s.apply(route, sink)
+		if err != nil {
+			s.health.Failed(err)
+			r.Failed(s.Name(), err)
+			retryAt = now.Add(retryAfter)
+			continue
+		}
+		if handed {
+			r.Synced(s.Name(), s.health.Stats().SAs)
+		}
+		dirty, retryAt = false, time.Time{}
+	}
+}
