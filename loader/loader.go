@@ -23,6 +23,8 @@ const (
 	MaxNATTPorts      = 8
 	DefaultKnownMax   = 65536
 	DefaultUnknownMax = 65536
+	DefaultRateMax    = 65536
+	MaxDropAbove      = 1_000_000_000 // packets per second: a 1 ns token cost
 	progName          = "spiwatch_xdp"
 )
 
@@ -30,6 +32,10 @@ const (
 type Settings struct {
 	NATTPorts   []uint16 // empty: {4500}
 	DropUnknown bool     // XDP_DROP packets with an unknown SPI
+	// DropAbove, with DropUnknown, drops a source address's unknown-SPI packets
+	// only above this many per second (per CPU); 0 drops them all.
+	DropAbove uint32
+	RateMax   uint32 // sources with a DropAbove bucket; 0: DefaultRateMax
 	KnownMax    uint32   // known-SA map size; 0: DefaultKnownMax
 	UnknownMax  uint32   // unknown-SPI table size; 0: DefaultUnknownMax
 	// PinPath, if set, is a directory on the BPF filesystem where maps and links
@@ -41,6 +47,12 @@ type Settings struct {
 func (s Settings) Validate() error {
 	if len(s.NATTPorts) > MaxNATTPorts {
 		return fmt.Errorf("too many NAT-T ports: %d given, at most %d", len(s.NATTPorts), MaxNATTPorts)
+	}
+	if s.DropAbove > 0 && !s.DropUnknown {
+		return errors.New("a rate above which to drop needs drop mode: unknown-SPI packets pass otherwise")
+	}
+	if s.DropAbove > MaxDropAbove {
+		return fmt.Errorf("drop rate %d packets/s: at most %d", s.DropAbove, MaxDropAbove)
 	}
 	seen := map[uint16]bool{}
 	for _, p := range s.NATTPorts {
@@ -66,6 +78,9 @@ func (s Settings) withDefaults() Settings {
 	}
 	if s.UnknownMax == 0 {
 		s.UnknownMax = DefaultUnknownMax
+	}
+	if s.RateMax == 0 {
+		s.RateMax = DefaultRateMax
 	}
 	return s
 }
@@ -115,10 +130,19 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	if s.DropUnknown {
 		drop = 1
 	}
+	// The token bucket in nanoseconds of credit: a packet costs 1e9/rate, the
+	// bucket holds exactly rate packets (one second's worth).
+	var cost, burst uint64
+	if s.DropAbove > 0 {
+		cost = uint64(1e9) / uint64(s.DropAbove)
+		burst = cost * uint64(s.DropAbove)
+	}
 	for name, v := range map[string]any{
 		"natt_ports":      ports,
 		"natt_port_count": uint32(len(s.NATTPorts)),
 		"drop_unknown":    drop,
+		"drop_cost_ns":    cost,
+		"drop_burst_ns":   burst,
 		"iface_slot":      uint32(0),
 	} {
 		vs, ok := spec.Variables[name]
@@ -132,6 +156,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	spec.Maps[maps.KnownName].MaxEntries = s.KnownMax
 	spec.Maps[maps.KnownMultiName].MaxEntries = knownMultiMax(s.KnownMax)
 	spec.Maps[maps.UnknownName].MaxEntries = s.UnknownMax
+	spec.Maps[maps.RateName].MaxEntries = s.RateMax
 
 	mbErr := dropMultiBuffer(spec)
 

@@ -34,6 +34,8 @@ func TestMirrors(t *testing.T) {
 		{UnknownName, ebpf.LRUHash, unknownKey{}, unknownStats{}},
 		{CountersName, ebpf.PerCPUArray, uint32(0), swCount{}},
 		{TallyName, ebpf.PerCPUArray, uint32(0), uint64(0)},
+		{DroppedName, ebpf.PerCPUArray, uint32(0), swCount{}},
+		{RateName, ebpf.LRUCPUHash, rateKey{}, rateBucket{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ms, ok := spec.Maps[tc.name]
@@ -56,6 +58,9 @@ func TestMirrors(t *testing.T) {
 
 	if got, want := spec.Maps[CountersName].MaxEntries, uint32(MaxIfaces*classify.NumClasses*classify.NumOutcomes); got != want {
 		t.Errorf("%s has %d entries, want MaxIfaces*NumClasses*NumOutcomes = %d", CountersName, got, want)
+	}
+	if got, want := spec.Maps[DroppedName].MaxEntries, uint32(MaxIfaces*classify.NumClasses); got != want {
+		t.Errorf("%s has %d entries, want MaxIfaces*NumClasses = %d", DroppedName, got, want)
 	}
 	if got := spec.Maps[TallyName].MaxEntries; got != uint32(reflect.TypeFor[Tally]().NumField()) {
 		t.Errorf("%s has %d entries, Tally reads %d", TallyName, got, reflect.TypeFor[Tally]().NumField())
