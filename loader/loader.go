@@ -34,10 +34,10 @@ type Settings struct {
 	DropUnknown bool     // XDP_DROP packets with an unknown SPI
 	// DropAbove, with DropUnknown, drops a source address's unknown-SPI packets
 	// only above this many per second (per CPU); 0 drops them all.
-	DropAbove uint32
-	RateMax   uint32 // sources with a DropAbove bucket; 0: DefaultRateMax
-	KnownMax    uint32   // known-SA map size; 0: DefaultKnownMax
-	UnknownMax  uint32   // unknown-SPI table size; 0: DefaultUnknownMax
+	DropAbove  uint32
+	RateMax    uint32 // sources with a DropAbove bucket; 0: DefaultRateMax
+	KnownMax   uint32 // known-SA map size; 0: DefaultKnownMax
+	UnknownMax uint32 // unknown-SPI table size; 0: DefaultUnknownMax
 	// PinPath, if set, is a directory on the BPF filesystem where maps and links
 	// are pinned: they outlive the process, and the next one continues from them.
 	PinPath string
