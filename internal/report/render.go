@@ -114,11 +114,11 @@ type jsonSnapshot struct {
 	KnownSAs     []jsonKnown   `json:"known_sas"`
 	// Collisions: SPIs (per destination) seen from two or more sources within
 	// collision_window_s, known and unknown.
-	Collisions       int           `json:"collisions"`
-	CollisionWindowS float64       `json:"collision_window_s"`
-	DropAbovePPS     uint32        `json:"drop_above_pps,omitempty"`
-	RateLimit        *jsonRate     `json:"rate_limit,omitempty"`
-	KnownSources []jsonSource  `json:"known_sources,omitempty"`
+	Collisions       int          `json:"collisions"`
+	CollisionWindowS float64      `json:"collision_window_s"`
+	DropAbovePPS     uint32       `json:"drop_above_pps,omitempty"`
+	RateLimit        *jsonRate    `json:"rate_limit,omitempty"`
+	KnownSources     []jsonSource `json:"known_sources,omitempty"`
 }
 
 // jsonRate is the --drop-above buckets' table.

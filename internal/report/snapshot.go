@@ -159,7 +159,7 @@ type Reporter struct {
 	DropAbove   uint32
 	prevDropped map[int][classify.NumClasses]maps.Count
 	prevKnown   map[maps.SA]knownState
-	snapBuf []maps.Unknown // the table as last read, reused
+	snapBuf     []maps.Unknown // the table as last read, reused
 	// now returns wall time and CLOCK_MONOTONIC in ns (the BPF timestamps' clock).
 	now func() (time.Time, uint64)
 }
