@@ -213,6 +213,12 @@ func MonoToWall(ns uint64) time.Time {
 	return wall.Add(-time.Duration(int64(mono - ns)))
 }
 
+// MonoNow is CLOCK_MONOTONIC in ns, the clock of the BPF timestamps.
+func MonoNow() uint64 {
+	_, mono := clockNow()
+	return mono
+}
+
 func clockNow() (time.Time, uint64) {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
