@@ -26,6 +26,9 @@ build of the classifier as an extra column in the same run (min of 15 rounds of
 | known-SA map keyed by SPI alone, destination compared after the lookup; SPIs shared by several SAs in a second map by (SPI, destination), flagged in the first. Two runs of each build, alternating (the map layout differs, so not one run) | esp known | 44, 41 | 39, 36 |
 | | esp-in-udp known | 65, 64 | 42, 41 |
 | | esp unknown (existing entry) | 94, 94 | 84, 64 |
+| known SAs keep their first source and sequence health per CPU (a 16-byte source compare, a 64-bit window): this build against itself without that code, same map layout, one run each, three runs (load 12 on 2 CPUs: noisy). The bench frame repeats one sequence number, so it takes the duplicate path | esp known | 38, 42, 42 | 44, 42, 40 |
+| | esp-in-udp known | 50, 43, 43 | 52, 44, 48 |
+| | verifier | 108,938 verified insns | 109,846 |
 
 Measured but not (yet) taken:
 
