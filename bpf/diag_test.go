@@ -3,6 +3,7 @@
 package bpf_test
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -143,12 +144,18 @@ func TestProgramSequence(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			onOneCPU(t) // a subtest is another goroutine
 			sa := known[i]
+			var ref maps.SAState
 			for _, s := range c.seqs {
-				if got := h.compare(t, v4.ESP(sa.SPI, s, 32)); got.Outcome != classify.OutcomeKnown {
+				f := v4.ESP(sa.SPI, s, 32)
+				if got := h.compare(t, f); got.Outcome != classify.OutcomeKnown {
 					t.Fatalf("seq %d: outcome %s", s, got.Outcome)
 				}
+				ref.Count(peer4, 0, s, uint32(len(f)), 0)
 			}
 			k := h.known1(t, sa)
+			if r := ref.Known(sa); r.Seq != k.Seq || r.MaxSeq != k.MaxSeq {
+				t.Fatalf("the Go reference says %+v highest %d, the program %+v highest %d", r.Seq, r.MaxSeq, k.Seq, k.MaxSeq)
+			}
 			// MaxSeq is the highest over CPUs' copies; after a wrap it is the
 			// pre-wrap value on no CPU, so compare with what the one CPU holds.
 			if k.Seq != c.want || (k.MaxSeq != c.max && c.want.Wraps == 0) {
@@ -252,5 +259,59 @@ func TestProgramDropAboveEvictions(t *testing.T) {
 	}
 	if rs.Capacity != 16 || rs.Sources > 16 || rs.Evictions != uint64(n-rs.Sources) || rs.Fails != 0 {
 		t.Fatalf("rate table %+v after %d sources", rs, n)
+	}
+}
+
+// TestProgramSAStateDifferential feeds one SA random packets (three sources,
+// sequence numbers running on, jumping, falling behind a little or far, restarting
+// low, wrapping) and holds the program's state to the Go reference
+// (maps.SAState) after every packet.
+func TestProgramSAStateDifferential(t *testing.T) {
+	onOneCPU(t)
+	sa := maps.SA{SPI: 0x2000, Dst: gw4}
+	h := newHarness(t, loader.Settings{}, sa)
+	srcs := []netip.Addr{peer4, netip.MustParseAddr("198.51.100.2"), peer4}
+	ports := []uint16{4500, 4500, 4501}
+	var ref maps.SAState
+	rng := rand.New(rand.NewPCG(7, 7))
+	seq := uint32(1)
+	for i := 0; i < 3000; i++ {
+		switch r := rng.IntN(100); {
+		case r < 60:
+			seq++
+		case r < 70:
+			seq += uint32(rng.IntN(100))
+		case r < 80:
+			seq -= uint32(rng.IntN(70))
+		case r < 85:
+			seq -= uint32(rng.IntN(5000))
+		case r < 88:
+			seq = uint32(rng.IntN(2000)) // low: a restart when the highest is high enough
+		case r < 91:
+			seq = 0xffffffff - uint32(rng.IntN(50)) // near the wrap
+		case r < 94:
+			seq = uint32(rng.IntN(1 << 20)) // just past a wrap, or far behind
+		default:
+			seq = rng.Uint32()
+		}
+		s := 0
+		if rng.IntN(10) == 0 {
+			s = 1 + rng.IntN(2)
+		}
+		f := with(v4, func(f *frames.Frame) { f.Src = srcs[s] }).ESPInUDP(ports[s], 4500, sa.SPI, seq, 16)
+		if got := h.run(t, f); got.Known == nil {
+			t.Fatalf("packet %d not counted in the SA", i)
+		}
+		ref.Count(srcs[s], ports[s], seq, uint32(len(f)), 0)
+		got, want := h.known1(t, sa), ref.Known(sa)
+		if got.Seq != want.Seq || got.MaxSeq != want.MaxSeq || got.Packets != want.Packets || got.OtherPackets != want.OtherPackets ||
+			len(got.Sources) != len(want.Sources) {
+			t.Fatalf("packet %d (source %d, seq %#x):\n bpf %+v\n  go %+v", i, s, seq, got, want)
+		}
+	}
+	k := ref.Known(sa)
+	t.Logf("reference after 3000 packets: %+v", k.Seq)
+	if k.Seq.Restarts == 0 || k.Seq.Wraps == 0 || k.Seq.Replays == 0 || k.Seq.Late == 0 || k.Seq.Dups == 0 || k.Seq.Lost == 0 {
+		t.Errorf("the random walk missed a case: %+v", k.Seq)
 	}
 }

@@ -4,6 +4,7 @@ package report
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -53,6 +54,12 @@ type knownState struct {
 type spiDst struct {
 	spi uint32
 	dst [16]byte
+}
+
+// SPIDst names a group of colliding rows, for counting them.
+type SPIDst struct {
+	SPI uint32
+	Dst netip.Addr
 }
 
 type srcPort struct {
