@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiwatch/spiwatch/internal/netlab"
 	"github.com/spiwatch/spiwatch/internal/testenv"
@@ -281,5 +283,84 @@ func TestEndToEndDropAbove(t *testing.T) {
 	}
 	if v, _ := value(t, fams, "spiwatch_drop_rate_sources", nil); v != 2 {
 		t.Errorf("spiwatch_drop_rate_sources = %v, want 2", v)
+	}
+}
+
+// diagMix has a known SA (0x5000) from two UDP ports of one address, an unknown
+// SPI from two addresses, and a flood from one address.
+var diagMix = []string{
+	"esp-in-udp spi=0x5000 src=198.51.100.10 dst=203.0.113.1 sport=4500 count=30",
+	"esp-in-udp spi=0x5000 src=198.51.100.10 dst=203.0.113.1 sport=4501 count=20",
+	"esp spi=0xc011 src=198.51.100.20 dst=203.0.113.1 count=5",
+	"esp spi=0xc011 src=198.51.100.21 dst=203.0.113.1 count=7",
+	"esp spi=0xf100d src=192.0.2.66 dst=203.0.113.1 count=500",
+}
+
+// TestLiveViewDiagnosis: the live view (in a real terminal) and the plain text
+// report show a known SA's collision first, the collision verdict with its
+// sources, the known SA's concerns, and drops apart from passes.
+func TestLiveViewDiagnosis(t *testing.T) {
+	testenv.RequireNetns(t)
+	if _, err := exec.LookPath("tmux"); err != nil {
+		testenv.Unavailable(t, "needs tmux for a real terminal")
+	}
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swdtui")
+	sock := t.TempDir() + "/tmux.sock"
+	cmd := fmt.Sprintf("ip netns exec %s %s -i %s --known-spi 0x5000 --action drop --drop-above 50 --interval 200ms; echo SHELL-BACK; sleep 30",
+		lab.NSB, spiwatch, lab.Receiver)
+	tmux(t, sock, "new-session", "-d", "-s", "sw", "-x", "200", "-y", "40", cmd)
+	defer exec.Command("tmux", "-S", sock, "kill-server").Run()
+	waitScreen(t, sock, "sorted by rate", "DROPPING unknown-SPI packets above 50 pkt/s per source")
+	runGenOnCPU(t, gen, lab.NSA, lab.Sender, diagMix)
+	screen := waitScreen(t, sock,
+		"COLLISION: known SA 0x00005000@any receives ESP from 2 sources within 30s",
+		"known SAs with concerns: 1", "(20 packets from other than the first)",
+		"esp            dropped", "esp            passed", "rate limit: 3 sources with a bucket")
+	n := 0
+	for _, l := range strings.Split(screen, "\n") {
+		if strings.HasPrefix(l, "0x0000c011") {
+			n++
+			if !strings.HasSuffix(strings.TrimSpace(l), "collision") {
+				t.Errorf("row %q: want verdict collision", l)
+			}
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d rows of 0xc011, want 2:\n%s", n, screen)
+	}
+	tmux(t, sock, "send-keys", "-t", "sw", "q")
+	waitScreen(t, sock, "SHELL-BACK")
+
+	// The same in the plain text report.
+	lab2 := newLab(t, "swdtxt")
+	s := startSpiwatch(t, spiwatch, lab2.NSB, "-i", lab2.Receiver, "--plain", "--known-spi", "0x5000", "--interval", "200ms")
+	runGenOnCPU(t, gen, lab2.NSA, lab2.Sender, diagMix)
+	var report []string
+	deadline := time.After(15 * time.Second)
+	for done := false; !done; {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				t.Fatalf("spiwatch ended: %s", s.stderr)
+			}
+			if strings.HasPrefix(l, "20") && strings.Contains(l, "  known SAs ") {
+				report = report[:0] // a new report starts with its header line
+			}
+			report = append(report, l)
+			text := strings.Join(report, "\n")
+			done = strings.Contains(text, "known SAs with traffic: 1 of 1") && strings.Contains(text, "0x0000c011")
+		case <-deadline:
+			t.Fatalf("no report with the known SA: %q", report)
+		}
+	}
+	text := strings.Join(report, "\n")
+	for _, want := range []string{
+		"COLLISION: known SA 0x00005000@any receives ESP from 2 sources within 30s: 198.51.100.10:45",
+		"0x00005000@any", "COLLISION", "collision",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("text report lacks %q:\n%s", want, text)
+		}
 	}
 }
