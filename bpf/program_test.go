@@ -208,6 +208,13 @@ func TestProgramDropUnknown(t *testing.T) {
 	if dropped < 10 {
 		t.Fatalf("only %d unknown-SPI cases: the table lost coverage", dropped)
 	}
+	d, err := h.m.Dropped(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d[classify.ClassESP].Packets + d[classify.ClassESPInUDP].Packets; got != uint64(dropped) {
+		t.Fatalf("drop counts say %d, %d were dropped", got, dropped)
+	}
 }
 
 // TestProgramNATTPorts: the NAT-T port set is a load-time setting.

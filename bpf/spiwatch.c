@@ -24,12 +24,19 @@ volatile const __u32 capture_supported = 0;
  * .bss map is shared by every program instance, like the maps. */
 volatile __u32 capture_on = 0;
 volatile const __u32 xfrm_lookup = 0;  /* 1: on a known-SA miss, ask the kernel's SA table */
+/* --drop-above: with drop_unknown, drop a source's unknown-SPI packets only above
+ * its rate (struct rate_bucket); 0 drops them all. */
+volatile const __u64 drop_cost_ns = 0;
+volatile const __u64 drop_burst_ns = 0;
 
 #ifndef KNOWN_SAS_MAX
 #define KNOWN_SAS_MAX 65536
 #endif
 #ifndef UNKNOWN_MAX
 #define UNKNOWN_MAX 65536
+#endif
+#ifndef RATE_MAX
+#define RATE_MAX 65536
 #endif
 
 /* Known SAs, written only by Go, keyed by SPI alone: an SPI names one SA almost
@@ -38,9 +45,12 @@ volatile const __u32 xfrm_lookup = 0;  /* 1: on a known-SA miss, ask the kernel'
  * rare SPIs shared by several SAs (different destinations) are flagged here and
  * kept in sw_known_multi by (SPI, destination), as Linux looks them up. Per-CPU
  * values: a busy tunnel hits one entry from every CPU, and a shared counter there
- * would bounce a cache line per packet. */
+ * would bounce a cache line per packet. Not preallocated: a value is ~180 bytes
+ * per CPU, so 65,536 preallocated SAs would hold 740 MiB on a 64-CPU gateway
+ * whatever its SA count; Go's inserts allocate instead (lookups cost the same). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see above: memory for the SAs there are */
 	__uint(max_entries, KNOWN_SAS_MAX);
 	__type(key, __u32);
 	__type(value, struct known_spi);
@@ -48,6 +58,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* see above: memory for the SAs there are */
 	__uint(max_entries, KNOWN_SAS_MAX);
 	__type(key, struct sa_key);
 	__type(value, struct sa_stats);
@@ -74,6 +85,24 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sw_count);
 } sw_counters SEC(".maps");
+
+/* Unknown-SPI packets dropped, per interface and class (the rest passed). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_IFACES * SW_CLASS_MAX);
+	__type(key, __u32);
+	__type(value, struct sw_count);
+} sw_dropped SEC(".maps");
+
+/* --drop-above: a token bucket per source address and CPU. A flood comes from
+ * attacker-chosen addresses: LRU with a cap; inserts are tallied so Go can report
+ * evictions (an evicted source starts again with a full bucket). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, RATE_MAX);
+	__type(key, struct rate_key);
+	__type(value, struct rate_bucket);
+} sw_rate SEC(".maps");
 
 /* Table bookkeeping (enum sw_tally). */
 struct {
@@ -251,6 +280,79 @@ static __always_inline int same_addr(const __u8 a[16], const __u8 b[16])
 	return x[0] == y[0] && x[1] == y[1];
 }
 
+/* sa_seq follows one CPU's view of an SA's sequence numbers (rules in spiwatch.h). */
+static __always_inline void sa_seq(struct sa_stats *st, __u32 seq)
+{
+	__u32 hi = st->max_seq;
+
+	if (seq > hi || (hi >= -SW_SEQ_WRAP_ZONE && seq < SW_SEQ_WRAP_ZONE)) {
+		__u32 ahead = seq - hi; /* modulo 2^32: also across a wrap */
+		if (seq < hi)
+			st->wraps++;
+		if (ahead > 1)
+			st->gaps += ahead - 1;
+		st->seq_window = ahead < SW_SEQ_WINDOW ? (st->seq_window << ahead) | 1 : 1;
+		st->max_seq = seq;
+		return;
+	}
+	__u32 behind = hi - seq;
+	if (behind < SW_SEQ_WINDOW) {
+		__u64 bit = 1ULL << behind;
+		if (st->seq_window & bit) {
+			st->dups++;
+		} else {
+			st->late++;
+			st->seq_window |= bit;
+		}
+		return;
+	}
+	if (seq < SW_SEQ_RESTART_LOW && hi >= SW_SEQ_RESTART_HIGH) {
+		st->restarts++;
+		st->max_seq = seq;
+		st->first_seq = seq;
+		st->seq_window = 1;
+		return;
+	}
+	st->replays++;
+}
+
+/* sa_count counts a packet in this CPU's copy of its SA: plain stores, no atomics. */
+static __always_inline void sa_count(struct sa_stats *st, struct pkt *p, __u32 len)
+{
+	/* The coarse clock only moves at a tick: read it (a helper call, ~7 ns) once
+	 * per tick, which jiffies (an inlined load) tell. Same value, same precision. */
+	__u64 j = bpf_jiffies64();
+	__u64 now = st->tick_ns;
+	if (j != st->last_jiffies) {
+		st->last_jiffies = j;
+		now = st->tick_ns = bpf_ktime_get_coarse_ns();
+	}
+
+	if (st->packets == 0) { /* the first packet on this CPU: its source and sequence */
+		__builtin_memcpy(st->src, p->saddr, 16);
+		st->src_port = p->sport;
+		st->max_seq = p->seq;
+		st->first_seq = p->seq;
+		st->seq_window = 1;
+	} else if (!same_addr(st->src, p->saddr) || st->src_port != p->sport) {
+		/* Another source: someone else's traffic in this SA, or the peer moved.
+		 * Its sequence numbers are another stream's: not mixed into src's. */
+		st->packets++;
+		st->bytes += len;
+		st->other_packets++;
+		st->other_last_ns = now;
+		__builtin_memcpy(st->other_src, p->saddr, 16);
+		st->other_port = p->sport;
+		return;
+	} else {
+		sa_seq(st, p->seq);
+	}
+	st->packets++;
+	st->bytes += len;
+	st->last_seen_ns = now;
+}
+
+
 /* find_known returns this CPU's counts of the SA the packet belongs to; 0 if none. */
 static __always_inline struct sa_stats *find_known(struct pkt *p)
 {
@@ -275,19 +377,55 @@ static __always_inline int lookup_known(struct xdp_md *ctx, struct pkt *p, __u32
 			return SW_OUTCOME_KNOWN;
 		return SW_OUTCOME_UNKNOWN;
 	}
-	/* this CPU's copy: plain stores, no atomics */
-	st->packets++;
-	st->bytes += len;
-	/* The coarse clock only moves at a tick: read it (a helper call, ~7 ns) once
-	 * per tick, which jiffies (an inlined load) tell. Same value, same precision. */
-	__u64 j = bpf_jiffies64();
-	if (j != st->last_jiffies) {
-		st->last_jiffies = j;
-		st->last_seen_ns = bpf_ktime_get_coarse_ns();
-	}
-	if (p->seq > st->max_seq)
-		st->max_seq = p->seq;
+	sa_count(st, p, len);
 	return SW_OUTCOME_KNOWN;
+}
+
+/* over_limit says whether an unknown-SPI packet is to be dropped: always without
+ * --drop-above, else when its source's bucket on this CPU is empty. */
+static __always_inline int over_limit(struct pkt *p)
+{
+	if (!drop_cost_ns)
+		return 1;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct rate_key k;
+	__builtin_memcpy(k.saddr, p->saddr, 16);
+	struct rate_bucket *b = bpf_map_lookup_elem(&sw_rate, &k);
+	if (!b) {
+		struct rate_bucket fresh = {.credit_ns = drop_burst_ns - drop_cost_ns, .last_ns = now};
+		if (bpf_map_update_elem(&sw_rate, &k, &fresh, BPF_NOEXIST) == 0) {
+			tally(SW_TALLY_RATE_INSERTS);
+			return 0;
+		}
+		b = bpf_map_lookup_elem(&sw_rate, &k); /* another CPU added it meanwhile */
+		if (!b) {
+			tally(SW_TALLY_RATE_FAILS);
+			return 1; /* fail closed: the operator asked to cut floods */
+		}
+	}
+	__u64 credit = drop_burst_ns; /* a CPU's first packet of a source: full bucket */
+	if (b->last_ns) {
+		credit = b->credit_ns + (now > b->last_ns ? now - b->last_ns : 0);
+		if (credit > drop_burst_ns)
+			credit = drop_burst_ns;
+	}
+	b->last_ns = now;
+	if (credit < drop_cost_ns) {
+		b->credit_ns = credit;
+		return 1;
+	}
+	b->credit_ns = credit - drop_cost_ns;
+	return 0;
+}
+
+static __always_inline void count_dropped(__u32 class, __u32 len)
+{
+	__u32 slot = iface_slot * SW_CLASS_MAX + class;
+	struct sw_count *c = bpf_map_lookup_elem(&sw_dropped, &slot);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
 }
 
 /* Returns the row's packet count including this one (0 if no row could be made),
@@ -574,7 +712,11 @@ int spiwatch_xdp(struct xdp_md *ctx)
 	}
 	count(class, outcome, len);
 
-	__u32 action = outcome == SW_OUTCOME_UNKNOWN && drop_unknown ? XDP_DROP : XDP_PASS;
+	__u32 action = XDP_PASS;
+	if (outcome == SW_OUTCOME_UNKNOWN && drop_unknown && over_limit(&p)) {
+		count_dropped(class, len);
+		action = XDP_DROP;
+	}
 	if (capture_on)
 		sample(ctx, class | outcome << 8 | action << 16, has_spi(class) ? p.spi : 0, row_packets, len);
 	return action;

@@ -43,7 +43,9 @@ enum sw_outcome {
 enum sw_tally {
 	SW_TALLY_UNKNOWN_INSERTS = 0,      /* new keys added to the unknown table */
 	SW_TALLY_UNKNOWN_INSERT_FAILS = 1, /* new keys the table refused or lost in a race */
-	SW_TALLY_MAX = 2,
+	SW_TALLY_RATE_INSERTS = 2,         /* sources added to sw_rate (evictions = inserts - entries) */
+	SW_TALLY_RATE_FAILS = 3,           /* sources sw_rate could not add: their packets were dropped */
+	SW_TALLY_MAX = 4,
 };
 
 struct sw_count {
@@ -58,14 +60,57 @@ struct sa_key {
 	__u8 daddr[16];
 };
 
-/* Per-CPU value of a known SA; Go sums packets and bytes and takes the maxima. */
+/* Per-CPU value of a known SA. Each CPU's copy follows the packets that CPU sees
+ * (RSS keeps one SA's outer 5-tuple on one queue); Go combines the copies
+ * (maps/known.go). The first 64 bytes are all an in-order packet from the SA's
+ * first source touches.
+ *
+ * Sources: the first packet on a CPU sets src/src_port; packets from any other
+ * (address, UDP port) are counted in other_packets, the last of them kept. Linux
+ * looks SAs up without the source, so a second source means someone else's
+ * traffic lands in the SA (a NAT SPI collision), or the peer moved (NAT rebinding).
+ *
+ * Sequence numbers (the low 32 bits on the wire, also with ESN), against max_seq,
+ * the highest seen on this CPU, and seq_window, bit i set when max_seq - i was
+ * seen (like the kernel's replay window):
+ *   ahead (seq > max_seq, or a wrap: max_seq >= 2^32 - SW_SEQ_WRAP_ZONE and
+ *     seq < SW_SEQ_WRAP_ZONE, which only ESN SAs reach): the numbers skipped
+ *     are added to gaps;
+ *   behind by less than SW_SEQ_WINDOW: a late packet (reordered; it was counted
+ *     in gaps when skipped) or, if its bit is set, a duplicate;
+ *   seq < SW_SEQ_RESTART_LOW while max_seq >= SW_SEQ_RESTART_HIGH: a restart (the
+ *     peer made a new SA with an SPI we still hold): counted, and seq becomes the
+ *     new highest;
+ *   else behind by SW_SEQ_WINDOW or more: replay-suspect.
+ * Estimated loss = gaps - late. */
+#define SW_SEQ_WINDOW 64
+#define SW_SEQ_WRAP_ZONE (1u << 20)
+#define SW_SEQ_RESTART_LOW 1024
+#define SW_SEQ_RESTART_HIGH (1u << 16)
+
 struct sa_stats {
 	__u64 packets;
 	__u64 bytes;
-	__u64 last_seen_ns; /* CLOCK_MONOTONIC (coarse) */
-	__u64 last_jiffies; /* when last_seen_ns was last read: see lookup_known */
-	__u32 max_seq;
+	__u64 last_seen_ns; /* CLOCK_MONOTONIC (coarse), last packet from src */
+	__u64 seq_window;   /* bit i: max_seq - i seen */
+	__u32 max_seq;      /* highest sequence number seen (low 32 bits) */
+	__u32 first_seq;    /* of the first packet on this CPU (or since a restart) */
+	__u8 src[16];       /* first source on this CPU, IPv6 or IPv4-mapped */
+	__u16 src_port;     /* its UDP source port; 0 for ESP */
+	__u16 other_port;   /* UDP source port of the last other source */
+	__u32 restarts;
+	/* 64 bytes */
+	__u64 gaps;          /* sequence numbers skipped */
+	__u64 late;          /* behind max_seq within the window, not seen before */
+	__u64 dups;          /* behind max_seq within the window, seen before */
+	__u64 replays;       /* behind max_seq by SW_SEQ_WINDOW or more */
+	__u64 other_packets; /* packets from another source than src */
+	__u64 other_last_ns; /* last of them */
+	__u8 other_src[16];  /* the last other source */
+	__u32 wraps;         /* ESN wraps of the low 32 bits */
 	__u32 _pad;
+	__u64 last_jiffies;  /* when tick_ns was read: see sa_count */
+	__u64 tick_ns;       /* the coarse clock at that tick */
 };
 
 /* sw_known's value flags. */
@@ -186,6 +231,22 @@ enum sw_diag_tally {
 	SW_DIAG_IKE_INSERT_FAILS = 3,
 	SW_DIAG_MAX = 4,
 };
+
+/* Flood mitigation (--action drop --drop-above): per-CPU token bucket of one
+ * source address in sw_rate. Credit is in nanoseconds: a packet costs
+ * drop_cost_ns (1e9 / rate), the bucket holds drop_burst_ns (cost * rate: one
+ * second's packets). */
+struct rate_key {
+	__u8 saddr[16]; /* IPv6 or IPv4-mapped */
+};
+
+struct rate_bucket {
+	__u64 credit_ns;
+	__u64 last_ns; /* 0: not used on this CPU yet */
+};
+
+/* Unknown-SPI packets XDP_DROPped, per interface and class (sw_dropped):
+ * slot = iface_slot * SW_CLASS_MAX + class. Passed = unknown - dropped. */
 
 /* Capture (spiwatch capture): the program copies the head of selected frames into
  * a ring buffer. The settings are run-time state in sw_capcfg, written by Go, so a

@@ -71,6 +71,17 @@ type SpiwatchKnownSpi struct {
 	Pad   uint32
 }
 
+type SpiwatchRateBucket struct {
+	_        structs.HostLayout
+	CreditNs uint64
+	LastNs   uint64
+}
+
+type SpiwatchRateKey struct {
+	_     structs.HostLayout
+	Saddr [16]uint8
+}
+
 type SpiwatchSaKey struct {
 	_     structs.HostLayout
 	Spi   uint32
@@ -78,13 +89,28 @@ type SpiwatchSaKey struct {
 }
 
 type SpiwatchSaStats struct {
-	_           structs.HostLayout
-	Packets     uint64
-	Bytes       uint64
-	LastSeenNs  uint64
-	LastJiffies uint64
-	MaxSeq      uint32
-	Pad         uint32
+	_            structs.HostLayout
+	Packets      uint64
+	Bytes        uint64
+	LastSeenNs   uint64
+	SeqWindow    uint64
+	MaxSeq       uint32
+	FirstSeq     uint32
+	Src          [16]uint8
+	SrcPort      uint16
+	OtherPort    uint16
+	Restarts     uint32
+	Gaps         uint64
+	Late         uint64
+	Dups         uint64
+	Replays      uint64
+	OtherPackets uint64
+	OtherLastNs  uint64
+	OtherSrc     [16]uint8
+	Wraps        uint32
+	Pad          uint32
+	LastJiffies  uint64
+	TickNs       uint64
 }
 
 type SpiwatchSwCapbuf struct {
@@ -175,16 +201,20 @@ const (
 	SpiwatchMapSwCapstate       = "sw_capstate"
 	SpiwatchMapSwCounters       = "sw_counters"
 	SpiwatchMapSwDiagTally      = "sw_diag_tally"
+	SpiwatchMapSwDropped        = "sw_dropped"
 	SpiwatchMapSwIcmp           = "sw_icmp"
 	SpiwatchMapSwIke            = "sw_ike"
 	SpiwatchMapSwKnown          = "sw_known"
 	SpiwatchMapSwKnownMulti     = "sw_known_multi"
+	SpiwatchMapSwRate           = "sw_rate"
 	SpiwatchMapSwSamples        = "sw_samples"
 	SpiwatchMapSwTally          = "sw_tally"
 	SpiwatchMapSwUnknown        = "sw_unknown"
 	SpiwatchProgSpiwatchXdp     = "spiwatch_xdp"
 	SpiwatchVarCaptureOn        = "capture_on"
 	SpiwatchVarCaptureSupported = "capture_supported"
+	SpiwatchVarDropBurstNs      = "drop_burst_ns"
+	SpiwatchVarDropCostNs       = "drop_cost_ns"
 	SpiwatchVarDropUnknown      = "drop_unknown"
 	SpiwatchVarIfaceSlot        = "iface_slot"
 	SpiwatchVarNattPortCount    = "natt_port_count"
@@ -247,10 +277,12 @@ type SpiwatchMapSpecs struct {
 	SwCapstate   *ebpf.MapSpec `ebpf:"sw_capstate"`
 	SwCounters   *ebpf.MapSpec `ebpf:"sw_counters"`
 	SwDiagTally  *ebpf.MapSpec `ebpf:"sw_diag_tally"`
+	SwDropped    *ebpf.MapSpec `ebpf:"sw_dropped"`
 	SwIcmp       *ebpf.MapSpec `ebpf:"sw_icmp"`
 	SwIke        *ebpf.MapSpec `ebpf:"sw_ike"`
 	SwKnown      *ebpf.MapSpec `ebpf:"sw_known"`
 	SwKnownMulti *ebpf.MapSpec `ebpf:"sw_known_multi"`
+	SwRate       *ebpf.MapSpec `ebpf:"sw_rate"`
 	SwSamples    *ebpf.MapSpec `ebpf:"sw_samples"`
 	SwTally      *ebpf.MapSpec `ebpf:"sw_tally"`
 	SwUnknown    *ebpf.MapSpec `ebpf:"sw_unknown"`
@@ -262,6 +294,8 @@ type SpiwatchMapSpecs struct {
 type SpiwatchVariableSpecs struct {
 	CaptureOn        *ebpf.VariableSpec `ebpf:"capture_on"`
 	CaptureSupported *ebpf.VariableSpec `ebpf:"capture_supported"`
+	DropBurstNs      *ebpf.VariableSpec `ebpf:"drop_burst_ns"`
+	DropCostNs       *ebpf.VariableSpec `ebpf:"drop_cost_ns"`
 	DropUnknown      *ebpf.VariableSpec `ebpf:"drop_unknown"`
 	IfaceSlot        *ebpf.VariableSpec `ebpf:"iface_slot"`
 	NattPortCount    *ebpf.VariableSpec `ebpf:"natt_port_count"`
@@ -295,10 +329,12 @@ type SpiwatchMaps struct {
 	SwCapstate   *ebpf.Map `ebpf:"sw_capstate"`
 	SwCounters   *ebpf.Map `ebpf:"sw_counters"`
 	SwDiagTally  *ebpf.Map `ebpf:"sw_diag_tally"`
+	SwDropped    *ebpf.Map `ebpf:"sw_dropped"`
 	SwIcmp       *ebpf.Map `ebpf:"sw_icmp"`
 	SwIke        *ebpf.Map `ebpf:"sw_ike"`
 	SwKnown      *ebpf.Map `ebpf:"sw_known"`
 	SwKnownMulti *ebpf.Map `ebpf:"sw_known_multi"`
+	SwRate       *ebpf.Map `ebpf:"sw_rate"`
 	SwSamples    *ebpf.Map `ebpf:"sw_samples"`
 	SwTally      *ebpf.Map `ebpf:"sw_tally"`
 	SwUnknown    *ebpf.Map `ebpf:"sw_unknown"`
@@ -312,10 +348,12 @@ func (m *SpiwatchMaps) Close() error {
 		m.SwCapstate,
 		m.SwCounters,
 		m.SwDiagTally,
+		m.SwDropped,
 		m.SwIcmp,
 		m.SwIke,
 		m.SwKnown,
 		m.SwKnownMulti,
+		m.SwRate,
 		m.SwSamples,
 		m.SwTally,
 		m.SwUnknown,
@@ -328,6 +366,8 @@ func (m *SpiwatchMaps) Close() error {
 type SpiwatchVariables struct {
 	CaptureOn        *ebpf.Variable `ebpf:"capture_on"`
 	CaptureSupported *ebpf.Variable `ebpf:"capture_supported"`
+	DropBurstNs      *ebpf.Variable `ebpf:"drop_burst_ns"`
+	DropCostNs       *ebpf.Variable `ebpf:"drop_cost_ns"`
 	DropUnknown      *ebpf.Variable `ebpf:"drop_unknown"`
 	IfaceSlot        *ebpf.Variable `ebpf:"iface_slot"`
 	NattPortCount    *ebpf.Variable `ebpf:"natt_port_count"`

@@ -29,17 +29,23 @@ const (
 	DefaultUnknownMax = 65536
 	// ICMPMax and IKEMax are the sizes of the ICMP-error and IKE tables
 	// (ICMP_MAX, IKE_MAX in bpf/spiwatch.c).
-	ICMPMax  = 4096
-	IKEMax   = 16384
-	progName = "spiwatch_xdp"
+	ICMPMax        = 4096
+	IKEMax         = 16384
+	DefaultRateMax = 65536
+	MaxDropAbove   = 1_000_000_000 // packets per second: a 1 ns token cost
+	progName       = "spiwatch_xdp"
 )
 
 // Settings are fixed when the object is loaded.
 type Settings struct {
 	NATTPorts   []uint16 // empty: {4500}
 	DropUnknown bool     // XDP_DROP packets with an unknown SPI
-	KnownMax    uint32   // known-SA map size; 0: DefaultKnownMax
-	UnknownMax  uint32   // unknown-SPI table size; 0: DefaultUnknownMax
+	// DropAbove, with DropUnknown, drops a source address's unknown-SPI packets
+	// only above this many per second (per CPU); 0 drops them all.
+	DropAbove  uint32
+	RateMax    uint32 // sources with a DropAbove bucket; 0: DefaultRateMax
+	KnownMax   uint32 // known-SA map size; 0: DefaultKnownMax
+	UnknownMax uint32 // unknown-SPI table size; 0: DefaultUnknownMax
 	// XfrmLookup: on a known-SA map miss, the program asks the kernel's own SA table
 	// (kfunc bpf_xdp_get_xfrm_state, Linux 6.8+), so an SA the kernel has just
 	// installed counts as known before its event reaches the xfrm source. Where the
@@ -54,6 +60,12 @@ type Settings struct {
 func (s Settings) Validate() error {
 	if len(s.NATTPorts) > MaxNATTPorts {
 		return fmt.Errorf("too many NAT-T ports: %d given, at most %d", len(s.NATTPorts), MaxNATTPorts)
+	}
+	if s.DropAbove > 0 && !s.DropUnknown {
+		return errors.New("a rate above which to drop needs drop mode: unknown-SPI packets pass otherwise")
+	}
+	if s.DropAbove > MaxDropAbove {
+		return fmt.Errorf("drop rate %d packets/s: at most %d", s.DropAbove, MaxDropAbove)
 	}
 	seen := map[uint16]bool{}
 	for _, p := range s.NATTPorts {
@@ -79,6 +91,9 @@ func (s Settings) withDefaults() Settings {
 	}
 	if s.UnknownMax == 0 {
 		s.UnknownMax = DefaultUnknownMax
+	}
+	if s.RateMax == 0 {
+		s.RateMax = DefaultRateMax
 	}
 	return s
 }
@@ -132,10 +147,19 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 			s.XfrmLookup = false
 		}
 	}
+	// The token bucket in nanoseconds of credit: a packet costs 1e9/rate, the
+	// bucket holds exactly rate packets (one second's worth).
+	var cost, burst uint64
+	if s.DropAbove > 0 {
+		cost = uint64(1e9) / uint64(s.DropAbove)
+		burst = cost * uint64(s.DropAbove)
+	}
 	settings := map[string]any{
 		"natt_ports":      ports,
 		"natt_port_count": uint32(len(s.NATTPorts)),
 		"drop_unknown":    b32(s.DropUnknown),
+		"drop_cost_ns":    cost,
+		"drop_burst_ns":   burst,
 		"iface_slot":      uint32(0),
 	}
 	if _, ok := spec.Variables["xfrm_lookup"]; ok || s.XfrmLookup {
@@ -156,6 +180,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	spec.Maps[maps.KnownName].MaxEntries = s.KnownMax
 	spec.Maps[maps.KnownMultiName].MaxEntries = knownMultiMax(s.KnownMax)
 	spec.Maps[maps.UnknownName].MaxEntries = s.UnknownMax
+	spec.Maps[maps.RateName].MaxEntries = s.RateMax
 
 	mbErr := dropMultiBuffer(spec)
 

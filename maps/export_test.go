@@ -44,3 +44,6 @@ func (m *Maps) UnknownIterate() ([]Unknown, error) { return m.unknownIterate() }
 
 // RawKey is the map key of an SA.
 func (s SA) RawKey() SAKeyRaw { return s.key() }
+
+// Combine is combine, for tests.
+func Combine(sa SA, per []SAStats) KnownSA { return combine(sa.key(), per) }

@@ -283,36 +283,28 @@ func (m *Maps) dropMulti(old, g group) error {
 	return nil
 }
 
-// ListKnown returns every known SA with its counters summed over CPUs.
+// ListKnown returns every known SA with its CPUs' counters combined.
 func (m *Maps) ListKnown() ([]KnownSA, error) {
 	var out []KnownSA
-	sum := func(k saKey, st func(i int) saStats) {
-		ks := KnownSA{SA: k.sa()}
-		for i := 0; i < m.ncpu; i++ {
-			v := st(i)
-			ks.Packets += v.Packets
-			ks.Bytes += v.Bytes
-			ks.LastSeenNs = max(ks.LastSeenNs, v.LastSeenNs)
-			ks.MaxSeq = max(ks.MaxSeq, v.MaxSeq)
-		}
-		out = append(out, ks)
-	}
+	per := make([]saStats, m.ncpu)
 	var spi uint32
 	vals := make([]knownSPI, m.ncpu)
 	it := m.known.Iterate()
 	for it.Next(&spi, &vals) {
 		if vals[0].Flags&knownMulti == 0 {
-			sum(saKey{SPI: spi, Daddr: vals[0].Daddr}, func(i int) saStats { return vals[i].St })
+			for i := range vals {
+				per[i] = vals[i].St
+			}
+			out = append(out, combine(saKey{SPI: spi, Daddr: vals[0].Daddr}, per))
 		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("listing known SAs: %w", err)
 	}
 	var k saKey
-	stats := make([]saStats, m.ncpu)
 	it = m.knownMulti.Iterate()
-	for it.Next(&k, &stats) {
-		sum(k, func(i int) saStats { return stats[i] })
+	for it.Next(&k, &per) {
+		out = append(out, combine(k, per))
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("listing known SAs: %w", err)

@@ -15,7 +15,7 @@ import (
 // Maps is the set of spiwatch's maps, as loaded or opened from pins.
 type Maps struct {
 	known, knownMulti, unknown, counters, tally *ebpf.Map
-	icmp, ike, diagTally                        *ebpf.Map
+	icmp, ike, diagTally, dropped, rate          *ebpf.Map
 	ncpu                                        int
 	// deleted counts unknown-table entries removed by us, so that evictions stay
 	// exact: evictions = inserts - entries - deleted.
@@ -38,7 +38,7 @@ func FromCollection(ms map[string]*ebpf.Map) (*Maps, error) {
 	}
 	return &Maps{known: ms[KnownName], knownMulti: ms[KnownMultiName], unknown: ms[UnknownName],
 		counters: ms[CountersName], tally: ms[TallyName], icmp: ms[ICMPName], ike: ms[IKEName],
-		diagTally: ms[DiagTallyName], ncpu: ncpu}, nil
+		diagTally: ms[DiagTallyName], dropped: ms[DroppedName], rate: ms[RateName], ncpu: ncpu}, nil
 }
 
 // UnknownCapacity is the unknown table's size.
@@ -80,7 +80,7 @@ func (m *Maps) Counters(slot int) (Counters, error) {
 // Tally returns the unknown table's insert counts, summed over CPUs.
 func (m *Maps) Tally() (Tally, error) {
 	var t Tally
-	for i, dst := range []*uint64{&t.Inserts, &t.InsertFails} {
+	for i, dst := range []*uint64{&t.Inserts, &t.InsertFails, &t.RateInserts, &t.RateFails} {
 		vals := make([]uint64, m.ncpu)
 		if err := m.tally.Lookup(uint32(i), vals); err != nil {
 			return t, fmt.Errorf("reading tally %d: %w", i, err)
@@ -90,6 +90,58 @@ func (m *Maps) Tally() (Tally, error) {
 		}
 	}
 	return t, nil
+}
+
+// Dropped returns one interface slot's unknown-SPI packets dropped (--action
+// drop), per class, summed over CPUs. The rest of the class's unknown packets passed.
+func (m *Maps) Dropped(slot int) ([classify.NumClasses]Count, error) {
+	var d [classify.NumClasses]Count
+	if slot < 0 || slot >= MaxIfaces {
+		return d, fmt.Errorf("reading drop counts: slot %d out of range 0-%d", slot, MaxIfaces-1)
+	}
+	vals := make([]swCount, m.ncpu)
+	for cl := range d {
+		k := uint32(slot*int(classify.NumClasses) + cl)
+		if err := m.dropped.Lookup(k, vals); err != nil {
+			return d, fmt.Errorf("reading drop count %d: %w", k, err)
+		}
+		for _, v := range vals {
+			d[cl].Packets += v.Packets
+			d[cl].Bytes += v.Bytes
+		}
+	}
+	return d, nil
+}
+
+// RateStats describes the --drop-above buckets' table.
+type RateStats struct {
+	Sources   int    // source addresses with a bucket
+	Capacity  int    // the table's size
+	Evictions uint64 // buckets evicted (inserts - sources); an evicted source starts again full
+	Fails     uint64 // sources that could not get a bucket (their packets were dropped)
+}
+
+// RateTableStats counts the --drop-above buckets' table.
+func (m *Maps) RateTableStats() (RateStats, error) {
+	s := RateStats{Capacity: int(m.rate.MaxEntries())}
+	var k rateKey
+	it := m.rate.Iterate()
+	vals := make([]rateBucket, m.ncpu)
+	for it.Next(&k, &vals) {
+		s.Sources++
+	}
+	if err := it.Err(); err != nil {
+		return s, fmt.Errorf("reading the rate-limit table: %w", err)
+	}
+	t, err := m.Tally()
+	if err != nil {
+		return s, err
+	}
+	if t.RateInserts > uint64(s.Sources) {
+		s.Evictions = t.RateInserts - uint64(s.Sources)
+	}
+	s.Fails = t.RateFails
+	return s, nil
 }
 
 // Deleted is the number of unknown-table entries removed through these Maps.
@@ -106,6 +158,12 @@ func (m *Maps) ResetCounters(slot int) error {
 		k := uint32(slot*slotsPerIface + i)
 		if err := m.counters.Update(k, zero, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("resetting counter %d: %w", k, err)
+		}
+	}
+	for cl := 0; cl < int(classify.NumClasses); cl++ {
+		k := uint32(slot*int(classify.NumClasses) + cl)
+		if err := m.dropped.Update(k, zero, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("resetting drop count %d: %w", k, err)
 		}
 	}
 	return nil

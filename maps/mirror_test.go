@@ -40,6 +40,8 @@ func TestMirrors(t *testing.T) {
 		{ICMPName, ebpf.LRUHash, icmpKey{}, icmpStats{}},
 		{IKEName, ebpf.LRUHash, ikeKey{}, ikeStats{}},
 		{DiagTallyName, ebpf.PerCPUArray, uint32(0), uint64(0)},
+		{DroppedName, ebpf.PerCPUArray, uint32(0), swCount{}},
+		{RateName, ebpf.LRUCPUHash, rateKey{}, rateBucket{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ms, ok := spec.Maps[tc.name]
@@ -86,6 +88,9 @@ func TestMirrors(t *testing.T) {
 	}
 	if got := spec.Maps[DiagTallyName].MaxEntries; got != uint32(reflect.TypeFor[DiagTally]().NumField()) {
 		t.Errorf("%s has %d entries, DiagTally reads %d", DiagTallyName, got, reflect.TypeFor[DiagTally]().NumField())
+	}
+	if got, want := spec.Maps[DroppedName].MaxEntries, uint32(MaxIfaces*classify.NumClasses); got != want {
+		t.Errorf("%s has %d entries, want MaxIfaces*NumClasses = %d", DroppedName, got, want)
 	}
 	if got := spec.Maps[TallyName].MaxEntries; got != uint32(reflect.TypeFor[Tally]().NumField()) {
 		t.Errorf("%s has %d entries, Tally reads %d", TallyName, got, reflect.TypeFor[Tally]().NumField())

@@ -27,10 +27,12 @@ const (
 	ICMPName       = "sw_icmp"
 	IKEName        = "sw_ike"
 	DiagTallyName  = "sw_diag_tally"
+	DroppedName    = "sw_dropped"
+	RateName       = "sw_rate"
 )
 
 // Names are the maps every program instance shares (and --pin keeps).
-var Names = []string{KnownName, KnownMultiName, UnknownName, CountersName, TallyName, ICMPName, IKEName, DiagTallyName}
+var Names = []string{KnownName, KnownMultiName, UnknownName, CountersName, TallyName, ICMPName, IKEName, DiagTallyName, DroppedName, RateName}
 
 // saKey mirrors struct sa_key.
 type saKey struct {
@@ -40,12 +42,38 @@ type saKey struct {
 
 // saStats mirrors struct sa_stats (one CPU's copy).
 type saStats struct {
-	Packets     uint64
-	Bytes       uint64
-	LastSeenNs  uint64
-	LastJiffies uint64
-	MaxSeq      uint32
-	_           uint32
+	Packets      uint64
+	Bytes        uint64
+	LastSeenNs   uint64
+	SeqWindow    uint64
+	MaxSeq       uint32
+	FirstSeq     uint32
+	Src          [16]byte
+	SrcPort      uint16
+	OtherPort    uint16
+	Restarts     uint32
+	Gaps         uint64
+	Late         uint64
+	Dups         uint64
+	Replays      uint64
+	OtherPackets uint64
+	OtherLastNs  uint64
+	OtherSrc     [16]byte
+	Wraps        uint32
+	_            uint32
+	LastJiffies  uint64
+	TickNs       uint64
+}
+
+// rateKey mirrors struct rate_key.
+type rateKey struct {
+	Saddr [16]byte
+}
+
+// rateBucket mirrors struct rate_bucket.
+type rateBucket struct {
+	CreditNs uint64
+	LastNs   uint64
 }
 
 // knownSPI mirrors struct known_spi (one CPU's copy).
@@ -117,13 +145,52 @@ func addrFrom16(b [16]byte) netip.Addr {
 	return netip.AddrFrom16(b).Unmap()
 }
 
-// KnownSA is a known SA with its counters summed over CPUs.
+// KnownSA is a known SA with its CPUs' counters combined (see combine).
 type KnownSA struct {
 	SA
 	Packets    uint64
 	Bytes      uint64
 	LastSeenNs uint64 // CLOCK_MONOTONIC; 0 when never seen
 	MaxSeq     uint32
+	Seq        SeqHealth
+	// Sources the SA's packets came from, as far as the kernel remembers them:
+	// each CPU's first source and the last other one, most recent first.
+	Sources []SASource
+	// OtherPackets came from another source than their CPU's first one.
+	OtherPackets uint64
+	// CPUs is how many CPUs saw packets of the SA.
+	CPUs int
+}
+
+// SASource is one source address (and UDP port; 0 for ESP) of a known SA.
+type SASource struct {
+	Addr       netip.Addr
+	Port       uint16
+	LastSeenNs uint64
+}
+
+// SeqHealth is what the ESP sequence numbers of an SA's first source say
+// (rules in bpf/spiwatch.h).
+type SeqHealth struct {
+	Lost     uint64 // estimated: numbers skipped and not arriving later (late)
+	Late     uint64 // arrived behind the highest, within the 64-number window
+	Dups     uint64 // arrived twice within the window
+	Replays  uint64 // replay-suspect: behind the highest by 64 or more
+	Restarts uint64 // dropped back to a low number: the peer started a new SA with this SPI
+	Wraps    uint64 // ESN: the low 32 bits wrapped
+	// Spread: the SA's packets arrived on several CPUs, each seeing part of the
+	// stream; Lost is then estimated from the span of sequence numbers.
+	Spread bool
+}
+
+// LossRatio is the estimated share of the SA's packets lost before they reached
+// the gateway: lost / (received + lost).
+func (k KnownSA) LossRatio() float64 {
+	seen := k.Packets - min(k.Packets, k.OtherPackets)
+	if seen+k.Seq.Lost == 0 {
+		return 0
+	}
+	return float64(k.Seq.Lost) / float64(seen+k.Seq.Lost)
 }
 
 // Unknown is one row of the unknown-SPI table.
@@ -169,8 +236,10 @@ func (c *Counters) Total() Count {
 	return t
 }
 
-// Tally is the unknown table's bookkeeping.
+// Tally is the tables' bookkeeping.
 type Tally struct {
-	Inserts     uint64 // keys the program added
+	Inserts     uint64 // keys the program added to the unknown table
 	InsertFails uint64 // keys it could not add (table refused, or lost a race)
+	RateInserts uint64 // sources added to the --drop-above buckets
+	RateFails   uint64 // sources it could not add (their packets were dropped)
 }

@@ -28,6 +28,9 @@ build of the classifier as an extra column in the same run (min of 15 rounds of
 | | esp unknown (existing entry) | 94, 94 | 84, 64 |
 | the coarse clock read once per tick, which jiffies tell (bpf_jiffies64 is inlined by the verifier; the coarse clock only moves at a tick, so last-seen keeps its value and precision). Alternating runs | esp known | 35, 38 | 31, 33 |
 | | esp unknown (existing entry) | 68, 66 | 63, 69 |
+| known SAs keep their first source and sequence health per CPU (a 16-byte source compare, a 64-bit window): this build against itself without that code, same map layout, one run each, three runs (load 12 on 2 CPUs: noisy). The bench frame repeats one sequence number, so it takes the duplicate path | esp known | 38, 42, 42 | 44, 42, 40 |
+| | esp-in-udp known | 50, 43, 43 | 52, 44, 48 |
+| | verifier | 108,938 verified insns | 109,846 |
 | capture as a mode of the same program: while no capture runs, one load of ` + "`capture_on`" + ` (.bss) and a branch per frame; two A/B runs of 21 rounds, before / after in each | esp known | 54, 60 | 63, 63 |
 | | esp-in-udp known | 64, 64 | 73, 71 |
 | | esp unknown (existing entry) | 114, 113 | 119, 113 |

@@ -97,7 +97,8 @@ func TestBadKnownFiles(t *testing.T) {
 		b.WriteString("\n")
 	}
 	big := write("big", []byte(b.String()))
-	cfg := Config{Interfaces: []string{"lo"}, KnownFile: big, XDPMode: "auto", Action: "pass", Interval: time.Second, UnknownMax: 1, KnownMax: 1 << 20, Top: 1, LogFormat: "logfmt"}
+	cfg := Config{Interfaces: []string{"lo"}, KnownFile: big, XDPMode: "auto", Action: "pass", Interval: time.Second, UnknownMax: 1, KnownMax: 1 << 20, Top: 1, LogFormat: "logfmt",
+		CollisionWindow: time.Second}
 	v, err := cfg.Validate()
 	if err != nil {
 		t.Fatalf("a million lines: %v", err)

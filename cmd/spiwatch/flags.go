@@ -54,6 +54,10 @@ type Config struct {
 	StaleHistory time.Duration
 	IKEInitRate  float64
 
+	// NAT SPI collisions and flood mitigation
+	CollisionWindow time.Duration
+	DropAbove       uint32
+
 	// event log
 	LogFile   string
 	LogFormat string
@@ -94,6 +98,9 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.RekeyGrace, "rekey-grace", knownset.DefaultRekeyGrace, "an SPI unknown when first seen and known within this time is a rekey race, not a fault")
 	fs.DurationVar(&c.StaleHistory, "stale-history", knownset.DefaultHistory, "an SPI whose SA was removed this recently is stale (the peer still uses a forgotten SA)")
 	fs.Float64Var(&c.IKEInitRate, "ike-init-rate", report.DefaultIKEInitRate, "IKE_SA_INIT requests per second from one peer, averaged over 10 s, above which the report and event log flag an IKE_SA_INIT storm (0: never)")
+
+	fs.DurationVar(&c.CollisionWindow, "collision-window", report.DefaultCollisionWindow, "an SPI seen towards one destination from two or more sources (addresses, or UDP ports of one address) within this time is a collision")
+	fs.Uint32Var(&c.DropAbove, "drop-above", 0, "with --action drop: drop a source address's unknown-SPI packets only above this many per second (token bucket per CPU); below it they pass and are counted (default 0: drop them all)")
 
 	fs.StringVar(&c.LogFile, "log-file", "", "write the event log (new unknown SPIs, ICMP errors about ESP, IKE_SA_INIT storms, table evictions, lost interfaces) to this file; - is stderr (default: stderr, off in the live view)")
 	fs.StringVar(&c.LogFormat, "log-format", "logfmt", "event log format: logfmt or json")
@@ -210,6 +217,18 @@ func (c *Config) Validate() (*Validated, error) {
 	}
 	if c.LogEvery < 0 {
 		return nil, fmt.Errorf("--log-every %s: must be 0 or more", c.LogEvery)
+	}
+	if c.CollisionWindow <= 0 {
+		return nil, fmt.Errorf("--collision-window %s: must be more than 0", c.CollisionWindow)
+	}
+	if c.DropAbove > 0 {
+		if c.Action != "drop" {
+			return nil, fmt.Errorf("--drop-above %d: only with --action drop (unknown-SPI packets pass otherwise)", c.DropAbove)
+		}
+		if c.DropAbove > loader.MaxDropAbove {
+			return nil, fmt.Errorf("--drop-above %d: at most %d packets per second", c.DropAbove, loader.MaxDropAbove)
+		}
+		v.Settings.DropAbove = c.DropAbove
 	}
 	if c.MetricsTopUnknown < 0 || c.MetricsTopUnknown > metrics.MaxUnknownSeries {
 		return nil, fmt.Errorf("--metrics-top-unknown %d: must be 0-%d", c.MetricsTopUnknown, metrics.MaxUnknownSeries)

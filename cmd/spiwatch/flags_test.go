@@ -96,6 +96,10 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown interface", []string{"-i", "lo", "-i", "spiwatch-no-such-if"}, "-i spiwatch-no-such-if: interface not found (see ip link)"},
 		{"xdp mode", append(lo, "--xdp-mode", "bogus"), `--xdp-mode: unknown XDP mode "bogus": want auto, native or generic`},
 		{"action", append(lo, "--action", "maybe"), `--action "maybe": want pass or drop`},
+		{"drop-above without drop", append(lo, "--drop-above", "100"), `--drop-above 100: only with --action drop (unknown-SPI packets pass otherwise)`},
+		{"drop-above too high", append(lo, "--action", "drop", "--drop-above", "2000000000"), `--drop-above 2000000000: at most 1000000000 packets per second`},
+		{"drop-above not a number", append(lo, "--action", "drop", "--drop-above", "-5"), `invalid argument "-5" for "--drop-above" flag: must be a non-negative integer (see spiwatch --help)`},
+		{"collision window 0", append(lo, "--collision-window", "0s"), `--collision-window 0s: must be more than 0`},
 		{"natt port 0", append(lo, "--natt-port", "0"), `--natt-port "0": not a UDP port (1-65535)`},
 		{"natt port 70000", append(lo, "--natt-port", "70000"), `--natt-port "70000": not a UDP port (1-65535)`},
 		{"natt port abc", append(lo, "--natt-port", "abc"), `--natt-port "abc": not a UDP port (1-65535)`},
@@ -153,7 +157,7 @@ func TestValidateAccepts(t *testing.T) {
 	}
 	// Exactly 4 distinct SAs for a table of 4: an SA given twice on the command line,
 	// or both there and in the file, takes one entry.
-	args := append([]string{"-i", "lo", "--xdp-mode", "generic", "--action", "drop", "--interval", "10ms", "--top", "0",
+	args := append([]string{"-i", "lo", "--xdp-mode", "generic", "--action", "drop", "--drop-above", "250", "--collision-window", "5s", "--interval", "10ms", "--top", "0",
 		"--count", "0", "--known-table-size", "4", "--unknown-table-size", "1",
 		"--known-spi", "256", "--known-spi", "0xffffffff@2001:db8::1", "--known-spi", "256", "--known-spi", "0x3000@192.0.2.1",
 		"--known-file", file}, ports...)
@@ -165,7 +169,8 @@ func TestValidateAccepts(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
-	if v.Mode != loader.ModeGeneric || !v.Settings.DropUnknown || v.Settings.UnknownMax != 1 || v.Settings.KnownMax != 4 {
+	if v.Mode != loader.ModeGeneric || !v.Settings.DropUnknown || v.Settings.UnknownMax != 1 || v.Settings.KnownMax != 4 ||
+		v.Settings.DropAbove != 250 || cfg.CollisionWindow != 5*time.Second {
 		t.Errorf("validated %+v", v)
 	}
 	if want := []uint16{4500, 4501, 4502, 4503, 4504, 4505, 4506, 4507}; !slices.Equal(v.Settings.NATTPorts, want) {

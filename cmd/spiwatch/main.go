@@ -166,6 +166,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		for _, st := range s.IKEInitStorms {
 			events.IKEInitStorm(st)
 		}
+		for _, e := range s.KnownEvents {
+			events.KnownSA(e)
+		}
 		events.HeldBack(s.MoreEvents)
 		events.Table(s.Table)
 	}
@@ -216,13 +219,16 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		}
 		fmt.Fprintf(stderr, "spiwatch: watching %s (%s XDP, program id %d)\n", a.Iface, a.Mode, a.ProgID)
 	}
-	if v.Settings.DropUnknown {
+	if v.Settings.DropUnknown && v.Settings.DropAbove > 0 {
+		fmt.Fprintf(stderr, "spiwatch: --action drop: packets with an unknown SPI are dropped above %d per second per source address\n", v.Settings.DropAbove)
+	} else if v.Settings.DropUnknown {
 		fmt.Fprintln(stderr, "spiwatch: --action drop: packets with an unknown SPI are dropped")
 	}
 	var col *metrics.Collector
 	if metricsLn != nil {
 		col = metrics.NewCollector(objs.Maps, ifaces, cfg.MetricsTopUnknown)
 		col.Verdict = known.Verdict
+		col.CollisionWindow, col.DropAbove = cfg.CollisionWindow, v.Settings.DropAbove
 		col.Sources = sourceStats(sources)
 		srv, err := metrics.Serve(metricsLn, col)
 		if err != nil {
@@ -257,6 +263,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	}
 	rep.Action, rep.Top, rep.IKEInitRate = cfg.Action, cfg.Top, cfg.IKEInitRate
 	rep.Verdict = known.Verdict
+	rep.CollisionWindow, rep.DropAbove = cfg.CollisionWindow, v.Settings.DropAbove
 	if len(sources) > 0 {
 		rep.Sources = sourceStats(sources)
 	}

@@ -37,6 +37,9 @@ type Logger struct {
 	lastLine time.Time
 	evicting bool // the unknown table was evicting at the last check
 	lastEv   uint64
+
+	lastReplay map[maps.SA]time.Time // replay-suspect lines, at most one per SA every `every`
+	heldReplay map[maps.SA]uint64    // replay suspects not yet written
 }
 
 // New makes a Logger writing format ("logfmt" or "json") to w, at most one line
@@ -46,7 +49,8 @@ func New(w io.Writer, format string, every time.Duration) (*Logger, error) {
 		return nil, fmt.Errorf("--log-format %q: want logfmt or json", format)
 	}
 	return &Logger{w: w, json: format == "json", every: every, now: time.Now,
-		lastSPI: map[uint32]time.Time{}, lastPeer: map[netip.Addr]time.Time{}, lastICMP: map[netip.Addr]time.Time{}}, nil
+		lastSPI: map[uint32]time.Time{}, lastPeer: map[netip.Addr]time.Time{}, lastICMP: map[netip.Addr]time.Time{},
+		lastReplay: map[maps.SA]time.Time{}, heldReplay: map[maps.SA]uint64{}}, nil
 }
 
 // kv is one field of a line, in order.
@@ -107,13 +111,19 @@ func (l *Logger) UnknownSPI(u report.UnknownRow) {
 	}
 	l.lastSPI[u.SPI], l.lastPeer[u.Src] = now, now
 	msg, level := "Received ESP packet with unknown SPI", "warn"
-	if u.Verdict == "reserved" {
+	switch u.Verdict {
+	case "reserved":
 		msg = "Received ESP packet with reserved SPI (0-255, never valid)"
+	case report.Collision:
+		msg = "Received ESP packets with one unknown SPI from more than one source (NAT SPI collision)"
 	}
-	l.write(level, "unknown_spi", msg,
-		kv{"spi", fmt.Sprintf("0x%08x", u.SPI)}, kv{"src", u.Src.String()}, kv{"sport", u.SrcPort},
-		kv{"dst", u.Dst.String()}, kv{"dport", u.DstPort}, kv{"iface", u.Iface}, kv{"seq", u.LastSeq},
-		kv{"packets", u.Packets}, kv{"verdict", u.Verdict}, kv{"held_back", l.held})
+	fields := []kv{{"spi", fmt.Sprintf("0x%08x", u.SPI)}, {"src", u.Src.String()}, {"sport", u.SrcPort},
+		{"dst", u.Dst.String()}, {"dport", u.DstPort}, {"iface", u.Iface}, {"seq", u.LastSeq},
+		{"packets", u.Packets}, {"verdict", u.Verdict}}
+	if len(u.Sources) > 0 {
+		fields = append(fields, kv{"sources", report.SourcesString(u.Sources)})
+	}
+	l.write(level, "unknown_spi", msg, append(fields, kv{"held_back", l.held})...)
 	l.held = 0
 	l.forget(now)
 }
@@ -170,7 +180,7 @@ func (l *Logger) VerdictChange(u report.UnknownRow, from string) {
 	l.write("info", "verdict_change", "Unknown-SPI verdict changed",
 		kv{"spi", fmt.Sprintf("0x%08x", u.SPI)}, kv{"src", u.Src.String()}, kv{"sport", u.SrcPort},
 		kv{"dst", u.Dst.String()}, kv{"dport", u.DstPort}, kv{"iface", u.Iface}, kv{"from", from}, kv{"verdict", u.Verdict},
-		kv{"packets", u.Packets})
+		kv{"packets", u.Packets}, kv{"sources", report.SourcesString(u.Sources)})
 }
 
 // SourceSync logs that a known-SA source was read again.
@@ -249,4 +259,43 @@ func (l *Logger) IKEInitStorm(st report.IKEInitStorm) {
 	l.write("warn", "ike_init_storm", "Peer retries IKE_SA_INIT above --ike-init-rate",
 		kv{"peer", st.Peer.String()}, kv{"iface", st.Iface}, kv{"rate", fmt.Sprintf("%.2f", st.Rate)},
 		kv{"window", report.IKEInitWindow.String()}, kv{"requests", st.Requests})
+}
+
+// KnownSA logs what a report found about a known SA: a collision (error: someone
+// else's traffic lands in the SA), a sequence restart, or replay suspects (at most
+// one line per SA every `every`; the line counts those held back).
+func (l *Logger) KnownSA(e report.KnownEvent) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := e.Row
+	spi, dst := fmt.Sprintf("0x%08x", k.SPI), "any"
+	if k.Dst.IsValid() {
+		dst = k.Dst.String()
+	}
+	switch e.What {
+	case "collision":
+		l.write("error", "sa_collision", "Known SA receives ESP from more than one source: another peer's traffic lands in it (NAT SPI collision), or the peer moved",
+			kv{"spi", spi}, kv{"dst", dst}, kv{"sources", report.SourcesString(k.ActiveSources)}, kv{"other_source_packets", k.OtherPackets},
+			kv{"packets", k.Packets})
+	case "restart":
+		l.write("warn", "sa_restart", "ESP sequence numbers of a known SA started again from a low number: the peer made a new SA with an SPI still held",
+			kv{"spi", spi}, kv{"dst", dst}, kv{"restarts", k.Seq.Restarts}, kv{"new", e.New}, kv{"highest_seq", k.MaxSeq})
+	case "replay":
+		now := l.now()
+		l.heldReplay[k.SA] += e.New
+		if now.Sub(l.lastReplay[k.SA]) < l.every {
+			return
+		}
+		l.write("warn", "sa_replay_suspect", "Known SA received packets far behind its highest sequence number (replays or a duplicated path)",
+			kv{"spi", spi}, kv{"dst", dst}, kv{"new", l.heldReplay[k.SA]}, kv{"replay_suspect", k.Seq.Replays}, kv{"highest_seq", k.MaxSeq})
+		l.lastReplay[k.SA] = now
+		delete(l.heldReplay, k.SA)
+		if len(l.lastReplay) > 4096 {
+			for sa, t := range l.lastReplay {
+				if now.Sub(t) >= l.every && l.heldReplay[sa] == 0 {
+					delete(l.lastReplay, sa)
+				}
+			}
+		}
+	}
 }

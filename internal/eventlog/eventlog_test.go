@@ -116,3 +116,47 @@ func TestTableEvicting(t *testing.T) {
 		t.Errorf("interface line: %s", b.String())
 	}
 }
+
+func TestKnownSAEvents(t *testing.T) {
+	l, b, now := newLogger(t, "logfmt")
+	a, c := maps.SASource{Addr: netip.MustParseAddr("198.51.100.1"), Port: 4500}, maps.SASource{Addr: netip.MustParseAddr("198.51.100.2"), Port: 4500}
+	k := report.KnownRow{KnownSA: maps.KnownSA{SA: maps.SA{SPI: 0xc0ffee, Dst: netip.MustParseAddr("203.0.113.1")}, Packets: 9, OtherPackets: 4,
+		MaxSeq: 12, Seq: maps.SeqHealth{Restarts: 1, Replays: 5}}, Collision: true, ActiveSources: []maps.SASource{a, c}}
+	l.KnownSA(report.KnownEvent{Row: k, What: "collision"})
+	l.KnownSA(report.KnownEvent{Row: k, What: "restart", New: 1})
+	l.KnownSA(report.KnownEvent{Row: k, What: "replay", New: 2})
+	l.KnownSA(report.KnownEvent{Row: k, What: "replay", New: 3}) // held back
+	*now = now.Add(11 * time.Second)
+	l.KnownSA(report.KnownEvent{Row: k, What: "replay", New: 1})
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("%d lines, want 4:\n%s", len(lines), b.String())
+	}
+	for i, want := range []string{
+		`level=error event=sa_collision`, `sources="198.51.100.1:4500, 198.51.100.2:4500" other_source_packets=4`,
+	} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("line 1 lacks %q (%d): %s", want, i, lines[0])
+		}
+	}
+	if !strings.Contains(lines[1], "event=sa_restart") || !strings.Contains(lines[1], "spi=0x00c0ffee dst=203.0.113.1 restarts=1 new=1") {
+		t.Errorf("line 2: %s", lines[1])
+	}
+	if !strings.Contains(lines[2], "event=sa_replay_suspect") || !strings.Contains(lines[2], "new=2 replay_suspect=5") {
+		t.Errorf("line 3: %s", lines[2])
+	}
+	if !strings.Contains(lines[3], "new=4 ") {
+		t.Errorf("line 4 must count the 3 held back plus 1: %s", lines[3])
+	}
+}
+
+func TestUnknownCollisionLine(t *testing.T) {
+	l, b, _ := newLogger(t, "logfmt")
+	u := row(0xbeef, "198.51.100.7")
+	u.Verdict = report.Collision
+	u.Sources = []maps.SASource{{Addr: netip.MustParseAddr("198.51.100.7"), Port: 4500}, {Addr: netip.MustParseAddr("198.51.100.7"), Port: 4501}}
+	l.UnknownSPI(u)
+	if !strings.Contains(b.String(), `verdict=collision sources="198.51.100.7:4500, 198.51.100.7:4501"`) || !strings.Contains(b.String(), "NAT SPI collision") {
+		t.Errorf("line %s", b.String())
+	}
+}

@@ -22,6 +22,9 @@ import (
 	"github.com/spiwatch/spiwatch/internal/report"
 )
 
+// maxKnownRows bounds the known SAs with concerns shown above the unknown table.
+const maxKnownRows = 5
+
 // Sort orders of the unknown-SPI table, cycled with s.
 var sorts = []string{"rate", "packets", "last seen", "first seen", "SPI"}
 
@@ -145,7 +148,7 @@ func (v *View) Render(w, h int) string {
 		state = "  PAUSED"
 	}
 	if s.Action == "drop" {
-		state += "  DROPPING unknown-SPI packets"
+		state += "  " + report.DropLabel(s.DropAbove)
 	}
 	add("spiwatch  %s  up %s  %s%s", strings.Join(ifs, ", "), time.Since(v.info.Started).Round(time.Second), s.Time.Format("15:04:05"), state)
 	evict := ""
@@ -158,6 +161,13 @@ func (v *View) Render(w, h int) string {
 	}
 	add("known SAs %d (%s)  unknown table %d/%d, %d evicted%s", len(s.Known), from,
 		s.Table.Entries, s.Table.Capacity, s.Table.Evictions, evict)
+	if s.Rate != nil {
+		add("rate limit: %d sources with a bucket (of %d), %d evicted, %d without one", s.Rate.Sources, s.Rate.Capacity, s.Rate.Evictions, s.Rate.Fails)
+	}
+	// Known SAs in collision first of all: someone else's traffic lands in them.
+	for _, l := range report.CollisionLines(s) {
+		add("%s", l)
+	}
 	add("")
 	add("%-14s %-9s %9s %9s %14s %16s", "class", "outcome", "pkt/s", "bit/s", "packets", "bytes")
 	secs := s.Interval.Seconds()
@@ -179,11 +189,44 @@ func (v *View) Render(w, h int) string {
 				oname = "-"
 			}
 			add("%-14s %-9s %9s %9s %14d %16d", c, oname, report.Human(rate(d.Packets)), report.Human(8*rate(d.Bytes)), now.Packets, now.Bytes)
+			if o == classify.OutcomeUnknown && s.Action == "drop" {
+				dn, dd := s.Total.Dropped[c], s.Total.DroppedDelta[c]
+				add("%-14s %-9s %9s %9s %14d %16d", c, "dropped", report.Human(rate(dd.Packets)), report.Human(8*rate(dd.Bytes)), dn.Packets, dn.Bytes)
+				pn, pd := now.Packets-min(now.Packets, dn.Packets), d.Packets-min(d.Packets, dd.Packets)
+				pb, pdb := now.Bytes-min(now.Bytes, dn.Bytes), d.Bytes-min(d.Bytes, dd.Bytes)
+				add("%-14s %-9s %9s %9s %14d %16d", c, "passed", report.Human(rate(pd)), report.Human(8*rate(pdb)), pn, pb)
+			}
 		}
 	}
 	t := s.Total.Now.Total()
 	add("%-14s %-9s %9s %9s %14d %16d", "total", "", report.Human(rate(s.Total.Delta.Total().Packets)), report.Human(8*rate(s.Total.Delta.Total().Bytes)), t.Packets, t.Bytes)
 	add("")
+
+	// Known SAs with a concern (collision, restart, replay suspects, loss): at
+	// most maxKnownRows, so the unknown table keeps the screen.
+	var concerns []report.KnownRow
+	for _, k := range report.KnownByConcern(s.Known) {
+		if report.KnownProblem(k) != "" {
+			concerns = append(concerns, k)
+		}
+	}
+	if len(concerns) > 0 {
+		add("known SAs with concerns: %d", len(concerns))
+		add("%-26s %10s %8s %8s %8s %8s  %s", "SA", "packets", "lost", "replay", "restarts", "other", "concern / sources")
+		for i, k := range concerns {
+			if i == maxKnownRows {
+				add("... %d more (spiwatch --json lists all)", len(concerns)-i)
+				break
+			}
+			srcs := k.Sources
+			if k.Collision {
+				srcs = k.ActiveSources
+			}
+			add("%-26s %10d %8s %8d %8d %8d  %s: %s", k.SA, k.Packets, report.Percent(k.LossRatio()), k.Seq.Replays, k.Seq.Restarts,
+				k.OtherPackets, report.KnownProblem(k), report.SourcesString(srcs))
+		}
+		add("")
+	}
 
 	rows := slices.Clone(s.Unknown)
 	v.sortRows(rows)

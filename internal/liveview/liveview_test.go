@@ -89,3 +89,39 @@ func TestRenderFits(t *testing.T) {
 		t.Error("pause not shown")
 	}
 }
+
+// TestRenderDiagnosis: a known SA in collision is the second line after the
+// header, known SAs with concerns are listed, and drops are split from passes.
+func TestRenderDiagnosis(t *testing.T) {
+	s := snapshot()
+	s.Action, s.DropAbove = "drop", 500
+	s.Rate = &maps.RateStats{Sources: 2, Capacity: 65536}
+	s.Total.Dropped[classify.ClassESP] = maps.Count{Packets: 20, Bytes: 2000}
+	s.CollisionWindow = 30 * time.Second
+	a, b := maps.SASource{Addr: netip.MustParseAddr("198.51.100.1"), Port: 4500}, maps.SASource{Addr: netip.MustParseAddr("198.51.100.1"), Port: 4501}
+	s.Known = []report.KnownRow{
+		{KnownSA: maps.KnownSA{SA: maps.SA{SPI: 0x1000}, Packets: 100, OtherPackets: 7, Sources: []maps.SASource{a, b}},
+			Collision: true, ActiveSources: []maps.SASource{a, b}},
+		{KnownSA: maps.KnownSA{SA: maps.SA{SPI: 0x2000}, Packets: 90, Seq: maps.SeqHealth{Lost: 10, Replays: 3}}},
+		{KnownSA: maps.KnownSA{SA: maps.SA{SPI: 0x3000}, Packets: 50}},
+	}
+	v := &View{info: Info{Started: time.Now()}, last: s}
+	screen := v.Render(250, 40)
+	lines := strings.Split(screen, "\n")
+	if !strings.Contains(lines[0], "DROPPING unknown-SPI packets above 500 pkt/s per source") {
+		t.Errorf("header %q", lines[0])
+	}
+	want := "COLLISION: known SA 0x00001000@any receives ESP from 2 sources within 30s: 198.51.100.1:4500, 198.51.100.1:4501 (7 packets from other than the first)"
+	if lines[3] != want {
+		t.Errorf("line 4 %q, want %q\n%s", lines[3], want, screen)
+	}
+	for _, w := range []string{"known SAs with concerns: 2", "COLLISION: 198.51.100.1:4500", "10.0%", "replay-suspect,loss",
+		"esp            dropped", "esp            passed"} {
+		if !strings.Contains(screen, w) {
+			t.Errorf("no %q in\n%s", w, screen)
+		}
+	}
+	if strings.Contains(screen, "0x00003000@any") {
+		t.Errorf("an SA without concerns is listed:\n%s", screen)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -77,6 +78,34 @@ var (
 		"Connections to a known-SA source re-established after a loss (charon restarted), by source.", []string{"source"}, nil)
 	sourceUpDesc = prometheus.NewDesc("spiwatch_known_source_up",
 		"1 while a known-SA source is followed, 0 while spiwatch is cut off from it (retrying), by source.", []string{"source"}, nil)
+	droppedDesc = prometheus.NewDesc("spiwatch_unknown_dropped_packets_total",
+		"Unknown-SPI packets dropped (--action drop, above --drop-above per source), by interface and class.", []string{"interface", "class"}, nil)
+	passedDesc = prometheus.NewDesc("spiwatch_unknown_passed_packets_total",
+		"Unknown-SPI packets passed: all of them without --action drop, those under --drop-above with it; by interface and class.", []string{"interface", "class"}, nil)
+	rateSourcesDesc = prometheus.NewDesc("spiwatch_drop_rate_sources",
+		"Source addresses with a --drop-above token bucket.", nil, nil)
+	rateCapDesc = prometheus.NewDesc("spiwatch_drop_rate_capacity",
+		"Size of the --drop-above bucket table.", nil, nil)
+	rateEvictDesc = prometheus.NewDesc("spiwatch_drop_rate_evictions_total",
+		"--drop-above buckets evicted from the full table (an evicted source starts again with a full bucket).", nil, nil)
+	rateFailDesc = prometheus.NewDesc("spiwatch_drop_rate_failures_total",
+		"Unknown-SPI packets dropped because their source could not get a --drop-above bucket.", nil, nil)
+	saLostDesc = prometheus.NewDesc("spiwatch_sa_lost_packets",
+		"Estimated packets of each known SA lost before the gateway (sequence numbers skipped and not arriving later).", []string{"spi", "dst"}, nil)
+	saLateDesc = prometheus.NewDesc("spiwatch_sa_late_packets_total",
+		"Packets of each known SA that arrived behind the highest sequence number, within a 64-number window (reordered).", []string{"spi", "dst"}, nil)
+	saDupDesc = prometheus.NewDesc("spiwatch_sa_duplicate_packets_total",
+		"Packets of each known SA whose sequence number was seen before, within a 64-number window.", []string{"spi", "dst"}, nil)
+	saReplayDesc = prometheus.NewDesc("spiwatch_sa_replay_suspect_packets_total",
+		"Packets of each known SA 64 or more sequence numbers behind the highest (replays or duplicated paths).", []string{"spi", "dst"}, nil)
+	saRestartDesc = prometheus.NewDesc("spiwatch_sa_restarts_total",
+		"Times the sequence numbers of each known SA dropped back to a low number: the peer made a new SA with an SPI still held.", []string{"spi", "dst"}, nil)
+	saOtherDesc = prometheus.NewDesc("spiwatch_sa_other_source_packets_total",
+		"Packets of each known SA from another source (address or UDP port) than the first one seen.", []string{"spi", "dst"}, nil)
+	saCollisionDesc = prometheus.NewDesc("spiwatch_sa_collision",
+		"1 while a known SA receives packets from two or more sources within the collision window: someone else's traffic lands in the SA.", []string{"spi", "dst"}, nil)
+	collisionsDesc = prometheus.NewDesc("spiwatch_spi_collisions",
+		"SPIs (per destination) seen from two or more sources within the collision window, known and unknown.", nil, nil)
 	scrapeErrDesc = prometheus.NewDesc("spiwatch_scrape_errors_total",
 		"Scrapes in which reading a BPF map failed.", nil, nil)
 )
@@ -95,6 +124,10 @@ type Collector struct {
 	Verdict func(spi uint32, firstSeen time.Time) string
 	// Sources returns the known-SA sources' health (nil: none).
 	Sources func() []sasource.Stats
+	// CollisionWindow as in the reports (0: report.DefaultCollisionWindow).
+	CollisionWindow time.Duration
+	// DropAbove: the --drop-above buckets are exported when set.
+	DropAbove uint32
 }
 
 // NewCollector exposes src for the watched interfaces; topUnknown rows of the
@@ -122,7 +155,9 @@ func (c *Collector) SetIface(i report.Iface) {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packetsDesc, bytesDesc, knownDesc, knownCapDesc, saPacketsDesc, saBytesDesc, saSeqDesc,
-		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, sourceErrDesc, sourceSAsDesc, sourceResyncDesc, sourceReconnDesc, sourceUpDesc, scrapeErrDesc} {
+		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, sourceErrDesc, sourceSAsDesc, sourceResyncDesc, sourceReconnDesc, sourceUpDesc, scrapeErrDesc,
+		droppedDesc, passedDesc, rateSourcesDesc, rateCapDesc, rateEvictDesc, rateFailDesc, saLostDesc, saLateDesc, saDupDesc, saReplayDesc,
+		saRestartDesc, saOtherDesc, saCollisionDesc, collisionsDesc} {
 		ch <- d
 	}
 	for _, d := range diagDescs {
@@ -170,6 +205,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			fail(fmt.Errorf("reading counters of %s: %w", i.Name, err))
 			continue
 		}
+		var dropped [classify.NumClasses]maps.Count
+		if d, ok := c.src.(report.Dropper); ok {
+			if dropped, err = d.Dropped(i.Slot); err != nil {
+				fail(fmt.Errorf("reading drop counts of %s: %w", i.Name, err))
+			}
+		}
+		for _, cl := range []classify.Class{classify.ClassESP, classify.ClassESPInUDP} {
+			u := cnt[cl][classify.OutcomeUnknown].Packets
+			ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(dropped[cl].Packets), i.Name, cl.String())
+			ch <- prometheus.MustNewConstMetric(passedDesc, prometheus.CounterValue, float64(u-min(u, dropped[cl].Packets)), i.Name, cl.String())
+		}
 		for cl := classify.Class(0); cl < classify.NumClasses; cl++ {
 			for o := classify.Outcome(0); o < classify.NumOutcomes; o++ {
 				if (o == classify.OutcomeNone) == (cl == classify.ClassESP || cl == classify.ClassESPInUDP) {
@@ -182,6 +228,22 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 
+	if rl, ok := c.src.(report.RateLimited); ok && c.DropAbove > 0 {
+		if rs, err := rl.RateTableStats(); err != nil {
+			fail(err)
+		} else {
+			ch <- prometheus.MustNewConstMetric(rateSourcesDesc, prometheus.GaugeValue, float64(rs.Sources))
+			ch <- prometheus.MustNewConstMetric(rateCapDesc, prometheus.GaugeValue, float64(rs.Capacity))
+			ch <- prometheus.MustNewConstMetric(rateEvictDesc, prometheus.CounterValue, float64(rs.Evictions))
+			ch <- prometheus.MustNewConstMetric(rateFailDesc, prometheus.CounterValue, float64(rs.Fails))
+		}
+	}
+	window := c.CollisionWindow
+	if window <= 0 {
+		window = report.DefaultCollisionWindow
+	}
+	mono := report.MonoNow()
+	collisions := 0
 	if known, err := c.src.ListKnown(); err != nil {
 		fail(err)
 	} else {
@@ -195,6 +257,18 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(saPacketsDesc, prometheus.CounterValue, float64(k.Packets), spi, dst)
 			ch <- prometheus.MustNewConstMetric(saBytesDesc, prometheus.CounterValue, float64(k.Bytes), spi, dst)
 			ch <- prometheus.MustNewConstMetric(saSeqDesc, prometheus.GaugeValue, float64(k.MaxSeq), spi, dst)
+			ch <- prometheus.MustNewConstMetric(saLostDesc, prometheus.GaugeValue, float64(k.Seq.Lost), spi, dst)
+			ch <- prometheus.MustNewConstMetric(saLateDesc, prometheus.CounterValue, float64(k.Seq.Late), spi, dst)
+			ch <- prometheus.MustNewConstMetric(saDupDesc, prometheus.CounterValue, float64(k.Seq.Dups), spi, dst)
+			ch <- prometheus.MustNewConstMetric(saReplayDesc, prometheus.CounterValue, float64(k.Seq.Replays), spi, dst)
+			ch <- prometheus.MustNewConstMetric(saRestartDesc, prometheus.CounterValue, float64(k.Seq.Restarts), spi, dst)
+			ch <- prometheus.MustNewConstMetric(saOtherDesc, prometheus.CounterValue, float64(k.OtherPackets), spi, dst)
+			coll := 0.0
+			if k.Collision(mono, uint64(window)) {
+				coll = 1
+				collisions++
+			}
+			ch <- prometheus.MustNewConstMetric(saCollisionDesc, prometheus.GaugeValue, coll, spi, dst)
 		}
 	}
 
@@ -219,19 +293,42 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(ts.Evictions))
 	ch <- prometheus.MustNewConstMetric(insertFailsDesc, prometheus.CounterValue, float64(ts.InsertFails))
 
+	// Collisions before the rows are sorted: the result is by row index.
+	type rowID struct {
+		spi, ifindex uint32
+		src, dst     netip.Addr
+		sport, dport uint16
+	}
+	type spiDst struct {
+		spi uint32
+		dst netip.Addr
+	}
+	colliding := map[rowID]bool{}
+	groups := map[spiDst]bool{}
+	for i := range report.UnknownCollisions(snap, mono, window) {
+		u := &snap[i]
+		colliding[rowID{u.SPI, u.Ifindex, u.Src, u.Dst, u.SrcPort, u.DstPort}] = true
+		groups[spiDst{u.SPI, u.Dst}] = true
+	}
+	ch <- prometheus.MustNewConstMetric(collisionsDesc, prometheus.GaugeValue, float64(collisions+len(groups)))
+
 	// The rows with the most packets: a stable choice between scrapes, unlike rates.
 	slices.SortFunc(snap, func(a, b maps.Unknown) int {
 		return cmp.Or(cmp.Compare(b.Packets, a.Packets), cmp.Compare(a.SPI, b.SPI), a.Src.Compare(b.Src), a.Dst.Compare(b.Dst))
 	})
 	shown := min(len(snap), c.topUnknown)
 	for _, u := range snap[:shown] {
+		verdict := c.verdict(u)
+		if colliding[rowID{u.SPI, u.Ifindex, u.Src, u.Dst, u.SrcPort, u.DstPort}] {
+			verdict = report.Collision
+		}
 		iface := names[u.Ifindex]
 		if iface == "" {
 			iface = fmt.Sprintf("if%d", u.Ifindex)
 		}
 		ch <- prometheus.MustNewConstMetric(unknownDesc, prometheus.CounterValue, float64(u.Packets),
 			fmt.Sprintf("0x%08x", u.SPI), u.Src.String(), strconv.Itoa(int(u.SrcPort)), u.Dst.String(), strconv.Itoa(int(u.DstPort)),
-			iface, c.verdict(u))
+			iface, verdict)
 	}
 	ch <- prometheus.MustNewConstMetric(unknownShownDesc, prometheus.GaugeValue, float64(len(snap)-shown))
 }

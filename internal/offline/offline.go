@@ -12,9 +12,12 @@ import (
 	"io"
 	"net/netip"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/internal/capread"
 	"github.com/spiwatch/spiwatch/internal/classify"
@@ -55,6 +58,7 @@ type acc struct {
 	known       map[maps.SA]*report.KnownRow
 	icmp        map[icmpKey]*report.ICMPRow
 	ike         map[ikeKey]*report.IKERow
+	states      map[maps.SA]*maps.SAState // the reference's per-SA state (without BPF)
 	first, last time.Time
 	packets     int
 }
@@ -84,7 +88,8 @@ type rowKey struct {
 // ReadFrom is Read on an open capture; name labels the report.
 func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, error) {
 	a := &acc{rows: map[rowKey]*maps.Unknown{}, rowTimes: map[rowKey][2]time.Time{}, known: map[maps.SA]*report.KnownRow{},
-		icmp: map[icmpKey]*report.ICMPRow{}, ike: map[ikeKey]*report.IKERow{}}
+		icmp: map[icmpKey]*report.ICMPRow{}, ike: map[ikeKey]*report.IKERow{},
+		states: map[maps.SA]*maps.SAState{}}
 	cfg := classify.Config{NATTPorts: o.Settings.NATTPorts}
 	set := classify.SASet{}
 	for _, sa := range o.Known {
@@ -108,6 +113,13 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 			return nil, err
 		}
 		mode = "bpf"
+		// One CPU for the whole capture: the program's per-SA state is per CPU, and
+		// a capture's sequence numbers are to be followed in order, as one stream.
+		unpin, err := onOneCPU()
+		if err != nil {
+			return nil, err
+		}
+		defer unpin()
 		run = func(frame []byte) error {
 			_, err := prog.Run(&ebpf.RunOptions{Data: frame})
 			return err
@@ -171,6 +183,30 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 	return s, readErr
 }
 
+// onOneCPU keeps the calling goroutine on its thread and the thread on the first
+// CPU it may use, until the returned function is called.
+func onOneCPU() (func(), error) {
+	runtime.LockOSThread()
+	var old, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("reading CPU affinity: %w", err)
+	}
+	cpu := 0
+	for cpu < 1024 && !old.IsSet(cpu) {
+		cpu++
+	}
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("pinning to CPU %d: %w", cpu, err)
+	}
+	return func() {
+		unix.SchedSetaffinity(0, &old)
+		runtime.UnlockOSThread()
+	}, nil
+}
+
 // add classifies frame with the reference classifier; counts only when count is
 // set (otherwise the maps count), timestamps always.
 func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify.SASet, count bool) {
@@ -223,9 +259,13 @@ func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify
 		}
 		k.LastSeen = ts
 		if count {
-			k.Packets++
-			k.Bytes += n
-			k.MaxSeq = max(k.MaxSeq, res.Seq)
+			st := a.states[sa]
+			if st == nil {
+				st = &maps.SAState{}
+				a.states[sa] = st
+			}
+			st.Count(res.Src, res.SrcPort, res.Seq, uint32(n), 0)
+			k.KnownSA = st.Known(sa)
 		}
 	}
 }
@@ -283,13 +323,38 @@ func (a *acc) fill(s *report.Snapshot, mode string, top int) {
 		rates = append(rates, rate)
 	}
 	s.UnknownRows = len(rows)
+	// The whole capture is the collision window: every row counts, whatever its
+	// timestamps (0 here, or the test runs' clock).
+	for i := range rows {
+		rows[i].LastSeenNs = 0
+	}
+	coll := report.UnknownCollisions(rows, 0, 1)
+	groups := map[report.SPIDst]bool{}
+	for i := range coll {
+		groups[report.SPIDst{SPI: rows[i].SPI, Dst: rows[i].Dst}] = true
+	}
+	s.Collisions = len(groups)
+	s.CollisionWindow = s.Interval
 	for _, i := range report.TopIndices(rows, rates, top) {
 		u := rows[i]
 		t := a.rowTimes[rowKey{u.SPI, u.Src, u.Dst, u.SrcPort, u.DstPort}]
+		v := report.VerdictOf(u.SPI)
+		if coll[int(i)] != nil {
+			v = report.Collision
+		}
 		s.Unknown = append(s.Unknown, report.UnknownRow{Unknown: u, Iface: s.Source, Rate: rates[i],
-			FirstSeen: t[0], LastSeen: t[1], Verdict: report.VerdictOf(u.SPI)})
+			FirstSeen: t[0], LastSeen: t[1], Verdict: v, Sources: coll[int(i)]})
 	}
 	for _, k := range a.known {
+		// The kernel's clock means nothing for a capture: no source times.
+		k.Sources = slices.Clone(k.Sources)
+		for i := range k.Sources {
+			k.Sources[i].LastSeenNs = 0
+		}
+		if len(k.Sources) >= 2 {
+			k.Collision, k.ActiveSources = true, k.Sources
+			s.Collisions++
+		}
 		s.Known = append(s.Known, *k)
 	}
 	report.SortKnown(s.Known)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,6 +29,10 @@ type jsonClass struct {
 	Class string `json:"class"`
 	jsonCount
 	Outcomes map[string]jsonCount `json:"outcomes,omitempty"`
+	// Unknown-SPI packets dropped and passed (--action drop): dropped + passed
+	// = outcomes.unknown. Present for esp and esp-in-udp when dropping.
+	Dropped *jsonCount `json:"unknown_dropped,omitempty"`
+	Passed  *jsonCount `json:"unknown_passed,omitempty"`
 }
 
 type jsonIface struct {
@@ -62,6 +67,15 @@ type jsonUnknown struct {
 	LastSeen  string  `json:"last_seen"`
 	LastSeq   uint32  `json:"last_seq"`
 	Verdict   string  `json:"verdict"`
+	// Sources: with verdict collision, every source of the SPI towards dst
+	// within the collision window.
+	Sources []jsonSASource `json:"sources,omitempty"`
+}
+
+type jsonSASource struct {
+	Addr     string `json:"addr"`
+	Port     uint16 `json:"port"`
+	LastSeen string `json:"last_seen,omitempty"`
 }
 
 type jsonKnown struct {
@@ -71,6 +85,19 @@ type jsonKnown struct {
 	Bytes      uint64 `json:"bytes"`
 	LastSeen   string `json:"last_seen,omitempty"`
 	HighestSeq uint32 `json:"highest_seq"`
+	// sequence health of the SA's first source
+	Lost          uint64  `json:"lost"`
+	LossRatio     float64 `json:"loss_ratio"`
+	Late          uint64  `json:"late"`
+	Duplicates    uint64  `json:"duplicates"`
+	ReplaySuspect uint64  `json:"replay_suspect"`
+	Restarts      uint64  `json:"restarts"`
+	ESNWraps      uint64  `json:"esn_wraps"`
+	SpreadCPUs    bool    `json:"spread_cpus"` // packets on several CPUs: loss from the sequence span
+	// sources: collision is two or more within the window
+	Collision          bool           `json:"collision"`
+	Sources            []jsonSASource `json:"sources"`
+	OtherSourcePackets uint64         `json:"other_source_packets"`
 }
 
 type jsonSnapshot struct {
@@ -85,6 +112,12 @@ type jsonSnapshot struct {
 	UnknownTable jsonTable     `json:"unknown_table"`
 	UnknownSPIs  []jsonUnknown `json:"unknown_spis"`
 	KnownSAs     []jsonKnown   `json:"known_sas"`
+	// Collisions: SPIs (per destination) seen from two or more sources within
+	// collision_window_s, known and unknown.
+	Collisions       int          `json:"collisions"`
+	CollisionWindowS float64      `json:"collision_window_s"`
+	DropAbovePPS     uint32       `json:"drop_above_pps,omitempty"`
+	RateLimit        *jsonRate    `json:"rate_limit,omitempty"`
 	KnownSources []jsonSource  `json:"known_sources,omitempty"`
 	ICMPTable    jsonTable     `json:"icmp_table"`
 	ICMPErrors   []jsonICMP    `json:"icmp_errors"`
@@ -93,6 +126,14 @@ type jsonSnapshot struct {
 	// IKEInitStorms: peers whose IKE_SA_INIT rate went above --ike-init-rate
 	// since the previous line.
 	IKEInitStorms []jsonStorm `json:"ike_init_storms,omitempty"`
+}
+
+// jsonRate is the --drop-above buckets' table.
+type jsonRate struct {
+	Sources   int    `json:"sources"`
+	Capacity  int    `json:"capacity"`
+	Evictions uint64 `json:"evictions"`
+	Failures  uint64 `json:"failures"`
 }
 
 // jsonSource is a known-SA source's health.
@@ -118,7 +159,7 @@ func count(now, delta maps.Count, d time.Duration) jsonCount {
 	return jsonCount{Packets: now.Packets, Bytes: now.Bytes, PPS: rate(delta.Packets, d), BPS: rate(delta.Bytes, d)}
 }
 
-func classesJSON(ic IfaceCounts, d time.Duration) []jsonClass {
+func classesJSON(ic IfaceCounts, d time.Duration, dropping bool) []jsonClass {
 	out := make([]jsonClass, 0, classify.NumClasses)
 	for c := classify.Class(0); c < classify.NumClasses; c++ {
 		jc := jsonClass{Class: c.String(), jsonCount: count(ic.Now.Class(c), ic.Delta.Class(c), d)}
@@ -127,8 +168,26 @@ func classesJSON(ic IfaceCounts, d time.Duration) []jsonClass {
 			for _, o := range oc {
 				jc.Outcomes[o.String()] = count(ic.Now[c][o], ic.Delta[c][o], d)
 			}
+			if dropping {
+				dn, dd := ic.Dropped[c], ic.DroppedDelta[c]
+				un, ud := ic.Now[c][classify.OutcomeUnknown], ic.Delta[c][classify.OutcomeUnknown]
+				dr, pa := count(dn, dd, d), count(subCount(un, dn), subCount(ud, dd), d)
+				jc.Dropped, jc.Passed = &dr, &pa
+			}
 		}
 		out = append(out, jc)
+	}
+	return out
+}
+
+func subCount(a, b maps.Count) maps.Count {
+	return maps.Count{Packets: a.Packets - min(a.Packets, b.Packets), Bytes: a.Bytes - min(a.Bytes, b.Bytes)}
+}
+
+func sourcesJSON(srcs []maps.SASource) []jsonSASource {
+	out := []jsonSASource{}
+	for _, x := range srcs {
+		out = append(out, jsonSASource{Addr: addrString(x.Addr), Port: x.Port, LastSeen: stamp(MonoToWall(x.LastSeenNs))})
 	}
 	return out
 }
@@ -157,29 +216,42 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 		Source:    s.Source,
 		Partial:   s.Partial,
 		Total:     count(s.Total.Now.Total(), s.Total.Delta.Total(), s.Interval),
-		Classes:   classesJSON(s.Total, s.Interval),
+		Classes:   classesJSON(s.Total, s.Interval, s.Action == "drop"),
 		UnknownTable: jsonTable{Entries: s.Table.Entries, Capacity: s.Table.Capacity, Inserts: s.Table.Inserts,
 			Evictions: s.Table.Evictions, InsertFailures: s.Table.InsertFails},
-		UnknownSPIs: []jsonUnknown{},
-		KnownSAs:    []jsonKnown{},
+		UnknownSPIs:      []jsonUnknown{},
+		KnownSAs:         []jsonKnown{},
+		Collisions:       s.Collisions,
+		CollisionWindowS: s.CollisionWindow.Seconds(),
+		DropAbovePPS:     s.DropAbove,
+	}
+	if s.Rate != nil {
+		js.RateLimit = &jsonRate{Sources: s.Rate.Sources, Capacity: s.Rate.Capacity, Evictions: s.Rate.Evictions, Failures: s.Rate.Fails}
 	}
 	for _, ic := range s.Ifaces {
 		js.Interfaces = append(js.Interfaces, jsonIface{Name: ic.Name, Ifindex: ic.Ifindex, Mode: ic.Mode, Problem: ic.Problem, LinkDown: ic.LinkDown,
-			Total: count(ic.Now.Total(), ic.Delta.Total(), s.Interval), Classes: classesJSON(ic, s.Interval)})
+			Total: count(ic.Now.Total(), ic.Delta.Total(), s.Interval), Classes: classesJSON(ic, s.Interval, s.Action == "drop")})
 	}
 	for i, u := range s.Unknown {
 		if top > 0 && i >= top {
 			break
 		}
-		js.UnknownSPIs = append(js.UnknownSPIs, jsonUnknown{
+		ju := jsonUnknown{
 			SPI: fmt.Sprintf("0x%08x", u.SPI), Src: addrString(u.Src), Sport: u.SrcPort, Dst: addrString(u.Dst), Dport: u.DstPort,
 			Interface: u.Iface, Packets: u.Packets, Bytes: u.Bytes, PPS: u.Rate,
 			FirstSeen: stamp(u.FirstSeen), LastSeen: stamp(u.LastSeen), LastSeq: u.LastSeq, Verdict: u.Verdict,
-		})
+		}
+		if len(u.Sources) > 0 {
+			ju.Sources = sourcesJSON(u.Sources)
+		}
+		js.UnknownSPIs = append(js.UnknownSPIs, ju)
 	}
 	for _, k := range s.Known {
 		js.KnownSAs = append(js.KnownSAs, jsonKnown{SPI: fmt.Sprintf("0x%08x", k.SPI), Dst: addrString(k.Dst),
-			Packets: k.Packets, Bytes: k.Bytes, LastSeen: stamp(k.LastSeen), HighestSeq: k.MaxSeq})
+			Packets: k.Packets, Bytes: k.Bytes, LastSeen: stamp(k.LastSeen), HighestSeq: k.MaxSeq,
+			Lost: k.Seq.Lost, LossRatio: k.LossRatio(), Late: k.Seq.Late, Duplicates: k.Seq.Dups, ReplaySuspect: k.Seq.Replays,
+			Restarts: k.Seq.Restarts, ESNWraps: k.Seq.Wraps, SpreadCPUs: k.Seq.Spread,
+			Collision: k.Collision, Sources: sourcesJSON(k.Sources), OtherSourcePackets: k.OtherPackets})
 	}
 	for _, src := range s.Sources {
 		js.KnownSources = append(js.KnownSources, jsonSource{Name: src.Name, SAs: src.SAs, Connected: src.Connected, Syncs: src.Syncs,
@@ -213,9 +285,19 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 		fmt.Fprintf(&b, ", %d not recorded", s.Table.InsertFails)
 	}
 	if s.Action == "drop" {
-		b.WriteString("  DROPPING unknown-SPI packets")
+		b.WriteString("  " + DropLabel(s.DropAbove))
 	}
 	b.WriteString("\n")
+	if s.Rate != nil {
+		fmt.Fprintf(&b, "rate limit: %d sources with a bucket (of %d), %d evicted", s.Rate.Sources, s.Rate.Capacity, s.Rate.Evictions)
+		if s.Rate.Fails > 0 {
+			fmt.Fprintf(&b, ", %d without one (dropped)", s.Rate.Fails)
+		}
+		b.WriteString("\n")
+	}
+	for _, line := range CollisionLines(s) {
+		b.WriteString(line + "\n")
+	}
 	if len(s.Sources) > 0 {
 		fmt.Fprintf(&b, "known SAs from %s\n", SourcesLine(s.Sources))
 	}
@@ -239,6 +321,16 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 			}
 			fmt.Fprintf(&b, row, c, oname, Human(rate(d.Packets, s.Interval)),
 				Human(8*rate(d.Bytes, s.Interval)), fmt.Sprint(now.Packets), fmt.Sprint(now.Bytes))
+			if o == classify.OutcomeUnknown && s.Action == "drop" {
+				dn, dd := s.Total.Dropped[c], s.Total.DroppedDelta[c]
+				for _, x := range []struct {
+					name   string
+					now, d maps.Count
+				}{{"dropped", dn, dd}, {"passed", subCount(now, dn), subCount(d, dd)}} {
+					fmt.Fprintf(&b, row, c, x.name, Human(rate(x.d.Packets, s.Interval)),
+						Human(8*rate(x.d.Bytes, s.Interval)), fmt.Sprint(x.now.Packets), fmt.Sprint(x.now.Bytes))
+				}
+			}
 		}
 	}
 	tot, dt := s.Total.Now.Total(), s.Total.Delta.Total()
@@ -262,6 +354,7 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 		tw.Flush()
 	}
 	writeDiagText(&b, s, top)
+	writeKnown(&b, s, top)
 	b.WriteString("\n")
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -338,4 +431,85 @@ func IfaceLabel(i Iface) string {
 		return fmt.Sprintf("%s (%s, LINK DOWN)", i.Name, i.Mode)
 	}
 	return fmt.Sprintf("%s (%s)", i.Name, i.Mode)
+}
+
+// DropLabel is what the header says in drop mode.
+func DropLabel(above uint32) string {
+	if above > 0 {
+		return fmt.Sprintf("DROPPING unknown-SPI packets above %d pkt/s per source", above)
+	}
+	return "DROPPING unknown-SPI packets"
+}
+
+// CollisionLines are the warnings for known SAs in collision, one per SA: the
+// dangerous case, so every output puts it at the top.
+func CollisionLines(s *Snapshot) []string {
+	var out []string
+	for _, k := range s.Known {
+		if k.Collision {
+			out = append(out, fmt.Sprintf("COLLISION: known SA %s receives ESP from %d sources within %s: %s (%d packets from other than the first)",
+				k.SA, len(k.ActiveSources), s.CollisionWindow, SourcesString(k.ActiveSources), k.OtherPackets))
+		}
+	}
+	return out
+}
+
+// KnownByConcern orders known SAs for display: collisions, restarts, replay
+// suspects, loss, then by packets; SAs that never saw a packet are left out.
+func KnownByConcern(known []KnownRow) []KnownRow {
+	var out []KnownRow
+	for _, k := range known {
+		if k.Packets > 0 {
+			out = append(out, k)
+		}
+	}
+	rank := func(k KnownRow) int {
+		switch {
+		case k.Collision:
+			return 0
+		case k.Seq.Restarts > 0:
+			return 1
+		case k.Seq.Replays > 0:
+			return 2
+		case k.Seq.Lost > 0:
+			return 3
+		}
+		return 4
+	}
+	sort.SliceStable(out, func(a, b int) bool {
+		if ra, rb := rank(out[a]), rank(out[b]); ra != rb {
+			return ra < rb
+		}
+		return out[a].Packets > out[b].Packets
+	})
+	return out
+}
+
+// writeKnown writes the known SAs with traffic: packets, sequence health and
+// sources (top rows; 0: all).
+func writeKnown(b *strings.Builder, s *Snapshot, top int) {
+	rows := KnownByConcern(s.Known)
+	if len(rows) == 0 {
+		return
+	}
+	n := len(rows)
+	if top > 0 && n > top {
+		n = top
+	}
+	fmt.Fprintf(b, "known SAs with traffic: %d of %d\n", n, len(rows))
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SA\tpackets\tlost\tlate\tdup\treplay-suspect\trestarts\tsources\tlast seen\tconcern")
+	for _, k := range rows[:n] {
+		srcs := k.Sources
+		if k.Collision {
+			srcs = k.ActiveSources
+		}
+		lost := Percent(k.LossRatio())
+		if k.Seq.Spread {
+			lost += "~" // estimated from the sequence span: packets on several CPUs
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", k.SA, k.Packets, lost, k.Seq.Late, k.Seq.Dups,
+			k.Seq.Replays, k.Seq.Restarts, SourcesString(srcs), Ago(s.Time, k.LastSeen), KnownProblem(k))
+	}
+	tw.Flush()
 }

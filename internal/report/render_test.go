@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -136,7 +137,7 @@ func checkClasses(t *testing.T, what string, v any) {
 func TestWriteJSONFields(t *testing.T) {
 	m, _ := writeJSON(t, sampleSnapshot(), 0)
 	wantKeys(t, "snapshot", m, "time", "interval_s", "action", "interfaces", "total", "classes", "unknown_table", "unknown_spis", "known_sas",
-		"icmp_table", "icmp_errors", "ike_table", "ike")
+		"icmp_table", "icmp_errors", "ike_table", "ike", "collisions", "collision_window_s")
 	if m["action"] != "pass" {
 		t.Errorf("action %v, want pass", m["action"])
 	}
@@ -156,9 +157,11 @@ func TestWriteJSONFields(t *testing.T) {
 			"first_seen", "last_seen", "last_seq", "verdict")
 	}
 	known := m["known_sas"].([]any)
-	wantKeys(t, "known_sas[0]", known[0], "spi", "dst", "packets", "bytes", "last_seen", "highest_seq")
+	health := []string{"lost", "loss_ratio", "late", "duplicates", "replay_suspect", "restarts", "esn_wraps", "spread_cpus",
+		"collision", "sources", "other_source_packets"}
+	wantKeys(t, "known_sas[0]", known[0], append([]string{"spi", "dst", "packets", "bytes", "last_seen", "highest_seq"}, health...)...)
 	// Never seen: no last_seen at all rather than an empty or zero time.
-	wantKeys(t, "known_sas[1]", known[1], "spi", "dst", "packets", "bytes", "highest_seq")
+	wantKeys(t, "known_sas[1]", known[1], append([]string{"spi", "dst", "packets", "bytes", "highest_seq"}, health...)...)
 }
 
 func TestWriteJSONValues(t *testing.T) {
@@ -217,14 +220,14 @@ func TestWriteJSONValues(t *testing.T) {
 		{SPI: "0x00001000", Src: "any", Sport: 4500, Dst: "192.0.2.2", Dport: 4500, Interface: "eth0", Packets: 10,
 			Bytes: 1_000, FirstSeen: "2024-05-06T07:08:09Z", LastSeen: "2024-05-06T07:08:09Z", Verdict: "unknown"},
 	}
-	if !slices.Equal(js.UnknownSPIs, wantUnknown) {
+	if !reflect.DeepEqual(js.UnknownSPIs, wantUnknown) {
 		t.Errorf("unknown_spis\n got %+v\nwant %+v", js.UnknownSPIs, wantUnknown)
 	}
 	wantKnown := []jsonKnown{
-		{SPI: "0xc1a2b3c4", Dst: "any", Packets: 1000, Bytes: 150_000, LastSeen: "2024-05-06T08:08:08Z", HighestSeq: 999},
-		{SPI: "0xc5d6e7f8", Dst: "192.0.2.1"},
+		{SPI: "0xc1a2b3c4", Dst: "any", Packets: 1000, Bytes: 150_000, LastSeen: "2024-05-06T08:08:08Z", HighestSeq: 999, Sources: []jsonSASource{}},
+		{SPI: "0xc5d6e7f8", Dst: "192.0.2.1", Sources: []jsonSASource{}},
 	}
-	if !slices.Equal(js.KnownSAs, wantKnown) {
+	if !reflect.DeepEqual(js.KnownSAs, wantKnown) {
 		t.Errorf("known_sas\n got %+v\nwant %+v", js.KnownSAs, wantKnown)
 	}
 }
@@ -358,7 +361,8 @@ func TestWriteTextTop(t *testing.T) {
 			t.Errorf("top %d: no %q in\n%s", c.top, c.title, out)
 		}
 		var spis []string
-		for l := range strings.Lines(out) {
+		unknown, _, _ := strings.Cut(out, "known SAs with traffic")
+		for l := range strings.Lines(unknown) {
 			if strings.HasPrefix(l, "0x") {
 				spis = append(spis, strings.Fields(l)[0])
 			}

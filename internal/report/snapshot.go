@@ -44,6 +44,9 @@ type Iface struct {
 type IfaceCounts struct {
 	Iface
 	Now, Delta maps.Counters
+	// Dropped are the unknown-SPI packets the program dropped (--action drop),
+	// per class: part of the class's unknown count; the rest passed.
+	Dropped, DroppedDelta [classify.NumClasses]maps.Count
 }
 
 // UnknownRow is an unknown-SPI table row with its rate.
@@ -53,13 +56,20 @@ type UnknownRow struct {
 	Rate      float64 // packets per second over the last interval
 	FirstSeen time.Time
 	LastSeen  time.Time
-	Verdict   string // reserved, unknown, or with known-SA history stale or rekey-race
+	Verdict   string // reserved, unknown, collision, or with known-SA history stale or rekey-race
+	// Sources are every source of the row's SPI towards its destination within
+	// the collision window, when there are several (verdict collision).
+	Sources []maps.SASource
 }
 
 // KnownRow is a known SA with wall-clock last-seen time.
 type KnownRow struct {
 	maps.KnownSA
 	LastSeen time.Time // zero if never seen
+	// Collision: packets from two or more sources within the collision window
+	// (ActiveSources): someone else's traffic lands in this SA.
+	Collision     bool
+	ActiveSources []maps.SASource
 }
 
 // Snapshot is everything one report shows.
@@ -84,6 +94,18 @@ type Snapshot struct {
 	MoreEvents int
 	Table      maps.TableStats
 	Known      []KnownRow
+	// KnownEvents are known SAs that became collisions, restarted or showed
+	// replay suspects since the previous snapshot.
+	KnownEvents []KnownEvent
+	// Collisions counts the SPIs (per destination) in collision: known SAs and
+	// unknown-table groups.
+	Collisions int
+	// CollisionWindow is the window the collisions were judged over.
+	CollisionWindow time.Duration
+	// DropAbove is the --drop-above rate (0: none); Rate its buckets' table, read
+	// when DropAbove is set.
+	DropAbove uint32
+	Rate      *maps.RateStats
 	// Sources are the known-SA sources' health (none for spiwatch read).
 	Sources []sasource.Stats
 	// ICMP are the ICMP errors quoting ESP (class icmp-esp), highest rate first.
@@ -146,6 +168,13 @@ type Reporter struct {
 	// from one peer above which a snapshot reports an IKEInitStorm; 0: never.
 	IKEInitRate float64
 	diag        diagState
+	// CollisionWindow: how recently two sources must both have sent an SPI for
+	// a collision; 0: DefaultCollisionWindow.
+	CollisionWindow time.Duration
+	// DropAbove is the --drop-above rate, shown in reports (0: none).
+	DropAbove   uint32
+	prevDropped map[int][classify.NumClasses]maps.Count
+	prevKnown   map[maps.SA]knownState
 	snapBuf     []maps.Unknown // the table as last read, reused
 	// now returns wall time and CLOCK_MONOTONIC in ns (the BPF timestamps' clock).
 	now func() (time.Time, uint64)
@@ -164,7 +193,8 @@ func (r *Reporter) SetIface(i Iface) {
 
 // New starts a Reporter; rates of the first snapshot are since now.
 func New(src Source, ifaces []Iface) (*Reporter, error) {
-	r := &Reporter{src: src, ifaces: slices.Clone(ifaces), names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow}
+	r := &Reporter{src: src, ifaces: slices.Clone(ifaces), names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow,
+		prevDropped: map[int][classify.NumClasses]maps.Count{}, prevKnown: map[maps.SA]knownState{}}
 	for _, i := range ifaces {
 		r.names[uint32(i.Ifindex)] = i.Name
 		c, err := src.Counters(i.Slot)
@@ -172,6 +202,11 @@ func New(src Source, ifaces []Iface) (*Reporter, error) {
 			return nil, err
 		}
 		r.prev[i.Slot] = c
+		if d, ok := src.(Dropper); ok {
+			if r.prevDropped[i.Slot], err = d.Dropped(i.Slot); err != nil {
+				return nil, err
+			}
+		}
 	}
 	r.prevTime, _ = r.now()
 	if d, ok := src.(DiagSource); ok { // counts so far are no rate
@@ -197,6 +232,12 @@ func MonoToWall(ns uint64) time.Time {
 		return time.Time{}
 	}
 	return wall.Add(-time.Duration(int64(mono - ns)))
+}
+
+// MonoNow is CLOCK_MONOTONIC in ns, the clock of the BPF timestamps.
+func MonoNow() uint64 {
+	_, mono := clockNow()
+	return mono
 }
 
 func clockNow() (time.Time, uint64) {
@@ -256,7 +297,11 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		}
 		return wall.Add(-time.Duration(int64(mono - ns)))
 	}
-	s := &Snapshot{Time: wall, Interval: wall.Sub(r.prevTime), Action: r.Action}
+	window := r.CollisionWindow
+	if window <= 0 {
+		window = DefaultCollisionWindow
+	}
+	s := &Snapshot{Time: wall, Interval: wall.Sub(r.prevTime), Action: r.Action, CollisionWindow: window, DropAbove: r.DropAbove}
 	if r.Sources != nil {
 		s.Sources = r.Sources()
 	}
@@ -269,6 +314,19 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		}
 		ic := IfaceCounts{Iface: i, Now: c, Delta: sub(c, r.prev[i.Slot])}
 		r.prev[i.Slot] = c
+		if d, ok := r.src.(Dropper); ok {
+			if ic.Dropped, err = d.Dropped(i.Slot); err != nil {
+				return nil, fmt.Errorf("reading drop counts of %s: %w", i.Name, err)
+			}
+			prev := r.prevDropped[i.Slot]
+			for cl := range ic.Dropped {
+				ic.DroppedDelta[cl] = maps.Count{Packets: ic.Dropped[cl].Packets - min(ic.Dropped[cl].Packets, prev[cl].Packets),
+					Bytes: ic.Dropped[cl].Bytes - min(ic.Dropped[cl].Bytes, prev[cl].Bytes)}
+				s.Total.Dropped[cl] = s.Total.Dropped[cl].Add(ic.Dropped[cl])
+				s.Total.DroppedDelta[cl] = s.Total.DroppedDelta[cl].Add(ic.DroppedDelta[cl])
+			}
+			r.prevDropped[i.Slot] = ic.Dropped
+		}
 		s.Ifaces = append(s.Ifaces, ic)
 		s.Total.Now = add(s.Total.Now, ic.Now)
 		s.Total.Delta = add(s.Total.Delta, ic.Delta)
@@ -282,6 +340,15 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	if s.Table, err = r.src.UnknownTableStats(len(snap)); err != nil {
 		return nil, err
 	}
+	if rl, ok := r.src.(RateLimited); ok && r.DropAbove > 0 {
+		rs, err := rl.RateTableStats()
+		if err != nil {
+			return nil, err
+		}
+		s.Rate = &rs
+	}
+	coll := UnknownCollisions(snap, mono, window)
+	groups := map[spiDst]bool{}
 	// Rates need the previous packet counts; two maps take turns so a flood's
 	// 65,536 rows are not reallocated every interval.
 	cur := r.spareUnk
@@ -294,7 +361,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	row := func(i int) UnknownRow {
 		u := snap[i]
 		return UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), Rate: rates[i],
-			FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: verdicts[i]}
+			FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: verdicts[i], Sources: coll[i]}
 	}
 	for i, u := range snap {
 		id := idOf(u)
@@ -305,6 +372,10 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		verdicts[i] = VerdictOf(u.SPI)
 		if r.Verdict != nil {
 			verdicts[i] = r.Verdict(u.SPI, toWall(u.FirstSeenNs))
+		}
+		if _, ok := coll[i]; ok {
+			verdicts[i] = Collision // says more than stale or unknown: two peers use it
+			groups[spiDst{u.SPI, u.Dst.As16()}] = true
 		}
 		cur[id] = rowState{packets: u.Packets, verdict: verdicts[i]}
 		switch {
@@ -331,9 +402,29 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.Collisions = len(groups)
+	seen := make(map[maps.SA]knownState, len(known))
 	for _, k := range known {
-		s.Known = append(s.Known, KnownRow{KnownSA: k, LastSeen: toWall(k.LastSeenNs)})
+		row := KnownRow{KnownSA: k, LastSeen: toWall(k.LastSeenNs)}
+		if act := k.ActiveSources(mono, uint64(window)); len(act) >= 2 {
+			row.Collision, row.ActiveSources = true, act
+			s.Collisions++
+		}
+		s.Known = append(s.Known, row)
+		st := knownState{collision: row.Collision, restarts: k.Seq.Restarts, replays: k.Seq.Replays}
+		prev, had := r.prevKnown[k.SA]
+		seen[k.SA] = st
+		if row.Collision && !prev.collision {
+			s.KnownEvents = append(s.KnownEvents, KnownEvent{Row: row, What: "collision"})
+		}
+		if had && st.restarts > prev.restarts || !had && st.restarts > 0 {
+			s.KnownEvents = append(s.KnownEvents, KnownEvent{Row: row, What: "restart", New: st.restarts - min(st.restarts, prev.restarts)})
+		}
+		if had && st.replays > prev.replays || !had && st.replays > 0 {
+			s.KnownEvents = append(s.KnownEvents, KnownEvent{Row: row, What: "replay", New: st.replays - min(st.replays, prev.replays)})
+		}
 	}
+	r.prevKnown = seen
 	SortKnown(s.Known)
 	if d, ok := r.src.(DiagSource); ok {
 		if err := r.takeDiag(s, d, prevTime, toWall); err != nil {
