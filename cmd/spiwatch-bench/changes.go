@@ -31,10 +31,10 @@ build of the classifier as an extra column in the same run (min of 15 rounds of
 | known SAs keep their first source and sequence health per CPU (a 16-byte source compare, a 64-bit window): this build against itself without that code, same map layout, one run each, three runs (load 12 on 2 CPUs: noisy). The bench frame repeats one sequence number, so it takes the duplicate path | esp known | 38, 42, 42 | 44, 42, 40 |
 | | esp-in-udp known | 50, 43, 43 | 52, 44, 48 |
 | | verifier | 108,938 verified insns | 109,846 |
-| capture as a mode of the same program: while no capture runs, one load of ` + "`capture_on`" + ` (.bss) and a branch per frame; two A/B runs of 21 rounds, before / after in each | esp known | 54, 60 | 63, 63 |
-| | esp-in-udp known | 64, 64 | 73, 71 |
-| | esp unknown (existing entry) | 114, 113 | 119, 113 |
-| | other: tcp | 21, 21 | 21, 23 |
+| capture as a mode of the same program: while no capture runs, one load of ` + "`capture_on`" + ` (.bss) and a branch per frame. Three A/B runs of 21 rounds against the build without capture, before / after in each (load from other jobs on the 2 CPUs: noisy) | esp known | 31, 41, 32 | 33, 50, 43 |
+| | esp-in-udp known | 55, 55, 34 | 51, 44, 39 |
+| | esp unknown (existing entry) | 68 | 66 |
+| | other: tcp | 16, 15, 14 | 21, 16, 14 |
 
 Measured but not (yet) taken:
 
