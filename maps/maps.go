@@ -15,7 +15,7 @@ import (
 // Maps is the set of spiwatch's maps, as loaded or opened from pins.
 type Maps struct {
 	known, knownMulti, unknown, counters, tally *ebpf.Map
-	icmp, ike, diagTally, dropped, rate          *ebpf.Map
+	icmp, ike, diagTally, dropped, rate         *ebpf.Map
 	ncpu                                        int
 	// deleted counts unknown-table entries removed by us, so that evictions stay
 	// exact: evictions = inserts - entries - deleted.

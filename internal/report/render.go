@@ -118,11 +118,11 @@ type jsonSnapshot struct {
 	CollisionWindowS float64      `json:"collision_window_s"`
 	DropAbovePPS     uint32       `json:"drop_above_pps,omitempty"`
 	RateLimit        *jsonRate    `json:"rate_limit,omitempty"`
-	KnownSources []jsonSource  `json:"known_sources,omitempty"`
-	ICMPTable    jsonTable     `json:"icmp_table"`
-	ICMPErrors   []jsonICMP    `json:"icmp_errors"`
-	IKETable     jsonTable     `json:"ike_table"`
-	IKE          []jsonIKE     `json:"ike"`
+	KnownSources     []jsonSource `json:"known_sources,omitempty"`
+	ICMPTable        jsonTable    `json:"icmp_table"`
+	ICMPErrors       []jsonICMP   `json:"icmp_errors"`
+	IKETable         jsonTable    `json:"ike_table"`
+	IKE              []jsonIKE    `json:"ike"`
 	// IKEInitStorms: peers whose IKE_SA_INIT rate went above --ike-init-rate
 	// since the previous line.
 	IKEInitStorms []jsonStorm `json:"ike_init_storms,omitempty"`
