@@ -420,27 +420,6 @@ func takeCapture(c *maps.Capture, stderr io.Writer) error {
 	return errors.New("could not take the capture over: another capture started at the same time")
 }
 
-// comment says why a packet was kept, for Wireshark and tshark.
-func comment(h maps.SampleHeader, perSPI uint32) string {
-	var b strings.Builder
-	cl := classify.Class(h.Class)
-	fmt.Fprintf(&b, "spiwatch: class=%s", cl)
-	if cl == classify.ClassESP || cl == classify.ClassESPInUDP {
-		fmt.Fprintf(&b, " spi=0x%08x verdict=%s", h.SPI, classify.Outcome(h.Outcome))
-	}
-	action := "pass"
-	if h.Action == 1 {
-		action = "drop"
-	}
-	fmt.Fprintf(&b, " action=%s", action)
-	if h.Reason == maps.ReasonFirst {
-		fmt.Fprintf(&b, " kept=first-%d/%d", h.RowPackets, perSPI)
-	} else {
-		b.WriteString(" kept=rate")
-	}
-	return b.String()
-}
-
 func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stderr io.Writer) (int, error) {
 	t, code, err := findTarget(f, s, stderr)
 	if err != nil {
@@ -451,6 +430,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 		return exitError, err
 	}
 	defer t.cap.ReleaseOwner()
+	diag := newCaptureDiag(t.m, s.natt)
 
 	byIfindex := map[uint32]int{}
 	var wifs []capwrite.Interface
@@ -566,7 +546,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 			}
 			writeErr = w.Write(capwrite.Packet{
 				Time: time.Unix(0, int64(hdr.TsNs)).Add(off), Iface: idx,
-				Data: data, Length: int(hdr.Len), Comment: comment(hdr, s.set.PerSPI),
+				Data: data, Length: int(hdr.Len), Comment: diag.comment(hdr, data, s.set.PerSPI),
 			})
 			if writeErr == nil {
 				written++
@@ -606,7 +586,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 		data := raw[maps.SampleHeaderSize:]
 		data = data[:min(len(data), int(hdr.CapLen))]
 		if writeErr = w.Write(capwrite.Packet{Time: time.Unix(0, int64(hdr.TsNs)).Add(off), Iface: idx, Data: data,
-			Length: int(hdr.Len), Comment: comment(hdr, s.set.PerSPI)}); writeErr == nil {
+			Length: int(hdr.Len), Comment: diag.comment(hdr, data, s.set.PerSPI)}); writeErr == nil {
 			written++
 		}
 	}

@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/frames"
+	"github.com/spiwatch/spiwatch/internal/report"
+	"github.com/spiwatch/spiwatch/maps"
+)
+
+// TestCaptureComments: each kept packet's comment carries what the reports say of
+// it: the collision verdict with its sources (unknown SPI and known SA), the ICMP
+// error and the SPI it quotes, the IKE exchange.
+func TestCaptureComments(t *testing.T) {
+	d := newCaptureDiag(nil, []uint16{4500})
+	d.read = time.Now() // collisions as set below, not read from maps
+	gw := frames.DefaultDst4
+	a, b := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.8")
+	d.unknown = map[report.SPIDst][]maps.SASource{{SPI: 0xc011, Dst: gw}: {{Addr: a}, {Addr: b}}}
+	d.known = map[uint32][]maps.SASource{0x5000: {{Addr: a, Port: 4500}, {Addr: a, Port: 4501}}}
+	head := func(cl classify.Class, out classify.Outcome, spi uint32) maps.SampleHeader {
+		return maps.SampleHeader{Class: uint8(cl), Outcome: uint8(out), SPI: spi, Action: 2, Reason: maps.ReasonFirst, RowPackets: 1}
+	}
+	esp := frames.Frame{Src: a}.ESP(0x1234, 1, 20)
+	quoted := frames.Quote(frames.Frame{Src: gw, Dst: a}.ESP(0xfeed, 9, 1400), -1)
+	for _, c := range []struct {
+		name  string
+		h     maps.SampleHeader
+		frame []byte
+		want  string
+	}{
+		{"unknown", head(classify.ClassESP, classify.OutcomeUnknown, 0x1234), esp,
+			"spiwatch: class=esp spi=0x00001234 verdict=unknown action=pass kept=first-1/3"},
+		{"unknown collision", head(classify.ClassESP, classify.OutcomeUnknown, 0xc011), frames.Frame{Src: a}.ESP(0xc011, 1, 20),
+			"spiwatch: class=esp spi=0x0000c011 verdict=unknown,collision sources=198.51.100.7,198.51.100.8 action=pass kept=first-1/3"},
+		{"known collision", head(classify.ClassESPInUDP, classify.OutcomeKnown, 0x5000), frames.Frame{Src: a}.ESPInUDP(4501, 4500, 0x5000, 1, 20),
+			"spiwatch: class=esp-in-udp spi=0x00005000 verdict=known,collision sources=198.51.100.7:4500,198.51.100.7:4501 action=pass kept=first-1/3"},
+		{"frag needed", head(classify.ClassICMPESP, 0, 0), frames.Frame{Src: netip.MustParseAddr("192.0.2.254")}.ICMP(frames.ICMPUnreachable, frames.ICMPCodeFragNeeded, 1400, quoted),
+			"spiwatch: class=icmp-esp error=frag-needed quote=esp spi=0x0000feed quoted=" + gw.String() + "->" + a.String() + " mtu=1400 action=pass kept=first-1/3"},
+		{"ike", head(classify.ClassIKE, 0, 0), frames.Frame{Src: a}.IKEMessage(500, 500, false,
+			frames.IKEHeader{ISPI: 1, Version: 0x20, Exchange: frames.IKEv2SAInit, Flags: frames.IKEFlagInitiator}.Message(40)),
+			"spiwatch: class=ike ike=v2 exchange=IKE_SA_INIT dir=request msgid=0 action=pass kept=first-1/3"},
+	} {
+		if got := d.comment(c.h, c.frame, 3); got != c.want {
+			t.Errorf("%s:\n got %s\nwant %s", c.name, got, c.want)
+		}
+	}
+}
