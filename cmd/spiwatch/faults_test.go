@@ -121,3 +121,19 @@ func hex32(v uint32) string {
 	}
 	return string(b[:])
 }
+
+// TestLowMemlock: a tiny RLIMIT_MEMLOCK (64 KiB, as some distributions set for
+// services) does not stop spiwatch: Linux 5.11+ charges BPF memory to the cgroup,
+// and before that spiwatch raises the limit itself (rlimit.RemoveMemlock), saying
+// so if it cannot. Loading, attaching and counting all happen here.
+func TestLowMemlock(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swmemlock")
+	s := startCmd(t, netlab.Command(lab.NSB, "prlimit", "--memlock=65536:65536", spiwatch, "-i", lab.Receiver, "--json", "--interval", "100ms"))
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=20"})
+	s.waitTotal(t, 20)
+	if o := s.stop(t); o.Total.Packets != 20 {
+		t.Errorf("counted %d with RLIMIT_MEMLOCK 64 KiB, want 20", o.Total.Packets)
+	}
+}
