@@ -657,6 +657,21 @@ static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 ro
 		cap = len;
 	if (cap > SW_SNAP_MAX)
 		cap = SW_SNAP_MAX;
+	/* Never 0 (frames have at least a byte; Go refuses snap length 0): Linux 6.1's
+	 * verifier does not carry a "cap > 0" test over to the register copy passed to
+	 * bpf_xdp_load_bytes, so the length must be non-zero on every path by itself. */
+	/* Linux 6.1's verifier needs the length it checks bpf_xdp_load_bytes against to
+	 * be within 1..SW_SNAP_MAX on the very register passed, upper half included;
+	 * clang moves C checks to copies and drops a zero-extension as redundant. So the
+	 * clamp is asm (frames have at least a byte; Go refuses snap length 0). */
+	__u64 n = cap;
+	asm volatile("%0 &= 0x3fff\n\t"
+		     "if %0 <= %1 goto +1\n\t"
+		     "%0 = %1\n\t"
+		     "if %0 >= 1 goto +1\n\t"
+		     "%0 = 1"
+		     : "+r"(n)
+		     : "i"(SW_SNAP_MAX));
 	buf->hdr.ts_ns = now;
 	buf->hdr.row_packets = row_packets;
 	buf->hdr.ifindex = ifindex;
@@ -668,7 +683,7 @@ static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 ro
 	buf->hdr.reason = reason;
 	buf->hdr.action = (what >> 16) & 0xff;
 	buf->hdr._pad = 0;
-	if (cap > 0 && bpf_xdp_load_bytes(ctx, 0, buf->data, cap)) {
+	if (bpf_xdp_load_bytes(ctx, 0, buf->data, n)) {
 		st->ring_full++;
 		return 0;
 	}
