@@ -504,7 +504,23 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	if f.duration > 0 {
 		deadline = started.Add(f.duration)
 	}
-	var hdr maps.SampleHeader
+	// packetOf turns a ring-buffer record into the file's packet; false for a
+	// record of an interface this capture does not watch.
+	packetOf := func(raw []byte) (capwrite.Packet, bool, error) {
+		if len(raw) < maps.SampleHeaderSize {
+			return capwrite.Packet{}, false, fmt.Errorf("short sample record (%d bytes)", len(raw))
+		}
+		var hdr maps.SampleHeader
+		_ = binary.Read(bytes.NewReader(raw[:maps.SampleHeaderSize]), binary.NativeEndian, &hdr)
+		idx, ok := byIfindex[hdr.Ifindex]
+		if !ok {
+			return capwrite.Packet{}, false, nil
+		}
+		data := raw[maps.SampleHeaderSize:]
+		data = data[:min(len(data), int(hdr.CapLen))]
+		return capwrite.Packet{Time: time.Unix(0, int64(hdr.TsNs)).Add(off), Iface: idx, Data: data,
+			Length: int(hdr.Len), Comment: diag.comment(hdr, data, s.set.PerSPI)}, true, nil
+	}
 	for {
 		if ctx.Err() != nil || (!deadline.IsZero() && time.Now().After(deadline)) {
 			break
@@ -531,24 +547,14 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 		} else if err != nil {
 			return exitError, fmt.Errorf("reading samples: %w", err)
 		} else if writeErr == nil {
-			raw := rec.RawSample
-			if len(raw) < maps.SampleHeaderSize {
-				return exitError, fmt.Errorf("short sample record (%d bytes)", len(raw))
+			pkt, ok, err := packetOf(rec.RawSample)
+			if err != nil {
+				return exitError, err
 			}
-			_ = binary.Read(bytes.NewReader(raw[:maps.SampleHeaderSize]), binary.NativeEndian, &hdr)
-			data := raw[maps.SampleHeaderSize:]
-			if int(hdr.CapLen) < len(data) {
-				data = data[:hdr.CapLen]
-			}
-			idx, ok := byIfindex[hdr.Ifindex]
 			if !ok {
 				continue
 			}
-			writeErr = w.Write(capwrite.Packet{
-				Time: time.Unix(0, int64(hdr.TsNs)).Add(off), Iface: idx,
-				Data: data, Length: int(hdr.Len), Comment: diag.comment(hdr, data, s.set.PerSPI),
-			})
-			if writeErr == nil {
+			if writeErr = w.Write(pkt); writeErr == nil {
 				written++
 				if time.Since(lastFlush) > 200*time.Millisecond { // a trickle reaches | tshark too
 					writeErr = w.Flush()
@@ -574,20 +580,14 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	// Samples already in the ring buffer when sampling stops are written too.
 	stopSampling()
 	for rd.SetDeadline(time.Now().Add(20 * time.Millisecond)); writeErr == nil && (f.count == 0 || written < f.count) && rd.ReadInto(&rec) == nil; {
-		raw := rec.RawSample
-		if len(raw) < maps.SampleHeaderSize {
+		pkt, ok, err := packetOf(rec.RawSample)
+		if err != nil {
 			break
 		}
-		_ = binary.Read(bytes.NewReader(raw[:maps.SampleHeaderSize]), binary.NativeEndian, &hdr)
-		idx, ok := byIfindex[hdr.Ifindex]
-		if !ok {
-			continue
-		}
-		data := raw[maps.SampleHeaderSize:]
-		data = data[:min(len(data), int(hdr.CapLen))]
-		if writeErr = w.Write(capwrite.Packet{Time: time.Unix(0, int64(hdr.TsNs)).Add(off), Iface: idx, Data: data,
-			Length: int(hdr.Len), Comment: diag.comment(hdr, data, s.set.PerSPI)}); writeErr == nil {
-			written++
+		if ok {
+			if writeErr = w.Write(pkt); writeErr == nil {
+				written++
+			}
 		}
 	}
 	if writeErr == nil {
