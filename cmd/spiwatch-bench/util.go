@@ -16,11 +16,3 @@ func ifindexOf(name string) (int, error) {
 	}
 	return ifc.Index, nil
 }
-
-func minOf(ds []time.Duration) time.Duration {
-	m := ds[0]
-	for _, d := range ds {
-		m = min(m, d)
-	}
-	return m
-}
