@@ -311,46 +311,46 @@ func (s Stream) Vary() (Vary, error) {
 
 // setIKE applies an ike key: the header starts as an IKEv2 IKE_SA_INIT request
 // from the initiator.
-func (st *Stream) setIKE(k, v string) error {
-	if st.IKE == nil {
-		st.IKE = &frames.IKEHeader{ISPI: 0x8a3f5c1e27d94b60, RSPI: 0x1c7e9a0f3b5d2468, NextPayload: 33, Version: 0x20,
+func (s *Stream) setIKE(k, v string) error {
+	if s.IKE == nil {
+		s.IKE = &frames.IKEHeader{ISPI: 0x8a3f5c1e27d94b60, RSPI: 0x1c7e9a0f3b5d2468, NextPayload: 33, Version: 0x20,
 			Exchange: frames.IKEv2SAInit, Flags: frames.IKEFlagInitiator}
 	}
 	switch k {
 	case "version":
 		switch v {
 		case "1":
-			st.IKE.Version = 0x10
+			s.IKE.Version = 0x10
 		case "2":
-			st.IKE.Version = 0x20
+			s.IKE.Version = 0x20
 		default:
 			return fmt.Errorf("want 1 or 2")
 		}
 	case "exchange":
 		if x, ok := ikeExchanges[v]; ok {
-			st.IKE.Version, st.IKE.Exchange = x.version, x.typ
+			s.IKE.Version, s.IKE.Exchange = x.version, x.typ
 			return nil
 		}
 		n, err := strconv.ParseUint(v, 0, 8)
 		if err != nil {
 			return fmt.Errorf("want an exchange name (IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL, main, aggressive, quick, informational) or a number")
 		}
-		st.IKE.Exchange = uint8(n)
+		s.IKE.Exchange = uint8(n)
 	case "response":
 		r, err := strconv.ParseBool(v)
 		if err != nil {
 			return err
 		}
-		st.IKE.Flags = frames.IKEFlagInitiator
+		s.IKE.Flags = frames.IKEFlagInitiator
 		if r {
-			st.IKE.Flags = frames.IKEFlagResponse
+			s.IKE.Flags = frames.IKEFlagResponse
 		}
 	case "msgid":
 		n, err := parseU32(v)
 		if err != nil {
 			return err
 		}
-		st.IKE.MsgID = n
+		s.IKE.MsgID = n
 	}
 	return nil
 }
