@@ -214,23 +214,11 @@ func tcpdumpRun(r *captureResult, dir string) error {
 	file := filepath.Join(dir, "tcpdump.pcap")
 	c := &r.tcpdump
 	cmd := netlab.Command(lab.NSB, "tcpdump", "-i", lab.Receiver, "-n", "-w", file, tcpdumpFilter)
-	errPipe, err := cmd.StderrPipe()
+	lw, stop, err := startWatched(cmd, "listening on")
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}()
-	lw := watchLines(errPipe)
-	if err := lw.wait("listening on", 20*time.Second); err != nil {
-		return err
-	}
+	defer stop()
 	start := time.Now()
 	if c.received, err = sendAll(lab, r.frames); err != nil {
 		return err
@@ -286,23 +274,11 @@ func spiwatchRun(r *captureResult, spiwatchBin, dir string) error {
 	file := filepath.Join(dir, "spiwatch.pcapng")
 	c := &r.spiwatch
 	cmd := netlab.Command(lab.NSB, spiwatchBin, append([]string{"capture", "-i", lab.Receiver, "-w", file}, captureKnownArgs...)...)
-	errPipe, err := cmd.StderrPipe()
+	lw, stop, err := startWatched(cmd, "to "+file)
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}()
-	lw := watchLines(errPipe)
-	if err := lw.wait("to "+file, 20*time.Second); err != nil {
-		return err
-	}
+	defer stop()
 	m := regexp.MustCompile(`program id (\d+)`).FindStringSubmatch(lw.String())
 	if m == nil {
 		return fmt.Errorf("no program id in %q", lw.String())
@@ -394,4 +370,28 @@ func countsRight(got, want map[uint32]uint64) string {
 		}
 	}
 	return "yes"
+}
+
+// startWatched starts cmd and waits (20 s at most) for ready on its stderr; stop
+// kills it unless it has been waited for already.
+func startWatched(cmd *exec.Cmd, ready string) (lw *lineWatcher, stop func(), err error) {
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	stop = func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}
+	lw = watchLines(errPipe)
+	if err := lw.wait(ready, 20*time.Second); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return lw, stop, nil
 }
