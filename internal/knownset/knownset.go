@@ -44,7 +44,7 @@ type Set struct {
 	sources   map[string][]maps.SA
 	current   map[maps.SA]bool
 	spis      map[uint32]bool      // SPIs of current
-	addedAt   map[uint32]time.Time // when an SA with this SPI last became known
+	addedAt   map[uint32]time.Time // when an SA with this SPI last became known (kept while in the history)
 	removedAt map[uint32]time.Time // when the last SA with this SPI was removed
 	history   time.Duration
 	grace     time.Duration
@@ -78,10 +78,12 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 			}
 		}
 	}
+	// Taken before the map changes: a packet counted unknown after a removal is
+	// then never older than the removal.
+	now := s.now()
 	if err := s.target.ReplaceKnown(list); err != nil {
 		return fmt.Errorf("updating known SAs from %s: %w", source, err)
 	}
-	now := s.now()
 	for sa := range union {
 		if !s.current[sa] {
 			s.addedAt[sa.SPI] = now
@@ -90,8 +92,7 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 	}
 	for sa := range s.current {
 		if !spis[sa.SPI] {
-			s.removedAt[sa.SPI] = now
-			delete(s.addedAt, sa.SPI) // addedAt holds current SPIs only
+			s.removedAt[sa.SPI] = now // addedAt stays: a rekey race before it is still one
 		}
 	}
 	s.sources, s.current, s.spis = next, union, spis
@@ -113,6 +114,7 @@ func (s *Set) prune(now time.Time) {
 	for spi, t := range s.removedAt {
 		if now.Sub(t) > s.history {
 			delete(s.removedAt, spi)
+			delete(s.addedAt, spi)
 			continue
 		}
 		all = append(all, r{spi, t})
@@ -121,24 +123,39 @@ func (s *Set) prune(now time.Time) {
 		sort.Slice(all, func(i, j int) bool { return all[i].t.Before(all[j].t) })
 		for _, x := range all[:len(all)-keep] {
 			delete(s.removedAt, x.spi)
+			delete(s.addedAt, x.spi)
 		}
 	}
 }
 
-// Verdict diagnoses an unknown-SPI row first seen at firstSeen.
-func (s *Set) Verdict(spi uint32, firstSeen time.Time) string {
+// clockSlack absorbs the kernel's per-jiffy timestamps (up to 10 ms at HZ=100)
+// when a row's last packet is compared with a removal.
+const clockSlack = 20 * time.Millisecond
+
+// Verdict diagnoses an unknown-SPI row whose packets were seen from firstSeen to
+// lastSeen. Stale needs a packet after the removal: a row counted before its SA
+// was installed (a rekey race) stays a rekey race when the rekeyed SA later goes.
+func (s *Set) Verdict(spi uint32, firstSeen, lastSeen time.Time) string {
 	if spi < 256 {
 		return Reserved
 	}
+	lastSeen = later(lastSeen, firstSeen)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if at, ok := s.addedAt[spi]; ok && s.spis[spi] && !at.Before(firstSeen) && at.Sub(firstSeen) <= s.grace {
-		return RekeyRace // the peer used it just before we installed it
-	}
-	if at, ok := s.removedAt[spi]; ok && !s.spis[spi] && s.now().Sub(at) <= s.history {
+	if at, ok := s.removedAt[spi]; ok && !s.spis[spi] && s.now().Sub(at) <= s.history && lastSeen.Add(clockSlack).After(at) {
 		return Stale // the peer goes on using an SA we removed
 	}
+	if at, ok := s.addedAt[spi]; ok && !at.Before(firstSeen) && at.Sub(firstSeen) <= s.grace {
+		return RekeyRace // the peer used it just before we installed it
+	}
 	return Unknown
+}
+
+func later(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return b
+	}
+	return a
 }
 
 // SourcesOf lists the sources an SA came from.

@@ -78,10 +78,12 @@ func TestVerdicts(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := *now
-	if v := s.Verdict(7, start); v != Reserved {
+	// seen is a row seen only at one instant.
+	seen := func(spi uint32, at time.Time) string { return s.Verdict(spi, at, at) }
+	if v := seen(7, start); v != Reserved {
 		t.Errorf("SPI 7: %s", v)
 	}
-	if v := s.Verdict(0xbeef, start); v != Unknown {
+	if v := seen(0xbeef, start); v != Unknown {
 		t.Errorf("never known: %s", v)
 	}
 
@@ -89,30 +91,53 @@ func TestVerdicts(t *testing.T) {
 	*now = start.Add(time.Minute)
 	s.Update("xfrm", nil)
 	*now = start.Add(2 * time.Minute)
-	if v := s.Verdict(0x1000, start.Add(90*time.Second)); v != Stale {
+	if v := seen(0x1000, start.Add(90*time.Second)); v != Stale {
 		t.Errorf("removed SA's SPI: %s, want stale", v)
 	}
+	// A row whose packets all came before the removal is not stale.
+	if v := seen(0x1000, start.Add(30*time.Second)); v != Unknown {
+		t.Errorf("a row last seen before the removal: %s, want unknown", v)
+	}
+	// The kernel's per-jiffy clock may put a packet just after the removal a
+	// few milliseconds before it.
+	if v := seen(0x1000, start.Add(time.Minute-5*time.Millisecond)); v != Stale {
+		t.Errorf("a row last seen 5 ms before the removal (clock granularity): %s, want stale", v)
+	}
 	*now = start.Add(time.Minute + DefaultHistory + time.Second)
-	if v := s.Verdict(0x1000, start.Add(90*time.Second)); v != Unknown {
+	if v := seen(0x1000, start.Add(90*time.Second)); v != Unknown {
 		t.Errorf("removed longer than the history ago: %s, want unknown", v)
 	}
 
 	// Rekey race: seen unknown, installed 3 s later.
-	seen := *now
-	*now = seen.Add(3 * time.Second)
+	first := *now
+	*now = first.Add(3 * time.Second)
 	s.Update("xfrm", []maps.SA{sa3})
-	if v := s.Verdict(0x3000, seen); v != RekeyRace {
+	if v := seen(0x3000, first); v != RekeyRace {
 		t.Errorf("known 3 s after first seen: %s, want rekey-race", v)
 	}
 	// Installed long after it was first seen: not a race.
 	s.Update("xfrm", []maps.SA{sa3, sa2})
-	if v := s.Verdict(0x2000, seen.Add(-time.Minute)); v != Unknown {
+	if v := seen(0x2000, first.Add(-time.Minute)); v != Unknown {
 		t.Errorf("known 63 s after first seen: %s, want unknown", v)
 	}
 	// Re-added after removal: no longer stale.
 	s.Update("xfrm", []maps.SA{sa3, sa2, sa1})
-	if v := s.Verdict(0x1000, *now); v == Stale {
+	if v := seen(0x1000, *now); v == Stale {
 		t.Error("an SA back in the database is still stale")
+	}
+
+	// The rekeyed SA goes (charon deletes it a few seconds after the next
+	// rekeying): the packets counted before it was installed stay a rekey race...
+	*now = now.Add(10 * time.Second)
+	removed := *now
+	s.Update("xfrm", []maps.SA{sa2, sa1})
+	*now = now.Add(time.Second)
+	if v := seen(0x3000, first); v != RekeyRace {
+		t.Errorf("a rekey race after its SA was removed: %s, want rekey-race", v)
+	}
+	// ...until the peer sends on it after the removal: then it is stale.
+	if v := s.Verdict(0x3000, first, removed.Add(500*time.Millisecond)); v != Stale {
+		t.Errorf("a rekey-race row with packets after the removal: %s, want stale", v)
 	}
 }
 

@@ -121,7 +121,7 @@ type Collector struct {
 	bufMu      sync.Mutex
 	buf        []maps.Unknown // the unknown table as last read, reused across scrapes
 	// Verdict diagnoses a row (nil: by its SPI alone), as in the reports.
-	Verdict func(spi uint32, firstSeen time.Time) string
+	Verdict func(spi uint32, firstSeen, lastSeen time.Time) string
 	// Sources returns the known-SA sources' health (nil: none).
 	Sources func() []sasource.Stats
 	// CollisionWindow as in the reports (0: report.DefaultCollisionWindow).
@@ -387,5 +387,5 @@ func (c *Collector) verdict(u maps.Unknown) string {
 	if c.Verdict == nil {
 		return report.VerdictOf(u.SPI)
 	}
-	return c.Verdict(u.SPI, report.MonoToWall(u.FirstSeenNs))
+	return c.Verdict(u.SPI, report.MonoToWall(u.FirstSeenNs), report.MonoToWall(u.LastSeenNs))
 }

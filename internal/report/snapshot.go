@@ -159,9 +159,9 @@ type Reporter struct {
 	prev     map[int]maps.Counters
 	prevUnk  map[unknownID]rowState
 	spareUnk map[unknownID]rowState // the map before prevUnk, reused
-	// Verdict diagnoses a row first seen at firstSeen; nil: VerdictOf (unknown or
+	// Verdict diagnoses a row seen from firstSeen to lastSeen; nil: VerdictOf (unknown or
 	// reserved by the SPI alone).
-	Verdict func(spi uint32, firstSeen time.Time) string
+	Verdict func(spi uint32, firstSeen, lastSeen time.Time) string
 	// Sources reports the known-SA sources' health (nil: none to show).
 	Sources func() []sasource.Stats
 	// IKEInitRate is the IKE_SA_INIT requests per second (over IKEInitWindow)
@@ -371,7 +371,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		}
 		verdicts[i] = VerdictOf(u.SPI)
 		if r.Verdict != nil {
-			verdicts[i] = r.Verdict(u.SPI, toWall(u.FirstSeenNs))
+			verdicts[i] = r.Verdict(u.SPI, toWall(u.FirstSeenNs), toWall(u.LastSeenNs))
 		}
 		if _, ok := coll[i]; ok {
 			verdicts[i] = Collision // says more than stale or unknown: two peers use it
