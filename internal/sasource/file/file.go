@@ -20,6 +20,11 @@ import (
 // read one poll later, once the file has stopped changing.
 const DefaultPoll = 250 * time.Millisecond
 
+// EmptySettle is how long an emptied file must stay empty before its empty set
+// is applied: a file rewritten in place is empty between truncate and write, and
+// a writer delayed past one poll must not empty the known set for a moment.
+const EmptySettle = time.Second
+
 // Source follows one known-SPI file.
 type Source struct {
 	path   string
@@ -43,7 +48,7 @@ func (s *Source) Stats() sasource.Stats { return s.health.Stats() }
 // Start reads the file (an error here means spiwatch does not start) and then
 // follows it until ctx ends.
 func (s *Source) Start(ctx context.Context, sink sasource.Sink, r sasource.Reporter) error {
-	stamp := stampOf(s.path)
+	last := stampOf(s.path)
 	sas, err := knownsa.ReadFile(s.path)
 	if err == nil {
 		err = sink(sas)
@@ -56,26 +61,26 @@ func (s *Source) Start(ctx context.Context, sink sasource.Sink, r sasource.Repor
 	go func() {
 		tick := time.NewTicker(s.poll)
 		defer tick.Stop()
-		settling := false
+		var changedAt time.Time // when the file last changed; zero: read since
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				// A changed file is read once it has stayed the same for a poll: a
-				// file rewritten in place is empty between truncate and write, and
-				// reading it then would empty the set.
+				// A changed file is read once it has stayed the same for a poll (an
+				// empty one for EmptySettle): reading it mid-write would apply a
+				// partial set.
 				now := stampOf(s.path)
-				if now != stamp {
-					stamp, settling = now, true
+				if now.id != last.id {
+					last, changedAt = now, time.Now()
 					continue
 				}
-				if !settling {
+				if changedAt.IsZero() || (now.size == 0 && time.Since(changedAt) < EmptySettle) {
 					continue
 				}
-				settling = false
+				changedAt = time.Time{}
 			case <-s.reload:
-				stamp, settling = stampOf(s.path), false
+				last, changedAt = stampOf(s.path), time.Time{}
 			}
 			s.read(sink, r)
 		}
@@ -98,14 +103,19 @@ func (s *Source) read(sink sasource.Sink, r sasource.Reporter) {
 	r.Synced(s.Name(), len(sas))
 }
 
-// stampOf tells a changed file: modification time, size and inode (an editor
+// stamp tells a changed file: modification time, size and inode (an editor
 // that writes a new file and renames it keeps the size and may keep the time).
-func stampOf(path string) string {
+type stamp struct {
+	id   string
+	size int64 // -1: missing
+}
+
+func stampOf(path string) stamp {
 	st, err := os.Stat(path)
 	if err != nil {
-		return "missing"
+		return stamp{id: "missing", size: -1}
 	}
-	return fmt.Sprint(st.ModTime().UnixNano(), st.Size(), inode(st))
+	return stamp{id: fmt.Sprint(st.ModTime().UnixNano(), st.Size(), inode(st)), size: st.Size()}
 }
 
 func inode(st os.FileInfo) uint64 {

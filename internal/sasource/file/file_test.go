@@ -139,10 +139,18 @@ func TestNotReadMidWrite(t *testing.T) {
 		time.Sleep(15 * time.Millisecond)
 	}
 	rec.mu.Lock()
-	defer rec.mu.Unlock()
 	for i, set := range rec.sets {
 		if len(set) != 2 {
 			t.Errorf("set %d handed on has %d SAs, want 2 (a file read mid-write)", i, len(set))
 		}
+	}
+	rec.mu.Unlock()
+
+	// A file emptied for good is applied, once it has stayed empty for EmptySettle.
+	emptied := time.Now()
+	os.WriteFile(path, nil, 0o600)
+	rec.waitFor(t, "the emptied file", func() bool { n := len(rec.sets); return n > 0 && len(rec.sets[n-1]) == 0 })
+	if d := time.Since(emptied); d < EmptySettle {
+		t.Errorf("an emptied file was applied after %v, want at least %v", d, EmptySettle)
 	}
 }
