@@ -78,6 +78,15 @@ struct {
 	__type(value, struct unknown_stats);
 } sw_unknown SEC(".maps");
 
+/* The unknown table's per-CPU front: struct unknown_hot. 256 slots of 96 bytes
+ * per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_HOT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct unknown_hot);
+} sw_unknown_hot SEC(".maps");
+
 /* Packets and bytes per interface, class and outcome. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -428,11 +437,73 @@ static __always_inline void count_dropped(__u32 class, __u32 len)
 	}
 }
 
+/* row_add adds a->packets and a->bytes to k's sw_unknown row, making the row
+ * when there is none (first and last seen from a, or now when a says 0), and
+ * returns the row's packet count after it (0 if no row could be made). The
+ * row's last seen and sequence move only forward (a->last_jiffies). Sets
+ * a->first_seen_ns and a->last_seen_ns to the row's. Out of line: called for a
+ * packet and for a slot's hand-over, verified once. */
+static __noinline __u64 row_add(struct unknown_key *k, struct unknown_stats *a)
+{
+	struct unknown_stats *us = bpf_map_lookup_elem(&sw_unknown, k);
+	if (!us) {
+		if (!a->last_seen_ns)
+			a->last_seen_ns = bpf_ktime_get_coarse_ns();
+		if (!a->first_seen_ns)
+			a->first_seen_ns = a->last_seen_ns;
+		/* NOEXIST: if another CPU inserted the key meanwhile, add to its entry
+		 * instead of overwriting its first packets. */
+		long err = bpf_map_update_elem(&sw_unknown, k, a, BPF_NOEXIST);
+		if (err == 0) {
+			tally(SW_TALLY_UNKNOWN_INSERTS);
+			return a->packets;
+		}
+		us = err == -EEXIST ? bpf_map_lookup_elem(&sw_unknown, k) : 0;
+		if (!us) {
+			tally(SW_TALLY_UNKNOWN_INSERT_FAILS);
+			return 0;
+		}
+	}
+	/* Several CPUs may hand counts to one row; atomics keep them exact. */
+	__u64 before = __sync_fetch_and_add(&us->packets, a->packets);
+	__sync_fetch_and_add(&us->bytes, a->bytes);
+	if (a->last_jiffies > us->last_jiffies) { /* the coarse clock moved at most once since */
+		us->last_jiffies = a->last_jiffies;
+		us->last_seen_ns = a->last_seen_ns ? a->last_seen_ns : bpf_ktime_get_coarse_ns();
+		us->last_seq = a->last_seq;
+	} else if (a->last_jiffies == us->last_jiffies) {
+		us->last_seq = a->last_seq;
+	}
+	a->first_seen_ns = us->first_seen_ns;
+	a->last_seen_ns = us->last_seen_ns;
+	return before + a->packets;
+}
+
+static __always_inline __u32 hot_slot(const struct unknown_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	/* Source and destination's last words, SPI and ports: enough to spread rows;
+	 * a collision only sends a row to the slow path. */
+	__u32 h = w[3] ^ (w[7] * 0x85ebca6bu) ^ k->spi ^ ((__u32)k->sport << 16 | k->dport);
+	return (h * 0x9e3779b1u) >> (32 - 8);
+}
+
+_Static_assert(SW_HOT_SLOTS == 1 << 8, "hot_slot takes 8 bits");
+_Static_assert(sizeof(struct unknown_key) == 44, "unknown_key compared as 5 words and one");
+
+static __always_inline int same_key(const struct unknown_key *a, const struct unknown_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4] &&
+	       a->dport == b->dport && a->sport == b->sport;
+}
+
 /* Returns the row's packet count including this one (0 if no row could be made),
- * which the capture's first-N rule reads. */
+ * which the capture's first-N rule reads; exact while a capture runs (every
+ * packet then goes to the row), else only non-zero. */
 static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, __u32 len)
 {
-	struct unknown_key k = {
+	struct unknown_key k __attribute__((aligned(8))) = {
 		.spi = p->spi,
 		.ifindex = ctx->ingress_ifindex,
 		.sport = p->sport,
@@ -442,39 +513,51 @@ static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, _
 	__builtin_memcpy(k.daddr, p->daddr, 16);
 
 	__u64 j = bpf_jiffies64();
-	struct unknown_stats *us = bpf_map_lookup_elem(&sw_unknown, &k);
-	if (!us) {
-		__u64 now = bpf_ktime_get_coarse_ns();
-		struct unknown_stats fresh = {
-			.packets = 1,
-			.bytes = len,
-			.first_seen_ns = now,
-			.last_seen_ns = now,
-			.last_jiffies = j,
-			.last_seq = p->seq,
+	__u32 slot = hot_slot(&k);
+	struct unknown_hot *h = bpf_map_lookup_elem(&sw_unknown_hot, &slot);
+	if (!h)
+		return 0; /* never: an array slot in range */
+	int mine = h->used && same_key(&h->key, &k);
+	if (mine && h->last_jiffies == j && !capture_on) {
+		h->packets++; /* the hot path: this CPU's slot, plain adds */
+		h->bytes += len;
+		h->last_seq = p->seq;
+		return 1;
+	}
+
+	struct unknown_stats a = {.packets = 1, .bytes = len, .last_jiffies = j, .last_seq = p->seq};
+	if (mine) { /* a new tick: the slot's counts go to the row with this packet */
+		a.packets += h->packets;
+		a.bytes += h->bytes;
+		a.first_seen_ns = h->first_seen_ns; /* if the LRU evicted the row meanwhile */
+		h->packets = 0; /* before the row has them: Go may miss them, never see them twice */
+		h->bytes = 0;
+	}
+	__u64 n = row_add(&k, &a);
+	if (!mine && h->used && h->last_jiffies == j)
+		return n; /* the slot's row is busy this tick: it keeps the slot */
+	if (!mine && h->used && h->packets) { /* hand the idle row's counts on, then take the slot */
+		struct unknown_stats o = {
+			.packets = h->packets,
+			.bytes = h->bytes,
+			.first_seen_ns = h->first_seen_ns,
+			.last_seen_ns = h->last_seen_ns,
+			.last_jiffies = h->last_jiffies,
+			.last_seq = h->last_seq,
 		};
-		/* NOEXIST: if another CPU inserted the key meanwhile, add to its entry
-		 * instead of overwriting its first packets. */
-		long err = bpf_map_update_elem(&sw_unknown, &k, &fresh, BPF_NOEXIST);
-		if (err == 0) {
-			tally(SW_TALLY_UNKNOWN_INSERTS);
-			return 1;
-		}
-		us = err == -EEXIST ? bpf_map_lookup_elem(&sw_unknown, &k) : 0;
-		if (!us) {
-			tally(SW_TALLY_UNKNOWN_INSERT_FAILS);
-			return 0;
-		}
+		h->packets = 0;
+		h->bytes = 0;
+		row_add(&h->key, &o);
 	}
-	/* One flow usually arrives on one RX queue; atomics keep counts exact when not. */
-	__u64 before = __sync_fetch_and_add(&us->packets, 1);
-	__sync_fetch_and_add(&us->bytes, len);
-	if (j != us->last_jiffies) { /* the coarse clock moved at most once since */
-		us->last_jiffies = j;
-		us->last_seen_ns = bpf_ktime_get_coarse_ns();
+	if (!mine) {
+		__builtin_memcpy(&h->key, &k, sizeof(k));
+		h->used = 1;
 	}
-	us->last_seq = p->seq;
-	return before + 1;
+	h->first_seen_ns = a.first_seen_ns;
+	h->last_seen_ns = a.last_seen_ns;
+	h->last_jiffies = j;
+	h->last_seq = p->seq;
+	return n;
 }
 
 /* icmp_esp classifies an SW_PARSE_ICMP packet and counts an icmp-esp one in sw_icmp.

@@ -147,6 +147,26 @@ struct unknown_stats {
 	__u32 _pad;
 };
 
+/* The unknown table's per-CPU front (sw_unknown_hot): one slot per hash of the
+ * key. A row that keeps arriving on a CPU is counted here with plain adds, not
+ * with a 44-byte LRU lookup and two atomics per packet; its counts are handed to
+ * the sw_unknown row at the first packet of every tick (which also keeps the row
+ * recent in the LRU) and when another key takes the slot. Go adds packets and
+ * bytes still here to the rows it reads (maps/unknown.go). */
+#define SW_HOT_SLOTS 256 /* a power of two */
+
+struct unknown_hot {
+	struct unknown_key key;
+	__u32 used;           /* 1: key holds a row */
+	__u64 packets;        /* counted since the last hand-over, not yet in the row */
+	__u64 bytes;
+	__u64 first_seen_ns;  /* the row's, for a row the LRU evicted meanwhile */
+	__u64 last_seen_ns;
+	__u64 last_jiffies;   /* tick of the last hand-over */
+	__u32 last_seq;
+	__u32 _pad;
+};
+
 /* ---- ICMP errors quoting ESP, and IKE activity (docs/CLASSES.md) ---- */
 
 /* What an icmp-esp error quotes. */

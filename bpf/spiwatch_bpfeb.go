@@ -170,6 +170,19 @@ type SpiwatchSwCount struct {
 	Bytes   uint64
 }
 
+type SpiwatchUnknownHot struct {
+	_           structs.HostLayout
+	Key         SpiwatchUnknownKey
+	Used        uint32
+	Packets     uint64
+	Bytes       uint64
+	FirstSeenNs uint64
+	LastSeenNs  uint64
+	LastJiffies uint64
+	LastSeq     uint32
+	Pad         uint32
+}
+
 type SpiwatchUnknownKey struct {
 	_       structs.HostLayout
 	Saddr   [16]uint8
@@ -210,6 +223,7 @@ const (
 	SpiwatchMapSwSamples        = "sw_samples"
 	SpiwatchMapSwTally          = "sw_tally"
 	SpiwatchMapSwUnknown        = "sw_unknown"
+	SpiwatchMapSwUnknownHot     = "sw_unknown_hot"
 	SpiwatchProgSpiwatchXdp     = "spiwatch_xdp"
 	SpiwatchVarCaptureOn        = "capture_on"
 	SpiwatchVarCaptureSupported = "capture_supported"
@@ -286,6 +300,7 @@ type SpiwatchMapSpecs struct {
 	SwSamples    *ebpf.MapSpec `ebpf:"sw_samples"`
 	SwTally      *ebpf.MapSpec `ebpf:"sw_tally"`
 	SwUnknown    *ebpf.MapSpec `ebpf:"sw_unknown"`
+	SwUnknownHot *ebpf.MapSpec `ebpf:"sw_unknown_hot"`
 }
 
 // SpiwatchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -338,6 +353,7 @@ type SpiwatchMaps struct {
 	SwSamples    *ebpf.Map `ebpf:"sw_samples"`
 	SwTally      *ebpf.Map `ebpf:"sw_tally"`
 	SwUnknown    *ebpf.Map `ebpf:"sw_unknown"`
+	SwUnknownHot *ebpf.Map `ebpf:"sw_unknown_hot"`
 }
 
 func (m *SpiwatchMaps) Close() error {
@@ -357,6 +373,7 @@ func (m *SpiwatchMaps) Close() error {
 		m.SwSamples,
 		m.SwTally,
 		m.SwUnknown,
+		m.SwUnknownHot,
 	)
 }
 

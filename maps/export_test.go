@@ -40,10 +40,42 @@ func (m *Maps) CountersMap() *ebpf.Map { return m.counters }
 func (m *Maps) NCPU() int { return m.ncpu }
 
 // UnknownIterate reads the unknown table without batch operations.
-func (m *Maps) UnknownIterate() ([]Unknown, error) { return m.unknownIterate() }
+func (m *Maps) UnknownIterate() ([]Unknown, error) { return m.unknownIterate(nil) }
 
 // RawKey is the map key of an SA.
 func (s SA) RawKey() SAKeyRaw { return s.key() }
 
 // Combine is combine, for tests.
 func Combine(sa SA, per []SAStats) KnownSA { return combine(sa.key(), per) }
+
+// TableSnapshot reads the unknown table alone, without the per-CPU front.
+func (m *Maps) TableSnapshot() ([]Unknown, error) { return m.readTable(nil) }
+
+// DeleteRow removes a row from the unknown table as an LRU eviction would
+// (uncounted, unlike ClearUnknown).
+func (m *Maps) DeleteRow(u Unknown) error { return m.unknown.Delete(keyOf(&u)) }
+
+// HotSlot is the front slot the program picks for a row (hot_slot in
+// bpf/spiwatch.c).
+func HotSlot(u Unknown) uint32 {
+	k := keyOf(&u)
+	w3 := uint32(k.Saddr[12]) | uint32(k.Saddr[13])<<8 | uint32(k.Saddr[14])<<16 | uint32(k.Saddr[15])<<24
+	w7 := uint32(k.Daddr[12]) | uint32(k.Daddr[13])<<8 | uint32(k.Daddr[14])<<16 | uint32(k.Daddr[15])<<24
+	h := w3 ^ (w7 * 0x85ebca6b) ^ k.SPI ^ (uint32(k.Sport)<<16 | uint32(k.Dport))
+	return (h * 0x9e3779b1) >> (32 - 8)
+}
+
+// BareMaps is a Maps without kernel maps, for mergeHot.
+func BareMaps() *Maps { return &Maps{} }
+
+// MergeHot merges rows the front holds counts for (given as rows) into a table
+// snapshot, as UnknownSnapshot does.
+func (m *Maps) MergeHot(table, front []Unknown) []Unknown {
+	hot := map[unknownKey]*hotRow{}
+	for i := range front {
+		f := &front[i]
+		k := keyOf(f)
+		hot[k] = &hotRow{key: k, packets: f.Packets, bytes: f.Bytes, first: f.FirstSeenNs, last: f.LastSeenNs, lastSeq: f.LastSeq}
+	}
+	return m.mergeHot(table, hot)
+}

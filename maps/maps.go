@@ -16,7 +16,13 @@ import (
 type Maps struct {
 	known, knownMulti, unknown, counters, tally *ebpf.Map
 	icmp, ike, diagTally, dropped, rate         *ebpf.Map
+	unknownHot                                  *ebpf.Map
 	ncpu                                        int
+	// hot holds the counts last reported for rows the per-CPU front had counts
+	// for: a hand-over between reading the table and the front hides them for
+	// one read, and a row's counts must never go back (maps/unknown.go).
+	hotMu   sync.Mutex
+	hotLast map[unknownKey]Count
 	// deleted counts unknown-table entries removed by us, so that evictions stay
 	// exact: evictions = inserts - entries - deleted.
 	deleted atomic.Uint64
@@ -36,7 +42,7 @@ func FromCollection(ms map[string]*ebpf.Map) (*Maps, error) {
 	if err != nil {
 		return nil, fmt.Errorf("counting possible CPUs: %w", err)
 	}
-	return &Maps{known: ms[KnownName], knownMulti: ms[KnownMultiName], unknown: ms[UnknownName],
+	return &Maps{known: ms[KnownName], knownMulti: ms[KnownMultiName], unknown: ms[UnknownName], unknownHot: ms[UnknownHotName],
 		counters: ms[CountersName], tally: ms[TallyName], icmp: ms[ICMPName], ike: ms[IKEName],
 		diagTally: ms[DiagTallyName], dropped: ms[DroppedName], rate: ms[RateName], ncpu: ncpu}, nil
 }

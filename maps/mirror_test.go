@@ -32,6 +32,7 @@ func TestMirrors(t *testing.T) {
 		{KnownName, ebpf.PerCPUHash, uint32(0), knownSPI{}},
 		{KnownMultiName, ebpf.PerCPUHash, saKey{}, saStats{}},
 		{UnknownName, ebpf.LRUHash, unknownKey{}, unknownStats{}},
+		{UnknownHotName, ebpf.PerCPUArray, uint32(0), unknownHot{}},
 		{CountersName, ebpf.PerCPUArray, uint32(0), swCount{}},
 		{TallyName, ebpf.PerCPUArray, uint32(0), uint64(0)},
 		{CapCfgName, ebpf.Array, uint32(0), capCfg{}},

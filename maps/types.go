@@ -29,10 +29,11 @@ const (
 	DiagTallyName  = "sw_diag_tally"
 	DroppedName    = "sw_dropped"
 	RateName       = "sw_rate"
+	UnknownHotName = "sw_unknown_hot"
 )
 
 // Names are the maps every program instance shares (and --pin keeps).
-var Names = []string{KnownName, KnownMultiName, UnknownName, CountersName, TallyName, ICMPName, IKEName, DiagTallyName, DroppedName, RateName}
+var Names = []string{KnownName, KnownMultiName, UnknownName, UnknownHotName, CountersName, TallyName, ICMPName, IKEName, DiagTallyName, DroppedName, RateName}
 
 // saKey mirrors struct sa_key.
 type saKey struct {
@@ -102,6 +103,22 @@ type unknownKey struct {
 
 // unknownStats mirrors struct unknown_stats.
 type unknownStats struct {
+	Packets     uint64
+	Bytes       uint64
+	FirstSeenNs uint64
+	LastSeenNs  uint64
+	LastJiffies uint64
+	LastSeq     uint32
+	_           uint32
+}
+
+// hotSlots is SW_HOT_SLOTS: the unknown table's per-CPU front has this many slots.
+const hotSlots = 256
+
+// unknownHot mirrors struct unknown_hot.
+type unknownHot struct {
+	Key         unknownKey
+	Used        uint32
 	Packets     uint64
 	Bytes       uint64
 	FirstSeenNs uint64
@@ -204,6 +221,21 @@ type Unknown struct {
 	FirstSeenNs      uint64 // CLOCK_MONOTONIC
 	LastSeenNs       uint64
 	LastSeq          uint32
+	// Evicted: the table evicted the row while a CPU's front still counted it;
+	// these are the packets since, which the kernel puts back in the table with
+	// the row's next packet. Not a table entry (TableRows).
+	Evicted bool
+}
+
+// TableRows counts the rows of a snapshot that are unknown-table entries.
+func TableRows(rows []Unknown) int {
+	n := len(rows)
+	for i := range rows {
+		if rows[i].Evicted {
+			n--
+		}
+	}
+	return n
 }
 
 // Count is packets and bytes.

@@ -282,7 +282,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	c.buf = snap
-	ts, err := c.src.UnknownTableStats(len(snap))
+	ts, err := c.src.UnknownTableStats(maps.TableRows(snap))
 	if err != nil {
 		fail(err)
 		return

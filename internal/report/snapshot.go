@@ -337,7 +337,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		return nil, err
 	}
 	r.snapBuf = snap
-	if s.Table, err = r.src.UnknownTableStats(len(snap)); err != nil {
+	if s.Table, err = r.src.UnknownTableStats(maps.TableRows(snap)); err != nil {
 		return nil, err
 	}
 	if rl, ok := r.src.(RateLimited); ok && r.DropAbove > 0 {
