@@ -479,23 +479,26 @@ static __noinline __u64 row_add(struct unknown_key *k, struct unknown_stats *a)
 	return before + a->packets;
 }
 
-static __always_inline __u32 hot_slot(const struct unknown_key *k)
+/* hot_slot picks a packet's slot in the front from what its row's key holds:
+ * source and destination's last words, SPI and ports are enough to spread rows
+ * (a collision only sends a row to the table directly). Read from the packet, so
+ * the hot path builds no key. */
+static __always_inline __u32 hot_slot(const struct pkt *p)
 {
-	const __u32 *w = (const __u32 *)k;
-	/* Source and destination's last words, SPI and ports: enough to spread rows;
-	 * a collision only sends a row to the slow path. */
-	__u32 h = w[3] ^ (w[7] * 0x85ebca6bu) ^ k->spi ^ ((__u32)k->sport << 16 | k->dport);
+	const __u32 *d = (const __u32 *)p->daddr, *s = (const __u32 *)p->saddr;
+	__u32 h = s[3] ^ (d[3] * 0x85ebca6bu) ^ p->spi ^ ((__u32)p->sport << 16 | p->dport);
 	return (h * 0x9e3779b1u) >> (32 - 8);
 }
 
 _Static_assert(SW_HOT_SLOTS == 1 << 8, "hot_slot takes 8 bits");
-_Static_assert(sizeof(struct unknown_key) == 44, "unknown_key compared as 5 words and one");
 
-static __always_inline int same_key(const struct unknown_key *a, const struct unknown_key *b)
+/* Is k the key of the packet's row? */
+static __always_inline int is_row_of(const struct unknown_key *k, const struct pkt *p, __u32 ifindex)
 {
-	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4] &&
-	       a->dport == b->dport && a->sport == b->sport;
+	const __u64 *ks = (const __u64 *)k->saddr, *kd = (const __u64 *)k->daddr;
+	const __u64 *ps = (const __u64 *)p->saddr, *pd = (const __u64 *)p->daddr;
+	return ks[0] == ps[0] && ks[1] == ps[1] && kd[0] == pd[0] && kd[1] == pd[1] && k->spi == p->spi &&
+	       k->ifindex == ifindex && k->sport == p->sport && k->dport == p->dport;
 }
 
 /* Returns the row's packet count including this one (0 if no row could be made),
@@ -503,21 +506,13 @@ static __always_inline int same_key(const struct unknown_key *a, const struct un
  * packet then goes to the row), else only non-zero. */
 static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, __u32 len)
 {
-	struct unknown_key k __attribute__((aligned(8))) = {
-		.spi = p->spi,
-		.ifindex = ctx->ingress_ifindex,
-		.sport = p->sport,
-		.dport = p->dport,
-	};
-	__builtin_memcpy(k.saddr, p->saddr, 16);
-	__builtin_memcpy(k.daddr, p->daddr, 16);
-
+	__u32 ifindex = ctx->ingress_ifindex;
 	__u64 j = bpf_jiffies64();
-	__u32 slot = hot_slot(&k);
+	__u32 slot = hot_slot(p);
 	struct unknown_hot *h = bpf_map_lookup_elem(&sw_unknown_hot, &slot);
 	if (!h)
 		return 0; /* never: an array slot in range */
-	int mine = h->used && same_key(&h->key, &k);
+	int mine = h->used && is_row_of(&h->key, p, ifindex);
 	if (mine && h->last_jiffies == j && !capture_on) {
 		h->packets++; /* the hot path: this CPU's slot, plain adds */
 		h->bytes += len;
@@ -525,6 +520,14 @@ static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, _
 		return 1;
 	}
 
+	struct unknown_key k = {
+		.spi = p->spi,
+		.ifindex = ifindex,
+		.sport = p->sport,
+		.dport = p->dport,
+	};
+	__builtin_memcpy(k.saddr, p->saddr, 16);
+	__builtin_memcpy(k.daddr, p->daddr, 16);
 	struct unknown_stats a = {.packets = 1, .bytes = len, .last_jiffies = j, .last_seq = p->seq};
 	if (mine) { /* a new tick: the slot's counts go to the row with this packet */
 		a.packets += h->packets;
