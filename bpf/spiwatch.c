@@ -229,9 +229,17 @@ static __always_inline void tally(__u32 which)
 #define AF_INET 2
 #define AF_INET6 10
 
+/* The one field read of the kernel's struct, placed by CO-RE from the kernel's
+ * BTF at load: km.state. A state reserved by XFRM_MSG_ALLOCSPI (larval, ACQ) is
+ * in the kernel's SPI table too, but the kernel drops ESP on it as an invalid
+ * state: only an installed (VALID) one makes the SPI known. */
+struct xfrm_state_walk {
+	__u8 state;
+} __attribute__((preserve_access_index));
 struct xfrm_state {
-	int opaque; /* never read: the kernel's struct is matched by name and kind */
-};
+	struct xfrm_state_walk km;
+} __attribute__((preserve_access_index));
+#define XFRM_STATE_VALID 2 /* include/net/xfrm.h */
 struct bpf_xfrm_state_opts {
 	__s32 error;
 	__s32 netns_id;
@@ -245,8 +253,9 @@ extern struct xfrm_state *bpf_xdp_get_xfrm_state(struct xdp_md *ctx, struct bpf_
 						 __u32 opts__sz) __ksym __weak;
 extern void bpf_xdp_xfrm_state_release(struct xfrm_state *x) __ksym __weak;
 
-/* Does the kernel hold an SA for this SPI and destination, in the namespace of the
- * receiving device? Only the answer matters: the state is released at once. */
+/* Does the kernel hold an installed SA for this SPI and destination, in the
+ * namespace of the receiving device? Only the answer matters: the state is
+ * released at once. */
 static __always_inline int kernel_has_sa(struct xdp_md *ctx, struct pkt *p)
 {
 	struct bpf_xfrm_state_opts o = {
@@ -265,8 +274,9 @@ static __always_inline int kernel_has_sa(struct xdp_md *ctx, struct pkt *p)
 	struct xfrm_state *x = bpf_xdp_get_xfrm_state(ctx, &o, sizeof(o));
 	if (!x)
 		return 0;
+	int valid = x->km.state == XFRM_STATE_VALID;
 	bpf_xdp_xfrm_state_release(x);
-	return 1;
+	return valid;
 }
 
 /* lookup_multi finds an SA of an SPI shared by several: (SPI, destination) first,

@@ -275,6 +275,25 @@ func (k *kernelLab) add(t *testing.T, ss ...sa) {
 	}
 }
 
+// allocSPI reserves an SPI for peer4 -> local4 in NSB as strongSwan does before
+// it installs an inbound SA (XFRM_MSG_ALLOCSPI: a larval state).
+func (k *kernelLab) allocSPI(t *testing.T) uint32 {
+	t.Helper()
+	var spi uint32
+	err := netlab.In(k.lab.NSB, func() error {
+		x, err := netlink.XfrmStateAllocSpi(&netlink.XfrmState{Src: net.IP(peer4.AsSlice()), Dst: net.IP(local4.AsSlice()),
+			Proto: netlink.XFRM_PROTO_ESP, Mode: netlink.XFRM_MODE_TUNNEL})
+		if err == nil {
+			spi = uint32(x.Spi)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("ALLOCSPI in %s: %v", k.lab.NSB, err)
+	}
+	return spi
+}
+
 func (k *kernelLab) wantCount(t *testing.T, what string, cl classify.Class, o classify.Outcome, n uint64) {
 	t.Helper()
 	eventually(t, what, func() (bool, string) {
@@ -385,6 +404,20 @@ func TestKernelLab(t *testing.T) {
 	if v := verdict(0x6006); v != knownset.RekeyRace {
 		t.Errorf("SPI installed after its first packets: verdict %s, want %s", v, knownset.RekeyRace)
 	}
+
+	// strongSwan's kernel-netlink way: reserve an SPI (ALLOCSPI makes a larval
+	// state, on which the kernel drops ESP), then install the SA on it (UPDSA).
+	sa8 := sa{src: peer4, dst: local4, spi: k.allocSPI(t)}
+	time.Sleep(300 * time.Millisecond) // time for a wrong set to show
+	wantKnown("after ALLOCSPI (a larval state is not an SA)", sa1, sa2, sa3, sa4, sa6)
+	if err := xh.XfrmStateUpdate(sa8.state()); err != nil {
+		t.Fatalf("UPDSA of the reserved SPI %#x: %v", sa8.spi, err)
+	}
+	wantKnown("after UPDSA of the reserved SPI", sa1, sa2, sa3, sa4, sa6, sa8)
+	if err := xh.XfrmStateDel(sa8.state()); err != nil {
+		t.Fatal(err)
+	}
+	wantKnown("after DELSA of it", sa1, sa2, sa3, sa4, sa6)
 
 	// Stale: delete an SA, the peer keeps sending on it.
 	if err := xh.XfrmStateDel(sa1.state()); err != nil {
@@ -538,12 +571,15 @@ func TestKernelXfrmLookup(t *testing.T) {
 	k.send(t, inV6, 4)
 	k.send(t, sa{src: peer4, dst: local4, spi: outV4.spi}, 3)
 	k.send(t, none, 2)
+	// A reserved SPI (ALLOCSPI, larval): in the kernel's SPI table, but the kernel
+	// drops ESP on it as an invalid state, so it is not known.
+	k.send(t, sa{src: peer4, dst: local4, spi: k.allocSPI(t)}, 6)
 	if has {
 		k.wantCount(t, "ESP of a kernel SA", classify.ClassESP, classify.OutcomeKnown, 5)
 		k.wantCount(t, "ESP-in-UDP of a kernel SA", classify.ClassESPInUDP, classify.OutcomeKnown, 4)
-		k.wantCount(t, "ESP without an inbound SA", classify.ClassESP, classify.OutcomeUnknown, 5)
+		k.wantCount(t, "ESP without an inbound SA or on a larval state", classify.ClassESP, classify.OutcomeUnknown, 11)
 	} else {
-		k.wantCount(t, "ESP, the map empty", classify.ClassESP, classify.OutcomeUnknown, 10)
+		k.wantCount(t, "ESP, the map empty", classify.ClassESP, classify.OutcomeUnknown, 16)
 		k.wantCount(t, "ESP-in-UDP, the map empty", classify.ClassESPInUDP, classify.OutcomeUnknown, 4)
 	}
 	if ks, err := k.objs.Maps.ListKnown(); err != nil || len(ks) != 0 {
