@@ -23,8 +23,10 @@ type results struct {
 	repeat, rounds int
 	perPacket      []perPacketRow
 	e2eFrames      int
-	e2eKnown       []vethRun
+	e2eKnown       []vethRun // per receiver, its rounds summed
 	e2eFlood       []vethRun
+	e2eKnownRounds [][]vethRun
+	e2eFloodRounds [][]vethRun
 	flood          *floodResult
 	floodFrames    int
 	reportEntries  int
@@ -40,7 +42,8 @@ func main() {
 	rounds := flag.Int("rounds", 9, "rounds per program and frame (the median is reported)")
 	only := flag.String("only", "", "comma-separated frame kinds to run (default: all)")
 	variants := flag.String("variant", "", "comma-separated BPF object files: other builds of the classifier to compare in the same run")
-	e2eFrames := flag.Int("e2e-frames", 10_000_000, "frames per receiver in the end-to-end veth runs")
+	e2eFrames := flag.Int("e2e-frames", 10_000_000, "frames per receiver and round in the end-to-end veth runs")
+	flag.IntVar(&e2eRounds, "e2e-rounds", 3, "rounds of the end-to-end veth runs, receivers alternating")
 	floodFrames := flag.Int("flood-frames", 1_000_000, "frames of the unknown-SPI flood (distinct SPIs, 1,000 sources)")
 	spiwatchBin := flag.String("spiwatch", "bin/spiwatch", "spiwatch binary for the flood and loader-cost runs")
 	out := flag.String("out", "docs/PERFORMANCE.md", "where to write the report (- for stdout)")
@@ -90,6 +93,9 @@ func main() {
 	}
 }
 
+// e2eRounds is -e2e-rounds.
+var e2eRounds int
+
 func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, spiwatchBin, out string, quick bool) error {
 	r := &results{repeat: repeat, rounds: rounds, e2eFrames: e2eFrames, floodFrames: floodFrames, started: time.Now()}
 	var vfiles []string
@@ -120,14 +126,14 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 
 	step("end to end: %d frames of known ESP into the empty program, then the classifier", e2eFrames)
 	known := "esp spi=0x1000 src=198.51.100.1 dst=203.0.113.1 len=56"
-	if r.e2eKnown, err = endToEnd(known, e2eFrames, []receiver{
+	if r.e2eKnown, r.e2eKnownRounds, err = endToEnd(known, e2eFrames, e2eRounds, []receiver{
 		baselineReceiver("empty XDP program", emptyProg),
 		classifierReceiver(classify.ClassESP, classify.OutcomeKnown),
 	}); err != nil {
 		return err
 	}
 	step("end to end: %d frames, a new unknown SPI each, into the minimal SPI counter, then the classifier", e2eFrames)
-	if r.e2eFlood, err = endToEnd(floodStream, e2eFrames, []receiver{
+	if r.e2eFlood, r.e2eFloodRounds, err = endToEnd(floodStream, e2eFrames, e2eRounds, []receiver{
 		baselineReceiver("minimal SPI counter", spiProg),
 		classifierReceiver(classify.ClassESP, classify.OutcomeUnknown),
 	}); err != nil {

@@ -40,36 +40,56 @@ type receiver struct {
 	check  func() (counted, rightly uint64, err error)
 }
 
-// endToEnd sends frames of stream through a fresh lab once per receiver, and
-// reads bpf_stats of the receiving program.
-func endToEnd(stream string, frames int, receivers []receiver) ([]vethRun, error) {
+// endToEnd sends frames of stream through a fresh lab to each receiver, rounds
+// times, the order reversed every other round so that drift in the machine's
+// load hits every receiver alike; it returns each receiver's rounds summed, and
+// the rounds themselves.
+func endToEnd(stream string, frames, rounds int, receivers []receiver) ([]vethRun, [][]vethRun, error) {
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
-		return nil, fmt.Errorf("enabling bpf_stats: %w", err)
+		return nil, nil, fmt.Errorf("enabling bpf_stats: %w", err)
 	}
 	defer stats.Close()
 	st, err := trafficgen.ParseStream(stream)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	vary, err := st.Vary()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []vethRun
-	for _, rc := range receivers {
-		lab, err := netlab.New("swbench")
-		if err != nil {
-			return nil, err
+	sum := make([]vethRun, len(receivers))
+	var each [][]vethRun
+	for round := 0; round < rounds; round++ {
+		runs := make([]vethRun, len(receivers))
+		for k := range receivers {
+			i := k
+			if round%2 == 1 {
+				i = len(receivers) - 1 - k
+			}
+			rc := receivers[i]
+			lab, err := netlab.New("swbench")
+			if err != nil {
+				return nil, nil, err
+			}
+			r, err := oneRun(lab, rc, st.Build(), vary, frames)
+			lab.Close()
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", rc.name, err)
+			}
+			runs[i] = r
+			s := &sum[i]
+			s.name = r.name
+			s.frames += r.frames
+			s.runs += r.runs
+			s.elapsed += r.elapsed
+			s.progTime += r.progTime
+			s.counted += r.counted
+			s.rightly += r.rightly
 		}
-		r, err := oneRun(lab, rc, st.Build(), vary, frames)
-		lab.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", rc.name, err)
-		}
-		out = append(out, r)
+		each = append(each, runs)
 	}
-	return out, nil
+	return sum, each, nil
 }
 
 func oneRun(lab *netlab.Lab, rc receiver, frame []byte, vary trafficgen.Vary, frames int) (vethRun, error) {
