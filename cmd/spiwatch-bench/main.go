@@ -44,6 +44,7 @@ func main() {
 	variants := flag.String("variant", "", "comma-separated BPF object files: other builds of the classifier to compare in the same run")
 	e2eFrames := flag.Int("e2e-frames", 10_000_000, "frames per receiver and round in the end-to-end veth runs")
 	flag.IntVar(&e2eRounds, "e2e-rounds", 3, "rounds of the end-to-end veth runs, receivers alternating")
+	flag.BoolVar(&e2eOnly, "e2e-only", false, "run only the end-to-end veth runs and print them (for A/B work with -variant)")
 	floodFrames := flag.Int("flood-frames", 1_000_000, "frames of the unknown-SPI flood (distinct SPIs, 1,000 sources)")
 	spiwatchBin := flag.String("spiwatch", "bin/spiwatch", "spiwatch binary for the flood and loader-cost runs")
 	out := flag.String("out", "docs/PERFORMANCE.md", "where to write the report (- for stdout)")
@@ -93,14 +94,27 @@ func main() {
 	}
 }
 
-// e2eRounds is -e2e-rounds.
-var e2eRounds int
+// e2eRounds and e2eOnly are -e2e-rounds and -e2e-only.
+var (
+	e2eRounds int
+	e2eOnly   bool
+)
 
 func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, spiwatchBin, out string, quick bool) error {
 	r := &results{repeat: repeat, rounds: rounds, e2eFrames: e2eFrames, floodFrames: floodFrames, started: time.Now()}
 	var vfiles []string
 	if variants != "" {
 		vfiles = strings.Split(variants, ",")
+	}
+	var err error
+	if e2eOnly {
+		if err := runE2E(r, vfiles); err != nil {
+			return err
+		}
+		var b strings.Builder
+		writeE2E(&b, r)
+		fmt.Print(b.String())
+		return nil
 	}
 
 	// Per-packet costs: one CPU for the whole table, since test runs execute on
@@ -112,7 +126,6 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 		return fmt.Errorf("pinning to CPU 0: %w", err)
 	}
 	step("per-packet cost: %d frame kinds x 4 programs x %d rounds of %d runs", len(frameKinds()), rounds, repeat)
-	var err error
 	if r.perPacket, err = perPacket(repeat, rounds, only, vfiles); err != nil {
 		return err
 	}
@@ -124,19 +137,7 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 		return nil
 	}
 
-	step("end to end: %d frames of known ESP into the empty program, then the classifier", e2eFrames)
-	known := "esp spi=0x1000 src=198.51.100.1 dst=203.0.113.1 len=56"
-	if r.e2eKnown, r.e2eKnownRounds, err = endToEnd(known, e2eFrames, e2eRounds, []receiver{
-		baselineReceiver("empty XDP program", emptyProg),
-		classifierReceiver(classify.ClassESP, classify.OutcomeKnown),
-	}); err != nil {
-		return err
-	}
-	step("end to end: %d frames, a new unknown SPI each, into the minimal SPI counter, then the classifier", e2eFrames)
-	if r.e2eFlood, r.e2eFloodRounds, err = endToEnd(floodStream, e2eFrames, e2eRounds, []receiver{
-		baselineReceiver("minimal SPI counter", spiProg),
-		classifierReceiver(classify.ClassESP, classify.OutcomeUnknown),
-	}); err != nil {
+	if err := runE2E(r, vfiles); err != nil {
 		return err
 	}
 	step("unknown-SPI flood: %d frames through spiwatch %s", floodFrames, spiwatchBin)
@@ -154,6 +155,32 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 	}
 	r.took = time.Since(r.started)
 	return writeReport(out, r)
+}
+
+// runE2E runs section 2: known ESP against the empty program, a new unknown SPI
+// each frame against the minimal SPI counter, with any -variant builds beside.
+func runE2E(r *results, vfiles []string) error {
+	withVariants := func(rs []receiver, want classify.Class, outcome classify.Outcome) []receiver {
+		for i, f := range vfiles {
+			rs = append(rs, variantReceiver(fmt.Sprintf("variant %d", i+1), f, want, outcome))
+		}
+		return rs
+	}
+	var err error
+	step("end to end: %d frames of known ESP into the empty program, then the classifier", r.e2eFrames)
+	known := "esp spi=0x1000 src=198.51.100.1 dst=203.0.113.1 len=56"
+	if r.e2eKnown, r.e2eKnownRounds, err = endToEnd(known, r.e2eFrames, e2eRounds, withVariants([]receiver{
+		baselineReceiver("empty XDP program", emptyProg),
+		classifierReceiver(classify.ClassESP, classify.OutcomeKnown),
+	}, classify.ClassESP, classify.OutcomeKnown)); err != nil {
+		return err
+	}
+	step("end to end: %d frames, a new unknown SPI each, into the minimal SPI counter, then the classifier", r.e2eFrames)
+	r.e2eFlood, r.e2eFloodRounds, err = endToEnd(floodStream, r.e2eFrames, e2eRounds, withVariants([]receiver{
+		baselineReceiver("minimal SPI counter", spiProg),
+		classifierReceiver(classify.ClassESP, classify.OutcomeUnknown),
+	}, classify.ClassESP, classify.OutcomeUnknown))
+	return err
 }
 
 // captureFramesFlag is -capture-frames.

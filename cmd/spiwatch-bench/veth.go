@@ -181,13 +181,27 @@ func baselineReceiver(name string, pick func(*bpf.BaselineObjects) *ebpf.Program
 // classifierReceiver attaches spiwatch's program natively with the bench SAs
 // known; check counts what it classified and how much of it as want/outcome.
 func classifierReceiver(want classify.Class, outcome classify.Outcome) receiver {
+	return variantReceiver("spiwatch classifier", "", want, outcome)
+}
+
+// variantReceiver is classifierReceiver with the classifier built from the BPF
+// object file path ("": the embedded one), for A/B runs (-variant).
+func variantReceiver(name, path string, want classify.Class, outcome classify.Outcome) receiver {
 	var objs *loader.Objects
 	var slot int
 	return receiver{
-		name: "spiwatch classifier",
+		name: name,
 		attach: func(lab *netlab.Lab) (*ebpf.Program, func(), error) {
 			var err error
-			if objs, err = loader.Load(loader.Settings{}); err != nil {
+			if path == "" {
+				objs, err = loader.Load(loader.Settings{})
+			} else {
+				var spec *ebpf.CollectionSpec
+				if spec, err = ebpf.LoadCollectionSpec(path); err == nil {
+					objs, err = loader.LoadSpec(spec, loader.Settings{})
+				}
+			}
+			if err != nil {
 				return nil, nil, err
 			}
 			if err := objs.Maps.AddKnown(benchKnown...); err != nil {
