@@ -33,8 +33,9 @@ type captureDiag struct {
 	read    time.Time                  // when they were read
 }
 
-func newCaptureDiag(m *maps.Maps, natt []uint16) *captureDiag {
-	d := &captureDiag{m: m, window: report.DefaultCollisionWindow}
+// newCaptureDiag judges collisions over window (--collision-window).
+func newCaptureDiag(m *maps.Maps, natt []uint16, window time.Duration) *captureDiag {
+	d := &captureDiag{m: m, window: window}
 	d.cfg.NATTPorts = natt
 	return d
 }

@@ -17,7 +17,7 @@ import (
 // it: the collision verdict with its sources (unknown SPI and known SA), the ICMP
 // error and the SPI it quotes, the IKE exchange.
 func TestCaptureComments(t *testing.T) {
-	d := newCaptureDiag(nil, []uint16{4500})
+	d := newCaptureDiag(nil, []uint16{4500}, report.DefaultCollisionWindow)
 	d.read = time.Now() // collisions as set below, not read from maps
 	gw := frames.DefaultDst4
 	a, b := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.8")

@@ -37,6 +37,8 @@ func TestCaptureUsage(t *testing.T) {
 		{[]string{"-i", "lo", "-w", "x", "--rotate", "1MB", "--rotate-keep", "0"}, "--rotate-keep 0: keep at least 1 file"},
 		{[]string{"-i", "lo", "-i", "lo", "-w", "x"}, "interface lo is given twice"},
 		{[]string{"-i", "lo", "-w", "x", "--rate", "20000000"}, "--rate 20000000: at most 10000000"},
+		{[]string{"-i", "lo", "-w", "x", "--collision-window", "0s"}, "--collision-window 0s: must be more than 0"},
+		{[]string{"-i", "lo", "-w", "x", "--collision-window", "-5s"}, "--collision-window -5s: must be more than 0"},
 		{[]string{"-i", "lo", "-w", "x", "--known-spi", "7"}, "--known-spi 7: SPI 7 is reserved"},
 		{[]string{"-i", "nosuchif0", "-w", "x"}, "interface nosuchif0 not found"},
 		{[]string{"-i", "lo", "-w", "x", "extra"}, `unexpected argument "extra"`},
