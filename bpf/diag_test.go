@@ -70,6 +70,9 @@ func icmpCases() []icmpCase {
 		// The peer's IKE daemon is gone: port unreachable quoting our ESP-in-UDP.
 		{"v4 port-unreachable quoting esp-in-udp", fromPeer4.ICMP(unreach, portUnreach, 0, frames.Quote(udp4, 520)), icmpESP, unreach, portUnreach, qUDP, 0xc0ffee02, 0},
 		{"v4 port-unreachable quoting esp-in-udp, 8 bytes: no SPI", fromPeer4.ICMP(unreach, portUnreach, 0, frames.Quote(udp4, rfc792)), icmpESP, unreach, portUnreach, qNoSPI, 0, 0},
+		// ... or quoting our plain ESP (a peer without NAT-T).
+		{"v4 port-unreachable quoting esp", fromPeer4.ICMP(unreach, portUnreach, 0, frames.Quote(esp4, 64)), icmpESP, unreach, portUnreach, qESP, 0xc0ffee01, 0},
+		{"v4 port-unreachable quoting esp, 8 bytes (RFC 792)", fromPeer4.ICMP(unreach, portUnreach, 0, frames.Quote(esp4, rfc792)), icmpESP, unreach, portUnreach, qESP, 0xc0ffee01, 0},
 		{"v4 port-unreachable quoting a keepalive, 8 bytes", fromPeer4.ICMP(unreach, portUnreach, 0, frames.Quote(out4.Keepalive(4500, 4500), rfc792)), other, 0, 0, 0, 0, 0},
 		{"v4 port-unreachable quoting a keepalive", fromPeer4.ICMP(unreach, portUnreach, 0, frames.Quote(out4.Keepalive(4500, 4500), -1)), other, 0, 0, 0, 0, 0},
 		{"v4 port-unreachable quoting ike with marker", fromPeer4.ICMP(unreach, portUnreach, 0, frames.Quote(out4.IKE(4500, 4500, true, 200), 64)), other, 0, 0, 0, 0, 0},

@@ -171,7 +171,8 @@ func TestProgramSequence(t *testing.T) {
 // TestProgramDropAbove: with --drop-above N, each source's unknown-SPI packets
 // pass up to N per second (a full bucket holds N), the rest are dropped and
 // counted; another source is unaffected, known SAs are never dropped, and the
-// bucket refills with time.
+// bucket refills with time. IPv6 sources have buckets of their own, by the
+// whole address, found behind VLAN tags and extension headers.
 func TestProgramDropAbove(t *testing.T) {
 	onOneCPU(t)
 	const rate = 10 // one packet per 100 ms
@@ -207,16 +208,41 @@ func TestProgramDropAbove(t *testing.T) {
 	if p := send(v4.ESP(7, 1, 64), 3); p != 3 {
 		t.Fatalf("reserved SPIs are never dropped: %d of 3 passed", p)
 	}
+
+	// IPv6: a flood from peer6, then the same source in two VLAN tags behind two
+	// extension headers, over NAT-T: the same bucket, empty.
+	if p := send(v6.ESP(0xdead, 1, 64), rate+4); p != rate {
+		t.Fatalf("ipv6: %d of %d passed at once, want exactly %d", p, rate+4, rate)
+	}
+	wrapped6 := with(v6, func(f *frames.Frame) { f.VLANs, f.IPv6Ext = tags(2), exts(2) })
+	if p := send(wrapped6.ESPInUDP(4500, 4500, 0xbeef, 1, 64), 2); p != 0 {
+		t.Fatalf("ipv6, same source in vlans behind extension headers, esp-in-udp: %d passed, want 0", p)
+	}
+	// Sources that differ from peer6 only in the last byte, and only in the
+	// prefix: buckets of their own, full.
+	for _, src := range []string{"2001:db8::3", "2001:db9::1"} {
+		f := with(v6, func(f *frames.Frame) { f.Src = netip.MustParseAddr(src) })
+		if p := send(f.ESP(0xdead, 1, 64), rate); p != rate {
+			t.Fatalf("ipv6 source %s: %d of %d passed", src, p, rate)
+		}
+	}
+	if p := send(v6.ESP(0x3000, 1, 64), 20); p != 20 {
+		t.Fatalf("known SA 0x3000@%s from the flooding ipv6 source: %d of 20 passed", gw6, p)
+	}
+	if p := send(v6.ESP(7, 1, 64), 3); p != 3 {
+		t.Fatalf("ipv6: reserved SPIs are never dropped: %d of 3 passed", p)
+	}
+
 	d, err := h.m.Dropped(0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d[classify.ClassESP].Packets != 5 || d[classify.ClassESPInUDP].Packets != 3 {
-		t.Fatalf("dropped esp %d, esp-in-udp %d; want 5, 3", d[classify.ClassESP].Packets, d[classify.ClassESPInUDP].Packets)
+	if d[classify.ClassESP].Packets != 5+4 || d[classify.ClassESPInUDP].Packets != 3+2 {
+		t.Fatalf("dropped esp %d, esp-in-udp %d; want 9, 5", d[classify.ClassESP].Packets, d[classify.ClassESPInUDP].Packets)
 	}
 	c := h.counters(t)
-	if u := c[classify.ClassESP][classify.OutcomeUnknown].Packets; u != 2*rate+5 {
-		t.Fatalf("esp unknown %d, want %d: dropped ones are counted as unknown too", u, 2*rate+5)
+	if u := c[classify.ClassESP][classify.OutcomeUnknown].Packets; u != 2*rate+5+3*rate+4 {
+		t.Fatalf("esp unknown %d, want %d: dropped ones are counted as unknown too", u, 2*rate+5+3*rate+4)
 	}
 
 	// Refill: 250 ms give 2.5 packets of credit (the coarse clock ticks every
@@ -232,8 +258,8 @@ func TestProgramDropAbove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rs.Sources != 2 || rs.Evictions != 0 || rs.Fails != 0 {
-		t.Fatalf("rate table %+v, want 2 sources", rs)
+	if rs.Sources != 5 || rs.Evictions != 0 || rs.Fails != 0 {
+		t.Fatalf("rate table %+v, want 5 sources (2 IPv4, 3 IPv6)", rs)
 	}
 }
 

@@ -66,6 +66,7 @@ type captureFlags struct {
 	duration   time.Duration
 	rotate     string
 	rotateKeep int
+	window     time.Duration
 	knownSPIs  []string
 	knownFile  string
 	nattPorts  []string
@@ -153,6 +154,9 @@ func (f *captureFlags) validate() (*captureSetup, error) {
 	if f.duration < 0 {
 		return nil, fmt.Errorf("--duration %s: must be 0 (until stopped) or more", f.duration)
 	}
+	if f.window <= 0 {
+		return nil, fmt.Errorf("--collision-window %s: must be more than 0", f.window)
+	}
 	if f.rotate != "" {
 		n, err := parseSize(f.rotate)
 		if err != nil {
@@ -239,6 +243,7 @@ func runCapture(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&f.duration, "duration", 0, "stop after this long, e.g. 30s or 10m (0: until Ctrl-C)")
 	fs.StringVar(&f.rotate, "rotate", "", "start a new file when this size is reached, e.g. 100MB (FILE newest, then FILE.1, ...)")
 	fs.IntVar(&f.rotateKeep, "rotate-keep", 10, "files kept with --rotate, the one being written included")
+	fs.DurationVar(&f.window, "collision-window", report.DefaultCollisionWindow, "a packet's comment says collision when its SPI was seen towards its destination from two or more sources (addresses, or UDP ports of one address) within this time")
 	fs.StringArrayVar(&f.knownSPIs, "known-spi", nil, "known SA as SPI[@DESTINATION] (repeatable; only when capture loads spiwatch itself)")
 	fs.StringVar(&f.knownFile, "known-file", "", "file of known SAs (only when capture loads spiwatch itself)")
 	fs.StringArrayVar(&f.nattPorts, "natt-port", nil, "UDP port carrying ESP-in-UDP (repeatable; only when capture loads spiwatch itself)")
@@ -430,7 +435,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 		return exitError, err
 	}
 	defer t.cap.ReleaseOwner()
-	diag := newCaptureDiag(t.m, s.natt)
+	diag := newCaptureDiag(t.m, s.natt, f.window)
 
 	byIfindex := map[uint32]int{}
 	var wifs []capwrite.Interface

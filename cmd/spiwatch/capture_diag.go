@@ -26,15 +26,19 @@ type captureDiag struct {
 	m      *maps.Maps
 	cfg    classify.Config
 	window time.Duration
-	// unknown (SPI, destination) pairs and known SAs in collision, with their
-	// sources, as last read
+	// unknown (SPI, destination) pairs in collision, with their sources, as
+	// last read
 	unknown map[report.SPIDst][]maps.SASource
-	known   map[uint32][]maps.SASource // by SPI: the known SA's active sources
-	read    time.Time                  // when they were read
+	// every known SA, by (SPI, destination) as the program looks it up, with its
+	// sources when it is in collision (nil otherwise): an SPI may name an SA
+	// for one destination and another for any destination
+	known map[maps.SA][]maps.SASource
+	read  time.Time // when they were read
 }
 
-func newCaptureDiag(m *maps.Maps, natt []uint16) *captureDiag {
-	d := &captureDiag{m: m, window: report.DefaultCollisionWindow}
+// newCaptureDiag judges collisions over window (--collision-window).
+func newCaptureDiag(m *maps.Maps, natt []uint16, window time.Duration) *captureDiag {
+	d := &captureDiag{m: m, window: window}
 	d.cfg.NATTPorts = natt
 	return d
 }
@@ -61,13 +65,29 @@ func (d *captureDiag) refresh() {
 		}
 	}
 	if known, err := d.m.ListKnown(); err == nil {
-		d.known = map[uint32][]maps.SASource{}
+		d.known = make(map[maps.SA][]maps.SASource, len(known))
 		for _, k := range known {
+			var srcs []maps.SASource
 			if act := k.ActiveSources(now, uint64(d.window)); len(act) >= 2 {
-				d.known[k.SPI] = act
+				srcs = act
 			}
+			d.known[k.SA] = srcs
 		}
 	}
+}
+
+// knownSources are the collision sources of the known SA a packet to dst with
+// this SPI counted into: the SA for dst if there is one, else the SA for any
+// destination (the program's order); nil when that SA is not in collision, or
+// when the kept bytes end before the destination.
+func (d *captureDiag) knownSources(spi uint32, dst netip.Addr) []maps.SASource {
+	if !dst.IsValid() {
+		return nil
+	}
+	if srcs, ok := d.known[maps.SA{SPI: spi, Dst: unmapped(dst)}]; ok {
+		return srcs
+	}
+	return d.known[maps.SA{SPI: spi}]
 }
 
 // comment says why a packet was kept, for Wireshark and tshark.
@@ -82,7 +102,7 @@ func (d *captureDiag) comment(h maps.SampleHeader, frame []byte, perSPI uint32) 
 		verdict := classify.Outcome(h.Outcome).String()
 		var srcs []maps.SASource
 		if h.Outcome == uint8(classify.OutcomeKnown) {
-			srcs = d.known[h.SPI]
+			srcs = d.knownSources(h.SPI, r.Dst)
 		} else if h.Outcome == uint8(classify.OutcomeUnknown) && r.HasSPI {
 			srcs = d.unknown[report.SPIDst{SPI: h.SPI, Dst: unmapped(r.Dst)}]
 		}

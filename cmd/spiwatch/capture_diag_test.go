@@ -17,12 +17,12 @@ import (
 // it: the collision verdict with its sources (unknown SPI and known SA), the ICMP
 // error and the SPI it quotes, the IKE exchange.
 func TestCaptureComments(t *testing.T) {
-	d := newCaptureDiag(nil, []uint16{4500})
+	d := newCaptureDiag(nil, []uint16{4500}, report.DefaultCollisionWindow)
 	d.read = time.Now() // collisions as set below, not read from maps
 	gw := frames.DefaultDst4
 	a, b := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.8")
 	d.unknown = map[report.SPIDst][]maps.SASource{{SPI: 0xc011, Dst: gw}: {{Addr: a}, {Addr: b}}}
-	d.known = map[uint32][]maps.SASource{0x5000: {{Addr: a, Port: 4500}, {Addr: a, Port: 4501}}}
+	d.known = map[maps.SA][]maps.SASource{{SPI: 0x5000}: {{Addr: a, Port: 4500}, {Addr: a, Port: 4501}}}
 	head := func(cl classify.Class, out classify.Outcome, spi uint32) maps.SampleHeader {
 		return maps.SampleHeader{Class: uint8(cl), Outcome: uint8(out), SPI: spi, Action: 2, Reason: maps.ReasonFirst, RowPackets: 1}
 	}
@@ -47,6 +47,51 @@ func TestCaptureComments(t *testing.T) {
 			"spiwatch: class=ike ike=v2 exchange=IKE_SA_INIT dir=request msgid=0 action=pass kept=first-1/3"},
 	} {
 		if got := d.comment(c.h, c.frame, 3); got != c.want {
+			t.Errorf("%s:\n got %s\nwant %s", c.name, got, c.want)
+		}
+	}
+}
+
+// TestCaptureCommentsSharedSPI: two known SAs share an SPI, one for the gateway's
+// address and one for any destination, and only one of them is in collision. A
+// packet's comment follows the SA the program counted it into: its destination's
+// SA first, then the any-destination one.
+func TestCaptureCommentsSharedSPI(t *testing.T) {
+	gw, other := frames.DefaultDst4, netip.MustParseAddr("203.0.113.99")
+	gw6 := netip.MustParseAddr("2001:db8::2")
+	a, b := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.8")
+	a6 := netip.MustParseAddr("2001:db8::7")
+	pair := []maps.SASource{{Addr: a}, {Addr: b}}
+	h := maps.SampleHeader{Class: uint8(classify.ClassESP), Outcome: uint8(classify.OutcomeKnown), SPI: 0x6000, Action: 2, Reason: maps.ReasonFirst, RowPackets: 1}
+	const (
+		plain     = "spiwatch: class=esp spi=0x00006000 verdict=known action=pass kept=first-1/3"
+		collision = "spiwatch: class=esp spi=0x00006000 verdict=known,collision sources=198.51.100.7,198.51.100.8 action=pass kept=first-1/3"
+	)
+	for _, c := range []struct {
+		name  string
+		known map[maps.SA][]maps.SASource
+		frame []byte
+		want  string
+	}{
+		{"the gateway's SA in collision, packet to the gateway", map[maps.SA][]maps.SASource{{SPI: 0x6000, Dst: gw}: pair, {SPI: 0x6000}: nil},
+			frames.Frame{Src: a, Dst: gw}.ESP(0x6000, 1, 20), collision},
+		{"the gateway's SA in collision, packet to another address", map[maps.SA][]maps.SASource{{SPI: 0x6000, Dst: gw}: pair, {SPI: 0x6000}: nil},
+			frames.Frame{Src: a, Dst: other}.ESP(0x6000, 1, 20), plain},
+		{"the any-destination SA in collision, packet to the gateway", map[maps.SA][]maps.SASource{{SPI: 0x6000, Dst: gw}: nil, {SPI: 0x6000}: pair},
+			frames.Frame{Src: a, Dst: gw}.ESP(0x6000, 1, 20), plain},
+		{"the any-destination SA in collision, packet to another address", map[maps.SA][]maps.SASource{{SPI: 0x6000, Dst: gw}: nil, {SPI: 0x6000}: pair},
+			frames.Frame{Src: a, Dst: other}.ESP(0x6000, 1, 20), collision},
+		{"IPv6: the gateway's SA in collision", map[maps.SA][]maps.SASource{{SPI: 0x6000, Dst: gw6}: pair, {SPI: 0x6000}: nil},
+			frames.Frame{Src: a6, Dst: gw6}.ESP(0x6000, 1, 20), collision},
+		{"IPv6: the any-destination SA in collision, packet to the gateway", map[maps.SA][]maps.SASource{{SPI: 0x6000, Dst: gw6}: nil, {SPI: 0x6000}: pair},
+			frames.Frame{Src: a6, Dst: gw6}.ESP(0x6000, 1, 20), plain},
+		{"kept bytes end before the destination", map[maps.SA][]maps.SASource{{SPI: 0x6000}: pair},
+			frames.Frame{Src: a, Dst: gw}.ESP(0x6000, 1, 20)[:20], plain},
+	} {
+		d := newCaptureDiag(nil, nil, report.DefaultCollisionWindow)
+		d.read = time.Now()
+		d.known = c.known
+		if got := d.comment(h, c.frame, 3); got != c.want {
 			t.Errorf("%s:\n got %s\nwant %s", c.name, got, c.want)
 		}
 	}

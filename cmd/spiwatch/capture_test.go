@@ -37,6 +37,8 @@ func TestCaptureUsage(t *testing.T) {
 		{[]string{"-i", "lo", "-w", "x", "--rotate", "1MB", "--rotate-keep", "0"}, "--rotate-keep 0: keep at least 1 file"},
 		{[]string{"-i", "lo", "-i", "lo", "-w", "x"}, "interface lo is given twice"},
 		{[]string{"-i", "lo", "-w", "x", "--rate", "20000000"}, "--rate 20000000: at most 10000000"},
+		{[]string{"-i", "lo", "-w", "x", "--collision-window", "0s"}, "--collision-window 0s: must be more than 0"},
+		{[]string{"-i", "lo", "-w", "x", "--collision-window", "-5s"}, "--collision-window -5s: must be more than 0"},
 		{[]string{"-i", "lo", "-w", "x", "--known-spi", "7"}, "--known-spi 7: SPI 7 is reserved"},
 		{[]string{"-i", "nosuchif0", "-w", "x"}, "interface nosuchif0 not found"},
 		{[]string{"-i", "lo", "-w", "x", "extra"}, `unexpected argument "extra"`},
@@ -127,7 +129,7 @@ func (c *capRun) stop(t *testing.T) int {
 
 // tsharkPacket is one packet as tshark shows it.
 type tsharkPacket struct {
-	comment, src, dst, espSPI string
+	comment, src, dst, espSPI, espSeq string
 }
 
 // readTshark opens a capture with tshark (a file, or stdin with data).
@@ -135,7 +137,7 @@ func readTshark(t *testing.T, path string, data []byte) []tsharkPacket {
 	t.Helper()
 	tshark := testenv.RequireTool(t, "tshark", "tshark")
 	cmd := exec.Command(tshark, "-r", path, "-T", "fields", "-E", "separator=|",
-		"-e", "frame.comment", "-e", "ip.src", "-e", "ipv6.src", "-e", "ip.dst", "-e", "ipv6.dst", "-e", "esp.spi")
+		"-e", "frame.comment", "-e", "ip.src", "-e", "ipv6.src", "-e", "ip.dst", "-e", "ipv6.dst", "-e", "esp.spi", "-e", "esp.sequence")
 	if data != nil {
 		cmd.Stdin = bytes.NewReader(data)
 	}
@@ -151,15 +153,23 @@ func readTshark(t *testing.T, path string, data []byte) []tsharkPacket {
 			continue
 		}
 		f := strings.Split(l, "|")
-		if len(f) != 6 {
+		if len(f) != 7 {
 			t.Fatalf("tshark line %q", l)
 		}
-		pkts = append(pkts, tsharkPacket{comment: f[0], src: f[1] + f[2], dst: f[3] + f[4], espSPI: f[5]})
+		pkts = append(pkts, tsharkPacket{comment: f[0], src: f[1] + f[2], dst: f[3] + f[4], espSPI: f[5], espSeq: f[6]})
 	}
 	return pkts
 }
 
-var commentRE = regexp.MustCompile(`^spiwatch: class=(esp|esp-in-udp) spi=(0x[0-9a-f]{8}) verdict=(unknown|reserved) action=pass kept=first-(\d+)/(\d+)$`)
+// commentRE matches the comment of an esp or esp-in-udp packet: a known or
+// unknown SPI may be in collision, with two or more sources; a reserved one never
+// is. Only unknown and reserved SPIs have rows, so only they are kept as first-N.
+var commentRE = regexp.MustCompile(`^spiwatch: class=(?P<class>esp|esp-in-udp) spi=(?P<spi>0x[0-9a-f]{8}) ` +
+	`verdict=(?:(?P<verdict>unknown|known)(?:,collision sources=(?P<sources>[^ ,]+(?:,[^ ,]+)+))?|(?P<reserved>reserved)) ` +
+	`action=(?P<action>pass|drop) kept=(?:first-(?P<n>\d+)/(?P<of>\d+)|(?P<rate>rate))$`)
+
+// commentField is a named group of a commentRE match.
+func commentField(m []string, name string) string { return m[commentRE.SubexpIndex(name)] }
 
 // checkSampled checks a capture of unknown SPIs with --per-spi n and --rate 0:
 // exactly the first n packets of every unknown row, each with its comment, and
@@ -178,13 +188,17 @@ func checkSampled(t *testing.T, pkts []tsharkPacket, e expectation, n uint64) {
 		if m == nil {
 			t.Fatalf("packet %d: comment %q does not say why it was kept", i, p.comment)
 		}
-		if p.espSPI != "" && p.espSPI != m[2] {
-			t.Errorf("packet %d: tshark reads SPI %s, comment says %s", i, p.espSPI, m[2])
+		spi := commentField(m, "spi")
+		if commentField(m, "verdict") == "known" || commentField(m, "action") != "pass" || commentField(m, "rate") != "" {
+			t.Errorf("packet %d: comment %q, want an unknown or reserved SPI passed and kept as one of the first", i, p.comment)
 		}
-		if k, _ := strconv.Atoi(m[4]); k < 1 || uint64(k) > n || m[5] != strconv.FormatUint(n, 10) {
-			t.Errorf("packet %d kept as %s of %s: want 1..%d of %d", i, m[4], m[5], n, n)
+		if p.espSPI != "" && p.espSPI != spi {
+			t.Errorf("packet %d: tshark reads SPI %s, comment says %s", i, p.espSPI, spi)
 		}
-		got[m[2]+" "+p.src+" "+p.dst]++
+		if k, _ := strconv.Atoi(commentField(m, "n")); k < 1 || uint64(k) > n || commentField(m, "of") != strconv.FormatUint(n, 10) {
+			t.Errorf("packet %d kept as %s of %s: want 1..%d of %d", i, commentField(m, "n"), commentField(m, "of"), n, n)
+		}
+		got[spi+" "+p.src+" "+p.dst]++
 	}
 	if uint64(len(pkts)) != total {
 		t.Errorf("%d packets in the file, the sampling rules allow exactly %d", len(pkts), total)
@@ -324,6 +338,102 @@ func TestCaptureBesideRun(t *testing.T) {
 	}
 	if got := summarySPIs(t, c.stderr.String()); fmt.Sprint(got) != fmt.Sprint(runSPIs) {
 		t.Errorf("capture's summary %v, spiwatch run's report %v: not the same maps", got, runSPIs)
+	}
+}
+
+// TestCaptureDiagComments: capture beside spiwatch run, with --collision-window,
+// reads the collisions from run's maps (refresh) and decodes the rest from the
+// frames. An unknown SPI from two sources and a known SA receiving from a second
+// source are commented as collisions with both sources, an ICMP
+// fragmentation-needed with the SPI it quotes, an IKE_SA_INIT with its exchange;
+// once the second source has been silent for the window, the comments say no
+// collision any more.
+func TestCaptureDiagComments(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swcapx")
+	const window = 6 * time.Second
+	r := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--json", "--interval", "100ms", "--top", "0", "--known-spi", "0x5000@203.0.113.1")
+	file := filepath.Join(t.TempDir(), "diag.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "esp,icmp-esp,ike",
+		"--rate", "1000000", "--collision-window", window.String())
+	c.waitFor(t, "beside spiwatch run")
+
+	const a, b = "198.51.100.7", "198.51.100.8"
+	// phase: the unknown SPI 0xc0110001 and the known SA 0x5000, 3 packets from
+	// each source, the phase's number as their sequence number
+	phase := func(seq int, srcs ...string) []string {
+		var out []string
+		for _, src := range srcs {
+			for _, spi := range []string{"0xc0110001", "0x5000"} {
+				out = append(out, fmt.Sprintf("esp spi=%s src=%s dst=203.0.113.1 seq=%d count=3", spi, src, seq))
+			}
+		}
+		return out
+	}
+	// 1: both sources; capture reads the maps at most once a second, so these
+	// comments may or may not say collision yet.
+	runGen(t, gen, lab.NSA, lab.Sender, phase(1, a, b))
+	time.Sleep(2 * time.Second)
+	// 2: read again, both sources within the window: collisions; and an ICMP error
+	// about our ESP, and an IKE_SA_INIT.
+	runGen(t, gen, lab.NSA, lab.Sender, append(phase(2, a, b),
+		"icmp-error src=192.0.2.254 dst=203.0.113.1 qdst=198.51.100.1 spi=0xc0ffee01 mtu=1400 count=2",
+		"ike src=198.51.100.1 dst=203.0.113.1 exchange=IKE_SA_INIT msgid=7 count=2"))
+	time.Sleep(window + time.Second)
+	// 3: only a; b has been silent for longer than the window.
+	runGen(t, gen, lab.NSA, lab.Sender, phase(3, a))
+	r.waitTotal(t, 12+4+12+6)
+	time.Sleep(300 * time.Millisecond)
+	if code := c.stop(t); code != 0 {
+		t.Fatalf("capture exited %d: %s", code, c.stderr)
+	}
+	r.stop(t)
+
+	pkts := readTshark(t, file, nil)
+	got := map[string]int{}
+	for i, p := range pkts {
+		switch {
+		case strings.HasPrefix(p.comment, "spiwatch: class=icmp-esp "), strings.HasPrefix(p.comment, "spiwatch: class=ike "):
+			got[p.comment]++
+			continue
+		}
+		m := commentRE.FindStringSubmatch(p.comment)
+		if m == nil {
+			t.Fatalf("packet %d: comment %q", i, p.comment)
+		}
+		verdict, spi, srcs := commentField(m, "verdict"), commentField(m, "spi"), commentField(m, "sources")
+		if want := map[string]string{"0x00005000": "known", "0xc0110001": "unknown"}[spi]; verdict != want || p.espSPI != spi {
+			t.Errorf("packet %d (tshark: SPI %s): comment %q, want SPI 0x00005000 known or 0xc0110001 unknown", i, p.espSPI, p.comment)
+		}
+		got[fmt.Sprintf("%s %s phase %s", spi, p.src, p.espSeq)]++
+		switch p.espSeq {
+		case "1": // before capture read the maps with both sources: either
+		case "2":
+			if srcs != a+","+b && srcs != b+","+a {
+				t.Errorf("packet %d of phase 2 from %s: comment %q, want a collision of %s and %s", i, p.src, p.comment, a, b)
+			}
+		case "3":
+			if srcs != "" {
+				t.Errorf("packet %d of phase 3, %s after %s's last: comment %q, want no collision", i, window+time.Second, b, p.comment)
+			}
+		default:
+			t.Errorf("packet %d: sequence number %q", i, p.espSeq)
+		}
+	}
+	want := map[string]int{
+		"spiwatch: class=icmp-esp error=frag-needed quote=esp spi=0xc0ffee01 quoted=203.0.113.1->198.51.100.1 mtu=1400 action=pass kept=rate": 2,
+		"spiwatch: class=ike ike=v2 exchange=IKE_SA_INIT dir=request msgid=7 action=pass kept=rate":                                           2,
+	}
+	for _, spi := range []string{"0xc0110001", "0x00005000"} {
+		for _, src := range []string{a, b} {
+			want[fmt.Sprintf("%s %s phase 1", spi, src)] = 3
+			want[fmt.Sprintf("%s %s phase 2", spi, src)] = 3
+		}
+		want[fmt.Sprintf("%s %s phase 3", spi, a)] = 3
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("packets in the file\n got %v\nwant %v", got, want)
 	}
 }
 

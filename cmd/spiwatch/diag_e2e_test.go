@@ -27,6 +27,8 @@ var diagMix = []string{
 	// a peer whose IKE daemon is gone: port unreachable for our ESP-in-UDP, full and RFC 792 quotes
 	"icmp-error src=198.51.100.2 type=3 code=3 quote=esp-in-udp spi=0xc0ffee02 qlen=64 count=6",
 	"icmp-error src=198.51.100.2 type=3 code=3 quote=esp-in-udp count=2",
+	// and a peer without NAT-T answering our plain ESP with port unreachable
+	"icmp-error src=198.51.100.4 type=3 code=3 quote=esp spi=0xc0ffee05 qlen=64 count=4",
 	"icmp-error src=2001:db8::1 dst=2001:db8::2 type=1 code=4 quote=esp-in-udp spi=0xc0ffee04 qlen=200 count=3",
 	"icmp-error src=2001:db8::1 dst=2001:db8::2 type=1 code=4 quote=esp count=2",
 	// IKEv2 exchanges, requests and responses, on 500 and after the marker on 4500
@@ -105,8 +107,8 @@ func TestEndToEndDiag(t *testing.T) {
 			t.Fatalf("stream %q is %v", line, r.Class)
 		}
 	}
-	if len(icmp) != 8 || len(ike) != 14 {
-		t.Fatalf("the mix makes %d ICMP and %d IKE rows, want 8 and 14: %v %v", len(icmp), len(ike), icmp, ike)
+	if len(icmp) != 9 || len(ike) != 14 {
+		t.Fatalf("the mix makes %d ICMP and %d IKE rows, want 9 and 14: %v %v", len(icmp), len(ike), icmp, ike)
 	}
 
 	runGen(t, gen, lab.NSA, lab.Sender, diagMix)
@@ -154,11 +156,15 @@ func TestEndToEndDiag(t *testing.T) {
 		"quote": "esp", "spi": "0xc0ffee01", "src": "203.0.113.1", "dst": "198.51.100.1"}); !ok || v != 7 {
 		t.Errorf("frag-needed series %v (found %v), want 7", v, ok)
 	}
+	if v, ok := value(t, fams, "spiwatch_icmp_esp_packets_total", map[string]string{"reporter": "198.51.100.4", "error": "port-unreachable",
+		"quote": "esp", "spi": "0xc0ffee05", "src": "203.0.113.1", "dst": "198.51.100.4"}); !ok || v != 4 {
+		t.Errorf("port-unreachable quoting esp series %v (found %v), want 4", v, ok)
+	}
 	if v, ok := value(t, fams, "spiwatch_icmp_esp_mtu", map[string]string{"reporter": "2001:db8:ffff::fe", "spi": "0xc0ffee03"}); !ok || v != 1280 {
 		t.Errorf("packet-too-big MTU %v (found %v), want 1280", v, ok)
 	}
-	if v, ok := value(t, fams, "spiwatch_packets_total", map[string]string{"class": "icmp-esp"}); !ok || v != 32 {
-		t.Errorf("icmp-esp packets %v (found %v), want 32", v, ok)
+	if v, ok := value(t, fams, "spiwatch_packets_total", map[string]string{"class": "icmp-esp"}); !ok || v != 36 {
+		t.Errorf("icmp-esp packets %v (found %v), want 36", v, ok)
 	}
 	for _, c := range []struct {
 		version, exchange, dir string
