@@ -403,7 +403,8 @@ func Human(v float64) string {
 }
 
 // SourcesLine sums up the known-SA sources for a person: "xfrm 12, file /etc/k 3
-// (ERROR: /etc/k:4: ...; keeping 3)", "vici /run/charon.vici 0 (NOT CONNECTED: ...)".
+// (ERROR: /etc/k:4: ...; keeping 3), 1 error", "vici /run/charon.vici 0 (NOT
+// CONNECTED: ...), 2 reconnects, 5 errors".
 func SourcesLine(srcs []sasource.Stats) string {
 	var parts []string
 	for _, s := range srcs {
@@ -419,9 +420,23 @@ func SourcesLine(srcs []sasource.Stats) string {
 		if s.Resyncs > 0 {
 			p += fmt.Sprintf(", %d resyncs after lost events", s.Resyncs)
 		}
+		if s.Reconnects > 0 {
+			p += ", " + counted(s.Reconnects, "reconnect")
+		}
+		if s.Errors > 0 { // past ones too: a source that fails now and then is worth a look
+			p += ", " + counted(s.Errors, "error")
+		}
 		parts = append(parts, p)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// counted is "1 error", "2 errors".
+func counted(n uint64, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // IfaceLabel is a watched interface for the header line: "eth0 (native)", or

@@ -491,9 +491,11 @@ func TestSourcesLine(t *testing.T) {
 	srcs := []sasource.Stats{
 		{Name: "xfrm", SAs: 12, Connected: true, Resyncs: 2},
 		{Name: "file /etc/k", SAs: 3, Connected: true, Errors: 1, LastError: "/etc/k:4: bad"},
-		{Name: "vici /run/charon.vici", Connected: false, LastError: "dial: no such file"},
+		{Name: "vici /run/charon.vici", Connected: false, Errors: 5, Reconnects: 2, LastError: "dial: no such file"},
+		{Name: "vici /run/other.vici", SAs: 4, Connected: true, Reconnects: 1},
 	}
-	want := "xfrm 12, 2 resyncs after lost events, file /etc/k 3 (ERROR: /etc/k:4: bad; keeping 3), vici /run/charon.vici 0 (NOT CONNECTED: dial: no such file)"
+	want := "xfrm 12, 2 resyncs after lost events, file /etc/k 3 (ERROR: /etc/k:4: bad; keeping 3), 1 error, " +
+		"vici /run/charon.vici 0 (NOT CONNECTED: dial: no such file), 2 reconnects, 5 errors, vici /run/other.vici 4, 1 reconnect"
 	if got := SourcesLine(srcs); got != want {
 		t.Errorf("SourcesLine:\n got %s\nwant %s", got, want)
 	}
