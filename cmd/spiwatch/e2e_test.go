@@ -82,9 +82,10 @@ type output struct {
 		Verdict   string `json:"verdict"`
 	} `json:"unknown_spis"`
 	KnownSAs []struct {
-		SPI     string `json:"spi"`
-		Dst     string `json:"dst"`
-		Packets uint64 `json:"packets"`
+		SPI     string   `json:"spi"`
+		Dst     string   `json:"dst"`
+		Packets uint64   `json:"packets"`
+		From    []string `json:"from"`
 	} `json:"known_sas"`
 }
 

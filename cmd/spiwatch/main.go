@@ -262,7 +262,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err
 	}
 	rep.Action, rep.Top, rep.IKEInitRate = cfg.Action, cfg.Top, cfg.IKEInitRate
-	rep.Verdict = known.Verdict
+	rep.Verdict, rep.KnownFrom = known.Verdict, known.SourcesOf
 	rep.CollisionWindow, rep.DropAbove = cfg.CollisionWindow, v.Settings.DropAbove
 	if len(sources) > 0 {
 		rep.Sources = sourceStats(sources)

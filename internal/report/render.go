@@ -98,6 +98,8 @@ type jsonKnown struct {
 	Collision          bool           `json:"collision"`
 	Sources            []jsonSASource `json:"sources"`
 	OtherSourcePackets uint64         `json:"other_source_packets"`
+	// From: the known-SA sources that gave the SA (not packet sources).
+	From []string `json:"from"`
 }
 
 type jsonSnapshot struct {
@@ -251,7 +253,8 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 			Packets: k.Packets, Bytes: k.Bytes, LastSeen: stamp(k.LastSeen), HighestSeq: k.MaxSeq,
 			Lost: k.Seq.Lost, LossRatio: k.LossRatio(), Late: k.Seq.Late, Duplicates: k.Seq.Dups, ReplaySuspect: k.Seq.Replays,
 			Restarts: k.Seq.Restarts, ESNWraps: k.Seq.Wraps, SpreadCPUs: k.Seq.Spread,
-			Collision: k.Collision, Sources: sourcesJSON(k.Sources), OtherSourcePackets: k.OtherPackets})
+			Collision: k.Collision, Sources: sourcesJSON(k.Sources), OtherSourcePackets: k.OtherPackets,
+			From: append([]string{}, k.From...)}) // [] rather than null
 	}
 	for _, src := range s.Sources {
 		js.KnownSources = append(js.KnownSources, jsonSource{Name: src.Name, SAs: src.SAs, Connected: src.Connected, Syncs: src.Syncs,
@@ -431,6 +434,15 @@ func SourcesLine(srcs []sasource.Stats) string {
 	return strings.Join(parts, ", ")
 }
 
+// FromString names a known SA's known-SA sources for a person: "xfrm, --known-spi",
+// or "-" when not known (an empty cell would read as the next column's).
+func FromString(from []string) string {
+	if len(from) == 0 {
+		return "-"
+	}
+	return strings.Join(from, ", ")
+}
+
 // counted is "1 error", "2 errors".
 func counted(n uint64, what string) string {
 	if n == 1 {
@@ -513,7 +525,7 @@ func writeKnown(b *strings.Builder, s *Snapshot, top int) {
 	}
 	fmt.Fprintf(b, "known SAs with traffic: %d of %d\n", n, len(rows))
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SA\tpackets\tlost\tlate\tdup\treplay-suspect\trestarts\tsources\tlast seen\tconcern")
+	fmt.Fprintln(tw, "SA\tpackets\tlost\tlate\tdup\treplay-suspect\trestarts\tsources\tlast seen\tfrom\tconcern")
 	for _, k := range rows[:n] {
 		srcs := k.Sources
 		if k.Collision {
@@ -523,8 +535,8 @@ func writeKnown(b *strings.Builder, s *Snapshot, top int) {
 		if k.Seq.Spread {
 			lost += "~" // estimated from the sequence span: packets on several CPUs
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", k.SA, k.Packets, lost, k.Seq.Late, k.Seq.Dups,
-			k.Seq.Replays, k.Seq.Restarts, SourcesString(srcs), Ago(s.Time, k.LastSeen), KnownProblem(k))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", k.SA, k.Packets, lost, k.Seq.Late, k.Seq.Dups,
+			k.Seq.Replays, k.Seq.Restarts, SourcesString(srcs), Ago(s.Time, k.LastSeen), FromString(k.From), KnownProblem(k))
 	}
 	tw.Flush()
 }

@@ -55,7 +55,7 @@ func sampleSnapshot() *Snapshot {
 	}
 	s.Known = []KnownRow{
 		{KnownSA: spimaps.KnownSA{SA: spimaps.SA{SPI: 0xc1a2b3c4}, Packets: 1000, Bytes: 150_000, MaxSeq: 999},
-			LastSeen: now.Add(-time.Second)},
+			LastSeen: now.Add(-time.Second), From: []string{"--known-spi", "file /etc/known"}},
 		{KnownSA: spimaps.KnownSA{SA: spimaps.SA{SPI: 0xc5d6e7f8, Dst: netip.MustParseAddr("192.0.2.1")}}},
 	}
 	return s
@@ -158,7 +158,7 @@ func TestWriteJSONFields(t *testing.T) {
 	}
 	known := m["known_sas"].([]any)
 	health := []string{"lost", "loss_ratio", "late", "duplicates", "replay_suspect", "restarts", "esn_wraps", "spread_cpus",
-		"collision", "sources", "other_source_packets"}
+		"collision", "sources", "other_source_packets", "from"}
 	wantKeys(t, "known_sas[0]", known[0], append([]string{"spi", "dst", "packets", "bytes", "last_seen", "highest_seq"}, health...)...)
 	// Never seen: no last_seen at all rather than an empty or zero time.
 	wantKeys(t, "known_sas[1]", known[1], append([]string{"spi", "dst", "packets", "bytes", "highest_seq"}, health...)...)
@@ -224,8 +224,9 @@ func TestWriteJSONValues(t *testing.T) {
 		t.Errorf("unknown_spis\n got %+v\nwant %+v", js.UnknownSPIs, wantUnknown)
 	}
 	wantKnown := []jsonKnown{
-		{SPI: "0xc1a2b3c4", Dst: "any", Packets: 1000, Bytes: 150_000, LastSeen: "2024-05-06T08:08:08Z", HighestSeq: 999, Sources: []jsonSASource{}},
-		{SPI: "0xc5d6e7f8", Dst: "192.0.2.1", Sources: []jsonSASource{}},
+		{SPI: "0xc1a2b3c4", Dst: "any", Packets: 1000, Bytes: 150_000, LastSeen: "2024-05-06T08:08:08Z", HighestSeq: 999, Sources: []jsonSASource{},
+			From: []string{"--known-spi", "file /etc/known"}},
+		{SPI: "0xc5d6e7f8", Dst: "192.0.2.1", Sources: []jsonSASource{}, From: []string{}}, // [], not null
 	}
 	if !reflect.DeepEqual(js.KnownSAs, wantKnown) {
 		t.Errorf("known_sas\n got %+v\nwant %+v", js.KnownSAs, wantKnown)
@@ -329,6 +330,19 @@ func TestWriteText(t *testing.T) {
 		if got := fieldsOf(t, out, want[0]); !slices.Equal(got, want) {
 			t.Errorf("unknown row %q\nwant %q", got, want)
 		}
+	}
+	// Known SAs with traffic: where each came from, before the concern; the SA
+	// without packets is left out.
+	for _, want := range [][]string{
+		{"SA", "packets", "lost", "late", "dup", "replay-suspect", "restarts", "sources", "last", "seen", "from", "concern"},
+		{"0xc1a2b3c4@any", "1000", "0%", "0", "0", "0", "0", "", "1s", "ago", "--known-spi,", "file", "/etc/known"},
+	} {
+		if got := fieldsOf(t, out, want[0]); !slices.Equal(got, slices.DeleteFunc(want, func(f string) bool { return f == "" })) {
+			t.Errorf("known row %q\nwant %q", got, want)
+		}
+	}
+	if strings.Contains(out, "0xc5d6e7f8") {
+		t.Errorf("an SA without packets is listed:\n%s", out)
 	}
 	if !strings.HasSuffix(out, "\n\n") {
 		t.Errorf("report does not end with a blank line: %q", out[max(0, len(out)-20):])

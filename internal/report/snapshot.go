@@ -70,6 +70,9 @@ type KnownRow struct {
 	// (ActiveSources): someone else's traffic lands in this SA.
 	Collision     bool
 	ActiveSources []maps.SASource
+	// From names the known-SA sources that gave the SA ("xfrm", "vici SOCKET",
+	// "file PATH", "--known-spi"), sorted; empty when unknown (spiwatch read).
+	From []string
 }
 
 // Snapshot is everything one report shows.
@@ -164,6 +167,8 @@ type Reporter struct {
 	Verdict func(spi uint32, firstSeen, lastSeen time.Time) string
 	// Sources reports the known-SA sources' health (nil: none to show).
 	Sources func() []sasource.Stats
+	// KnownFrom names the sources of a known SA (nil: not shown).
+	KnownFrom func(sa maps.SA) []string
 	// IKEInitRate is the IKE_SA_INIT requests per second (over IKEInitWindow)
 	// from one peer above which a snapshot reports an IKEInitStorm; 0: never.
 	IKEInitRate float64
@@ -406,6 +411,9 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	seen := make(map[maps.SA]knownState, len(known))
 	for _, k := range known {
 		row := KnownRow{KnownSA: k, LastSeen: toWall(k.LastSeenNs)}
+		if r.KnownFrom != nil {
+			row.From = r.KnownFrom(k.SA)
+		}
 		if act := k.ActiveSources(mono, uint64(window)); len(act) >= 2 {
 			row.Collision, row.ActiveSources = true, act
 			s.Collisions++

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -451,5 +452,53 @@ func TestEventsCapped(t *testing.T) {
 	}
 	if len(s.NewUnknown) != maxEvents || s.MoreEvents != 76 {
 		t.Errorf("%d new rows and %d more, want %d and 76", len(s.NewUnknown), s.MoreEvents, maxEvents)
+	}
+}
+
+// discardKnown is a knownset.Target that keeps nothing.
+type discardKnown struct{}
+
+func (discardKnown) ReplaceKnown([]maps.SA) error { return nil }
+
+// TestKnownFrom: each known row names the known-SA sources of its SA, looked up
+// with the SA as the map gives it back, as spiwatch wires it (knownset.SourcesOf).
+func TestKnownFrom(t *testing.T) {
+	src := newFake()
+	clk := &fakeClock{wall: t0, mono: 5_000 * uint64(time.Second)}
+	r := newReporter(t, src, clk, eth0)
+	set := knownset.New(discardKnown{}, knownset.DefaultHistory, knownset.DefaultRekeyGrace)
+	gw := netip.MustParseAddr("192.0.2.7")
+	if err := set.Update("--known-spi", []maps.SA{{SPI: 0x5000, Dst: gw}, {SPI: 0x4000}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Update("xfrm", []maps.SA{{SPI: 0x5000, Dst: netip.MustParseAddr("::ffff:192.0.2.7")}}); err != nil {
+		t.Fatal(err)
+	}
+	src.known = []maps.KnownSA{
+		{SA: maps.SA{SPI: 0x5000, Dst: gw}, Packets: 3},
+		{SA: maps.SA{SPI: 0x4000}},
+		{SA: maps.SA{SPI: 0x6000}}, // in the map but in no source (put there by something else)
+	}
+	r.KnownFrom = set.SourcesOf
+	s := take(t, r)
+	want := map[uint32][]string{0x4000: {"--known-spi"}, 0x5000: {"--known-spi", "xfrm"}, 0x6000: nil}
+	for _, k := range s.Known {
+		if !slices.Equal(k.From, want[k.SPI]) {
+			t.Errorf("known SA %s from %q, want %q", k.SA, k.From, want[k.SPI])
+		}
+	}
+	if len(s.Known) != 3 {
+		t.Errorf("%d known rows, want 3", len(s.Known))
+	}
+	if got := FromString(nil); got != "-" {
+		t.Errorf("FromString(nil) = %q, want -", got)
+	}
+
+	// Without the hook (spiwatch read): no sources named.
+	r.KnownFrom = nil
+	for _, k := range take(t, r).Known {
+		if k.From != nil {
+			t.Errorf("known SA %s from %q without KnownFrom", k.SA, k.From)
+		}
 	}
 }
