@@ -71,7 +71,8 @@ type output struct {
 		Inserts   uint64 `json:"inserts"`
 		Evictions uint64 `json:"evictions"`
 	} `json:"unknown_table"`
-	UnknownSPIs []struct {
+	UnknownByVerdict map[string]uint64 `json:"unknown_by_verdict"`
+	UnknownSPIs      []struct {
 		SPI       string `json:"spi"`
 		Src       string `json:"src"`
 		Sport     uint16 `json:"sport"`

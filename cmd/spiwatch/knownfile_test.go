@@ -72,6 +72,14 @@ func TestKnownFileFollowed(t *testing.T) {
 			t.Errorf("%s = %v (found %v), want %v", metric, got, found, want)
 		}
 	}
+	// The rekey race's 10 packets apart from the stale SA's 5 (the first 10 of
+	// 0x2000 were known; the 7 of 0x3000 just sent are known).
+	wantVerdicts := map[string]uint64{"unknown": 0, "stale": 5, "rekey-race": 10, "collision": 0, "reserved": 0}
+	for v, want := range wantVerdicts {
+		if got, found := value(t, page, "spiwatch_unknown_verdict_packets", map[string]string{"verdict": v}); !found || uint64(got) != want {
+			t.Errorf("spiwatch_unknown_verdict_packets{verdict=%q} = %v (found %v), want %d", v, got, found, want)
+		}
+	}
 	var src struct {
 		Sources []struct {
 			Name      string `json:"name"`
@@ -102,6 +110,9 @@ func TestKnownFileFollowed(t *testing.T) {
 		if c.Class == "esp" && c.Outcomes["known"].Packets != 17 {
 			t.Errorf("esp known %d, want 17", c.Outcomes["known"].Packets)
 		}
+	}
+	if !reflect.DeepEqual(o.UnknownByVerdict, wantVerdicts) {
+		t.Errorf("unknown_by_verdict %v, want %v", o.UnknownByVerdict, wantVerdicts)
 	}
 	from := map[string][]string{}
 	for _, k := range o.KnownSAs {

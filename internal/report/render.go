@@ -103,17 +103,19 @@ type jsonKnown struct {
 }
 
 type jsonSnapshot struct {
-	Time         string        `json:"time"`
-	IntervalS    float64       `json:"interval_s"`
-	Action       string        `json:"action"` // pass or drop: what happens to unknown-SPI packets
-	Source       string        `json:"source,omitempty"`
-	Partial      string        `json:"partial,omitempty"`
-	Interfaces   []jsonIface   `json:"interfaces"`
-	Total        jsonCount     `json:"total"`
-	Classes      []jsonClass   `json:"classes"`
-	UnknownTable jsonTable     `json:"unknown_table"`
-	UnknownSPIs  []jsonUnknown `json:"unknown_spis"`
-	KnownSAs     []jsonKnown   `json:"known_sas"`
+	Time         string      `json:"time"`
+	IntervalS    float64     `json:"interval_s"`
+	Action       string      `json:"action"` // pass or drop: what happens to unknown-SPI packets
+	Source       string      `json:"source,omitempty"`
+	Partial      string      `json:"partial,omitempty"`
+	Interfaces   []jsonIface `json:"interfaces"`
+	Total        jsonCount   `json:"total"`
+	Classes      []jsonClass `json:"classes"`
+	UnknownTable jsonTable   `json:"unknown_table"`
+	// UnknownByVerdict: packets of every unknown-table row, by verdict (all five keys).
+	UnknownByVerdict map[string]uint64 `json:"unknown_by_verdict"`
+	UnknownSPIs      []jsonUnknown     `json:"unknown_spis"`
+	KnownSAs         []jsonKnown       `json:"known_sas"`
 	// Collisions: SPIs (per destination) seen from two or more sources within
 	// collision_window_s, known and unknown.
 	Collisions       int          `json:"collisions"`
@@ -221,11 +223,15 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 		Classes:   classesJSON(s.Total, s.Interval, s.Action == "drop"),
 		UnknownTable: jsonTable{Entries: s.Table.Entries, Capacity: s.Table.Capacity, Inserts: s.Table.Inserts,
 			Evictions: s.Table.Evictions, InsertFailures: s.Table.InsertFails},
+		UnknownByVerdict: map[string]uint64{},
 		UnknownSPIs:      []jsonUnknown{},
 		KnownSAs:         []jsonKnown{},
 		Collisions:       s.Collisions,
 		CollisionWindowS: s.CollisionWindow.Seconds(),
 		DropAbovePPS:     s.DropAbove,
+	}
+	for _, v := range Verdicts {
+		js.UnknownByVerdict[v] = s.UnknownByVerdict[v]
 	}
 	if s.Rate != nil {
 		js.RateLimit = &jsonRate{Sources: s.Rate.Sources, Capacity: s.Rate.Capacity, Evictions: s.Rate.Evictions, Failures: s.Rate.Fails}
@@ -355,6 +361,7 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 				HostPort(u.Dst, u.DstPort), u.Iface, u.Packets, Human(u.Rate), u.FirstSeen.Format("15:04:05"), Ago(s.Time, u.LastSeen), u.Verdict)
 		}
 		tw.Flush()
+		fmt.Fprintf(&b, "unknown-SPI packets by verdict: %s\n", VerdictLine(s.UnknownByVerdict))
 	}
 	writeDiagText(&b, s, top)
 	writeKnown(&b, s, top)
@@ -430,6 +437,16 @@ func SourcesLine(srcs []sasource.Stats) string {
 			p += ", " + counted(s.Errors, "error")
 		}
 		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// VerdictLine sums up the unknown table's packets by verdict, every verdict in
+// order: "unknown 1200, stale 0, rekey-race 14, collision 0, reserved 3".
+func VerdictLine(by map[string]uint64) string {
+	parts := make([]string, 0, len(Verdicts))
+	for _, v := range Verdicts {
+		parts = append(parts, fmt.Sprintf("%s %d", v, by[v]))
 	}
 	return strings.Join(parts, ", ")
 }

@@ -41,6 +41,8 @@ func sampleSnapshot() *Snapshot {
 		Ifaces:   []IfaceCounts{{Iface: eth0, Now: c0, Delta: d0}, {Iface: eth1, Now: c1, Delta: d1}},
 		Total:    IfaceCounts{Iface: Iface{Name: "all"}, Now: add(c0, c1), Delta: add(d0, d1)},
 		Table:    spimaps.TableStats{Entries: 3, Capacity: 1024, Inserts: 10, InsertFails: 0, Evictions: 7},
+		// the three rows below, and a stale row not among them (past --top)
+		UnknownByVerdict: map[string]uint64{"unknown": 60, "reserved": 6, "stale": 4},
 	}
 	s.Unknown = []UnknownRow{
 		{Unknown: spimaps.Unknown{SPI: 0xdeadbeef, Src: netip.MustParseAddr("198.51.100.1"), Dst: netip.MustParseAddr("192.0.2.2"),
@@ -136,7 +138,7 @@ func checkClasses(t *testing.T, what string, v any) {
 
 func TestWriteJSONFields(t *testing.T) {
 	m, _ := writeJSON(t, sampleSnapshot(), 0)
-	wantKeys(t, "snapshot", m, "time", "interval_s", "action", "interfaces", "total", "classes", "unknown_table", "unknown_spis", "known_sas",
+	wantKeys(t, "snapshot", m, "time", "interval_s", "action", "interfaces", "total", "classes", "unknown_table", "unknown_by_verdict", "unknown_spis", "known_sas",
 		"icmp_table", "icmp_errors", "ike_table", "ike", "collisions", "collision_window_s")
 	if m["action"] != "pass" {
 		t.Errorf("action %v, want pass", m["action"])
@@ -152,6 +154,7 @@ func TestWriteJSONFields(t *testing.T) {
 		checkClasses(t, "interface", i.(map[string]any)["classes"])
 	}
 	wantKeys(t, "unknown_table", m["unknown_table"], "entries", "capacity", "inserts", "evictions", "insert_failures")
+	wantKeys(t, "unknown_by_verdict", m["unknown_by_verdict"], "unknown", "stale", "rekey-race", "collision", "reserved")
 	for _, u := range m["unknown_spis"].([]any) {
 		wantKeys(t, "unknown_spis[]", u, "spi", "src", "sport", "dst", "dport", "interface", "packets", "bytes", "pps",
 			"first_seen", "last_seen", "last_seq", "verdict")
@@ -212,6 +215,10 @@ func TestWriteJSONValues(t *testing.T) {
 		t.Errorf("unknown_table %+v, want %+v", js.UnknownTable, want)
 	}
 
+	if want := map[string]uint64{"unknown": 60, "stale": 4, "rekey-race": 0, "collision": 0, "reserved": 6}; !reflect.DeepEqual(js.UnknownByVerdict, want) {
+		t.Errorf("unknown_by_verdict %v, want %v", js.UnknownByVerdict, want)
+	}
+
 	wantUnknown := []jsonUnknown{
 		{SPI: "0xdeadbeef", Src: "198.51.100.1", Dst: "192.0.2.2", Interface: "eth0", Packets: 50, Bytes: 5_000, PPS: 20,
 			FirstSeen: "2024-05-06T08:06:39Z", LastSeen: "2024-05-06T08:08:07Z", LastSeq: 77, Verdict: "unknown"},
@@ -254,6 +261,9 @@ func TestWriteJSONEmpty(t *testing.T) {
 		if l, ok := m[k].([]any); !ok || len(l) != 0 {
 			t.Errorf("%s is %#v, want []", k, m[k])
 		}
+	}
+	if want := map[string]uint64{"unknown": 0, "stale": 0, "rekey-race": 0, "collision": 0, "reserved": 0}; !reflect.DeepEqual(js.UnknownByVerdict, want) {
+		t.Errorf("unknown_by_verdict of an empty table %v, want every verdict at 0", js.UnknownByVerdict)
 	}
 	if js.Total != (jsonCount{}) {
 		t.Errorf("total with a zero interval %+v, want zeroes (no division by zero)", js.Total)
@@ -331,6 +341,11 @@ func TestWriteText(t *testing.T) {
 			t.Errorf("unknown row %q\nwant %q", got, want)
 		}
 	}
+	if got := fieldsOf(t, out, "unknown-SPI packets by verdict"); strings.Join(got, " ") !=
+		"unknown-SPI packets by verdict: unknown 60, stale 4, rekey-race 0, collision 0, reserved 6" {
+		t.Errorf("verdict line %q", got)
+	}
+
 	// Known SAs with traffic: where each came from, before the concern; the SA
 	// without packets is left out.
 	for _, want := range [][]string{
@@ -394,7 +409,7 @@ func TestWriteTextEmpty(t *testing.T) {
 	if !strings.HasPrefix(out, want) {
 		t.Errorf("header of an empty report:\n%q\nwant\n%q", out, want)
 	}
-	if !strings.HasSuffix(out, "\nno unknown SPIs\n\n") || strings.Contains(out, "0x") {
+	if !strings.HasSuffix(out, "\nno unknown SPIs\n\n") || strings.Contains(out, "0x") || strings.Contains(out, "by verdict") {
 		t.Errorf("empty report does not say no unknown SPIs:\n%s", out)
 	}
 	// Even with nothing counted, the three esp rows are shown, so the columns never

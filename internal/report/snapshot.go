@@ -87,6 +87,10 @@ type Snapshot struct {
 	Unknown  []UnknownRow // the top rows (Reporter.Top) by rate, then packets
 	// UnknownRows is how many rows the unknown table held.
 	UnknownRows int
+	// UnknownByVerdict are the packets of every row of the unknown table (not
+	// only the top ones) by verdict: rekey races apart from the peers' faults. A
+	// sum over the rows as read, so an evicted row's packets leave it.
+	UnknownByVerdict map[string]uint64
 	// NewUnknown are the rows that appeared since the previous snapshot.
 	NewUnknown []UnknownRow
 	// VerdictChanges are rows whose verdict changed since the previous snapshot.
@@ -363,6 +367,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	clear(cur)
 	rates := make([]float64, len(snap))
 	verdicts := make([]string, len(snap))
+	s.UnknownByVerdict = make(map[string]uint64, len(Verdicts))
 	row := func(i int) UnknownRow {
 		u := snap[i]
 		return UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), Rate: rates[i],
@@ -382,6 +387,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 			verdicts[i] = Collision // says more than stale or unknown: two peers use it
 			groups[spiDst{u.SPI, u.Dst.As16()}] = true
 		}
+		s.UnknownByVerdict[verdicts[i]] += u.Packets
 		cur[id] = rowState{packets: u.Packets, verdict: verdicts[i]}
 		switch {
 		case !seen && len(s.NewUnknown) < maxEvents:
@@ -476,6 +482,10 @@ func outcomesOf(c classify.Class) []classify.Outcome {
 	}
 	return []classify.Outcome{classify.OutcomeNone}
 }
+
+// Verdicts are the verdicts of unknown-table rows, in the order reports list them
+// (knownset gives the first three and reserved, UnknownCollisions collision).
+var Verdicts = []string{"unknown", "stale", "rekey-race", Collision, "reserved"}
 
 // VerdictOf says why an SPI is in the unknown table.
 func VerdictOf(spi uint32) string {

@@ -5,6 +5,7 @@ package report
 import (
 	"errors"
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -500,5 +501,48 @@ func TestKnownFrom(t *testing.T) {
 		if k.From != nil {
 			t.Errorf("known SA %s from %q without KnownFrom", k.SA, k.From)
 		}
+	}
+}
+
+// TestUnknownByVerdict: the packets of every row, not only the top ones, summed
+// by verdict, collisions over the row's own verdict; an evicted row's leave.
+func TestUnknownByVerdict(t *testing.T) {
+	src := newFake()
+	clk := &fakeClock{wall: t0, mono: 5_000 * uint64(time.Second)}
+	r := newReporter(t, src, clk, eth0)
+	r.Top = 1
+	r.Verdict = func(spi uint32, _, _ time.Time) string { // as knownset would
+		switch spi {
+		case 0x2000:
+			return "stale"
+		case 0x3000, 0x3001:
+			return "rekey-race"
+		}
+		return VerdictOf(spi)
+	}
+	clk.advance(time.Second)
+	stamp := func(u maps.Unknown) maps.Unknown { u.FirstSeenNs, u.LastSeenNs = clk.mono, clk.mono; return u }
+	stale := stamp(unk(0x2000, "198.51.100.2", 0, 2, 40))
+	src.unknown = []maps.Unknown{
+		stamp(unk(0x1000, "198.51.100.1", 0, 2, 100)),
+		stale,
+		stamp(unk(0x3000, "198.51.100.3", 0, 2, 7)),
+		stamp(unk(0x3000, "198.51.100.4", 0, 2, 5)), // two sources of one SPI: a collision, not a rekey race
+		stamp(unk(0x3001, "198.51.100.3", 0, 2, 9)),
+		stamp(unk(0x42, "198.51.100.5", 4500, 2, 3)),
+	}
+	s := take(t, r)
+	want := map[string]uint64{"unknown": 100, "stale": 40, "rekey-race": 9, "collision": 12, "reserved": 3}
+	if !reflect.DeepEqual(s.UnknownByVerdict, want) {
+		t.Errorf("by verdict %v, want %v", s.UnknownByVerdict, want)
+	}
+	if len(s.Unknown) != 1 {
+		t.Errorf("%d rows shown, want 1 (--top): the totals are over every row", len(s.Unknown))
+	}
+	// The stale row is evicted: its packets are no longer in any total.
+	src.unknown = slices.DeleteFunc(src.unknown, func(u maps.Unknown) bool { return u.SPI == stale.SPI })
+	clk.advance(time.Second)
+	if got := take(t, r).UnknownByVerdict; got["stale"] != 0 || got["unknown"] != 100 {
+		t.Errorf("after the stale row was evicted: %v", got)
 	}
 }
