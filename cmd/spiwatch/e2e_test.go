@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -467,8 +468,20 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("interfaces %+v, want one in %s mode", o.Interfaces, mode)
 			}
 			checkReport(t, o, e, lab.Receiver)
+			for _, k := range o.KnownSAs {
+				if !slices.Equal(k.From, []string{"--known-spi"}) {
+					t.Errorf("known SA %s@%s from %q, want --known-spi", k.SPI, k.Dst, k.From)
+				}
+			}
 			if xdpAttached(t, lab.NSB, lab.Receiver) {
 				t.Error("XDP program still attached after spiwatch exited")
+			}
+			// Without --known-from: xfrm where the kernel has ESP, else said once why not.
+			notice := strings.Count(s.stderr.String(), "spiwatch: not following xfrm: ")
+			if why := xfrmAvailable(); why != nil && notice != 1 {
+				t.Errorf("the kernel cannot hold ESP (%v): stderr says so %d times, want once: %s", why, notice, s.stderr)
+			} else if why == nil && notice != 0 {
+				t.Errorf("the kernel has ESP, yet stderr says xfrm is not followed: %s", s.stderr)
 			}
 		})
 	}
