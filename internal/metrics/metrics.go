@@ -109,6 +109,12 @@ var (
 		"1 while a known SA receives packets from two or more sources within the collision window: someone else's traffic lands in the SA.", []string{"spi", "dst"}, nil)
 	collisionsDesc = prometheus.NewDesc("spiwatch_spi_collisions",
 		"SPIs (per destination) seen from two or more sources within the collision window, known and unknown.", nil, nil)
+	ifaceUpDesc = prometheus.NewDesc("spiwatch_interface_up",
+		"1 while a watched interface has the XDP program attached and its link up, 0 otherwise (deleted, detached, link down), "+
+			"as of the check before the last report.", []string{"interface"}, nil)
+	ifaceProblemDesc = prometheus.NewDesc("spiwatch_interface_problem",
+		"1 for a watched interface that is not watched any more, or whose link is down, with why; absent while it is up.",
+		[]string{"interface", "problem"}, nil)
 	scrapeErrDesc = prometheus.NewDesc("spiwatch_scrape_errors_total",
 		"Scrapes in which reading a BPF map failed.", nil, nil)
 )
@@ -160,7 +166,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packetsDesc, bytesDesc, knownDesc, knownCapDesc, saPacketsDesc, saBytesDesc, saSeqDesc,
 		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, verdictDesc, sourceErrDesc, sourceSAsDesc, sourceResyncDesc, sourceReconnDesc, sourceUpDesc, scrapeErrDesc,
 		droppedDesc, passedDesc, rateSourcesDesc, rateCapDesc, rateEvictDesc, rateFailDesc, saLostDesc, saLateDesc, saDupDesc, saReplayDesc,
-		saRestartDesc, saOtherDesc, saCollisionDesc, collisionsDesc} {
+		saRestartDesc, saOtherDesc, saCollisionDesc, collisionsDesc, ifaceUpDesc, ifaceProblemDesc} {
 		ch <- d
 	}
 	for _, d := range diagDescs {
@@ -203,6 +209,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.ifMu.Unlock()
 	for _, i := range ifaces {
+		// Before the counters, which stay readable (and exported) after a loss.
+		up, problem := 1.0, i.Problem
+		if problem == "" && i.LinkDown {
+			problem = "link down"
+		}
+		if problem != "" {
+			up = 0
+			ch <- prometheus.MustNewConstMetric(ifaceProblemDesc, prometheus.GaugeValue, 1, i.Name, problem)
+		}
+		ch <- prometheus.MustNewConstMetric(ifaceUpDesc, prometheus.GaugeValue, up, i.Name)
 		cnt, err := c.src.Counters(i.Slot)
 		if err != nil {
 			fail(fmt.Errorf("reading counters of %s: %w", i.Name, err))

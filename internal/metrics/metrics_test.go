@@ -4,6 +4,7 @@ package metrics
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -121,5 +122,48 @@ func TestUnknownVerdictPackets(t *testing.T) {
 		if n, ok := got[v]; !ok || n != 0 {
 			t.Errorf("empty table: %s %v (present %v), want 0", v, n, ok)
 		}
+	}
+}
+
+// TestInterfaceUp: each watched interface is up until the reports learn (SetIface)
+// that it is gone or its link is down; then a problem series says why, and its
+// counters stay.
+func TestInterfaceUp(t *testing.T) {
+	eth0 := report.Iface{Name: "eth0", Ifindex: 2, Mode: "native", Slot: 0}
+	eth1 := report.Iface{Name: "eth1", Ifindex: 3, Mode: "generic", Slot: 1}
+	wan0 := report.Iface{Name: "wan0", Ifindex: 4, Mode: "native", Slot: 2}
+	c := NewCollector(&fakeSource{}, []report.Iface{eth0, eth1, wan0}, 0)
+	fams := gather(t, c)
+	if got := series(t, fams, "spiwatch_interface_up", "interface"); !reflect.DeepEqual(got, map[string]float64{"eth0": 1, "eth1": 1, "wan0": 1}) {
+		t.Errorf("interfaces up %v, want all 1", got)
+	}
+	if f := fams["spiwatch_interface_problem"]; f != nil {
+		t.Errorf("problems while all are up: %v", f)
+	}
+
+	eth0.Problem = "interface deleted"
+	eth1.LinkDown = true
+	c.SetIface(eth0)
+	c.SetIface(eth1)
+	fams = gather(t, c)
+	if got := series(t, fams, "spiwatch_interface_up", "interface"); !reflect.DeepEqual(got, map[string]float64{"eth0": 0, "eth1": 0, "wan0": 1}) {
+		t.Errorf("interfaces up %v, want eth0 and eth1 at 0", got)
+	}
+	problems := map[string]string{}
+	for _, m := range fams["spiwatch_interface_problem"].GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.Label {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if m.GetGauge().GetValue() != 1 {
+			t.Errorf("problem %v = %v, want 1", labels, m.GetGauge().GetValue())
+		}
+		problems[labels["interface"]] = labels["problem"]
+	}
+	if want := map[string]string{"eth0": "interface deleted", "eth1": "link down"}; !reflect.DeepEqual(problems, want) {
+		t.Errorf("problems %v, want %v", problems, want)
+	}
+	if got := series(t, fams, "spiwatch_packets_total", "interface"); len(got) != 3 {
+		t.Errorf("packet counters of %v, want all three interfaces' (counts stay after a loss)", got)
 	}
 }
