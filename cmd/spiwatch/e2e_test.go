@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,7 +72,8 @@ type output struct {
 		Inserts   uint64 `json:"inserts"`
 		Evictions uint64 `json:"evictions"`
 	} `json:"unknown_table"`
-	UnknownSPIs []struct {
+	UnknownByVerdict map[string]uint64 `json:"unknown_by_verdict"`
+	UnknownSPIs      []struct {
 		SPI       string `json:"spi"`
 		Src       string `json:"src"`
 		Sport     uint16 `json:"sport"`
@@ -82,9 +84,10 @@ type output struct {
 		Verdict   string `json:"verdict"`
 	} `json:"unknown_spis"`
 	KnownSAs []struct {
-		SPI     string `json:"spi"`
-		Dst     string `json:"dst"`
-		Packets uint64 `json:"packets"`
+		SPI     string   `json:"spi"`
+		Dst     string   `json:"dst"`
+		Packets uint64   `json:"packets"`
+		From    []string `json:"from"`
 	} `json:"known_sas"`
 }
 
@@ -465,8 +468,20 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("interfaces %+v, want one in %s mode", o.Interfaces, mode)
 			}
 			checkReport(t, o, e, lab.Receiver)
+			for _, k := range o.KnownSAs {
+				if !slices.Equal(k.From, []string{"--known-spi"}) {
+					t.Errorf("known SA %s@%s from %q, want --known-spi", k.SPI, k.Dst, k.From)
+				}
+			}
 			if xdpAttached(t, lab.NSB, lab.Receiver) {
 				t.Error("XDP program still attached after spiwatch exited")
+			}
+			// Without --known-from: xfrm where the kernel has ESP, else said once why not.
+			notice := strings.Count(s.stderr.String(), "spiwatch: not following xfrm: ")
+			if why := xfrmAvailable(); why != nil && notice != 1 {
+				t.Errorf("the kernel cannot hold ESP (%v): stderr says so %d times, want once: %s", why, notice, s.stderr)
+			} else if why == nil && notice != 0 {
+				t.Errorf("the kernel has ESP, yet stderr says xfrm is not followed: %s", s.stderr)
 			}
 		})
 	}
@@ -644,8 +659,8 @@ func TestClosedStdout(t *testing.T) {
 }
 
 // TestInterfaceDeleted: when one watched interface is deleted, spiwatch says so on
-// stderr and in every report, keeps counting on the other, and ends with status 1
-// once nothing is left to watch.
+// stderr, in every report and in its metrics, keeps counting on the other, and ends
+// with status 1 once nothing is left to watch.
 func TestInterfaceDeleted(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
@@ -655,8 +670,10 @@ func TestInterfaceDeleted(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", lab.NSB, "link", "add", "swdummy0", "type", "veth", "peer", "name", "swdummy1").CombinedOutput(); err != nil {
 		t.Fatalf("adding a second interface: %v: %s", err, out)
 	}
-	exec.Command("ip", "-n", lab.NSB, "link", "set", "swdummy0", "up").Run()
-	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-i", "swdummy0", "--json", "--interval", "100ms")
+	for _, l := range []string{"swdummy0", "swdummy1"} { // both ends up: carrier, so the link is up
+		exec.Command("ip", "-n", lab.NSB, "link", "set", l, "up").Run()
+	}
+	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-i", "swdummy0", "--json", "--interval", "100ms", "--metrics-addr", ":9464")
 	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=50"})
 	s.waitTotal(t, 50)
 
@@ -697,6 +714,25 @@ func TestInterfaceDeleted(t *testing.T) {
 	}
 	if !s.waitStderr(lab.Receiver + ": interface deleted") {
 		t.Errorf("stderr does not say the interface was deleted: %s", s.stderr)
+	}
+	// The metrics too: the collector learns it with the report that said so.
+	fams := scrape(t, lab.NSB, "127.0.0.1:9464")
+	for _, c := range []struct {
+		metric string
+		labels map[string]string
+		want   float64
+	}{
+		{"spiwatch_interface_up", map[string]string{"interface": lab.Receiver}, 0},
+		{"spiwatch_interface_up", map[string]string{"interface": "swdummy0"}, 1},
+		{"spiwatch_interface_problem", map[string]string{"interface": lab.Receiver, "problem": "interface deleted"}, 1},
+		{"spiwatch_packets_total", map[string]string{"interface": lab.Receiver, "class": "esp", "outcome": "unknown"}, 50},
+	} {
+		if got, found := value(t, fams, c.metric, c.labels); !found || got != c.want {
+			t.Errorf("%s%v = %v (found %v), want %v", c.metric, c.labels, got, found, c.want)
+		}
+	}
+	if _, found := value(t, fams, "spiwatch_interface_problem", map[string]string{"interface": "swdummy0"}); found {
+		t.Error("swdummy0 has a problem series, but it is watched and up")
 	}
 	// Then the last one goes: spiwatch ends with status 1 and says why.
 	exec.Command("ip", "-n", lab.NSB, "link", "del", "swdummy0").Run()

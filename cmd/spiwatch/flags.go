@@ -114,11 +114,14 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 
 // Validated is the checked configuration, ready to use.
 type Validated struct {
-	Settings    loader.Settings
-	Mode        loader.Mode
-	Known       []maps.SA // all of them
-	FlagKnown   []maps.SA // from --known-spi
-	Sources     []sasource.Spec
+	Settings  loader.Settings
+	Mode      loader.Mode
+	Known     []maps.SA // all of them
+	FlagKnown []maps.SA // from --known-spi
+	Sources   []sasource.Spec
+	// NoXfrm: without --known-from, why the kernel's SAs are not followed (nil
+	// when they are, or when --known-from chose).
+	NoXfrm      error
 	MetricsAddr string // completed HOST:PORT; empty: no metrics
 }
 
@@ -182,7 +185,7 @@ func (c *Config) Validate() (*Validated, error) {
 		return nil, fmt.Errorf("--count %d: must be 0 (no limit) or more", c.Count)
 	}
 
-	if v.Sources, err = knownFrom(c.KnownFrom, c.KnownFile); err != nil {
+	if v.Sources, v.NoXfrm, err = knownFrom(c.KnownFrom, c.KnownFile); err != nil {
 		return nil, err
 	}
 	// Files are read now, so that a bad one fails before anything is attached.
@@ -266,40 +269,39 @@ func parseNATTPorts(in []string) ([]uint16, error) {
 }
 
 // knownFrom checks the --known-from values (with --known-file as one more file)
-// and fills in the default.
-func knownFrom(values []string, knownFile string) ([]sasource.Spec, error) {
-	var specs []sasource.Spec
+// and fills in the default; noXfrm says why the default has no xfrm.
+func knownFrom(values []string, knownFile string) (specs []sasource.Spec, noXfrm, err error) {
 	seen := map[sasource.Spec]bool{}
 	none := false
 	for _, val := range values {
 		s, err := sasource.ParseSpec(val)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if s.Kind == "none" {
 			none = true
 			continue
 		}
 		if seen[s] {
-			return nil, fmt.Errorf("--known-from %s: given twice", s)
+			return nil, nil, fmt.Errorf("--known-from %s: given twice", s)
 		}
 		seen[s] = true
 		specs = append(specs, s)
 	}
 	if none && len(specs) > 0 {
-		return nil, fmt.Errorf("--known-from none: cannot be combined with --known-from %s", specs[0])
+		return nil, nil, fmt.Errorf("--known-from none: cannot be combined with --known-from %s", specs[0])
 	}
 	if len(values) == 0 {
-		specs = defaultSources()
+		specs, noXfrm = defaultSources()
 	}
 	if knownFile != "" {
 		s := sasource.Spec{Kind: "file", Arg: knownFile}
 		if seen[s] {
-			return nil, fmt.Errorf("--known-file %s: also given as --known-from %s", knownFile, s)
+			return nil, nil, fmt.Errorf("--known-file %s: also given as --known-from %s", knownFile, s)
 		}
 		specs = append(specs, s)
 	}
-	return specs, nil
+	return specs, noXfrm, nil
 }
 
 // readKnown gathers the known SAs of --known-spi and the known-SPI files.

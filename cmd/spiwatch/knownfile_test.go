@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,7 +18,8 @@ import (
 // TestKnownFileFollowed: the known-SPI file is followed while spiwatch runs. An SA
 // added within --rekey-grace of its SPI first showing up makes that row a rekey
 // race; an SA removed makes its SPI stale when the peer goes on; a bad file keeps
-// the previous set and says which line; SIGHUP re-reads.
+// the previous set and says which line; SIGHUP re-reads. Each known SA names the
+// sources that gave it.
 func TestKnownFileFollowed(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
@@ -25,7 +27,7 @@ func TestKnownFileFollowed(t *testing.T) {
 	dir := t.TempDir()
 	file, logFile := filepath.Join(dir, "known"), filepath.Join(dir, "events.log")
 	os.WriteFile(file, []byte("0x1000\n0x2000\n"), 0o600)
-	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--known-file", file, "--json", "--interval", "100ms", "--top", "0",
+	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--known-file", file, "--known-spi", "0x1000", "--json", "--interval", "100ms", "--top", "0",
 		"--log-file", logFile, "--log-format", "json", "--rekey-grace", "30s", "--metrics-addr", "127.0.0.1:9467")
 	verdicts := func() map[string]string {
 		var o struct {
@@ -68,6 +70,14 @@ func TestKnownFileFollowed(t *testing.T) {
 	for metric, want := range map[string]float64{"spiwatch_known_source_errors_total": 1, "spiwatch_known_source_sas": 2, "spiwatch_known_source_up": 1} {
 		if got, found := value(t, page, metric, map[string]string{"source": "file " + file}); !found || got != want {
 			t.Errorf("%s = %v (found %v), want %v", metric, got, found, want)
+		}
+	}
+	// The rekey race's 10 packets apart from the stale SA's 5 (the first 10 of
+	// 0x2000 were known; the 7 of 0x3000 just sent are known).
+	wantVerdicts := map[string]uint64{"unknown": 0, "stale": 5, "rekey-race": 10, "collision": 0, "reserved": 0}
+	for v, want := range wantVerdicts {
+		if got, found := value(t, page, "spiwatch_unknown_verdict_packets", map[string]string{"verdict": v}); !found || uint64(got) != want {
+			t.Errorf("spiwatch_unknown_verdict_packets{verdict=%q} = %v (found %v), want %d", v, got, found, want)
 		}
 	}
 	var src struct {
@@ -115,6 +125,17 @@ func TestKnownFileFollowed(t *testing.T) {
 		if c.Class == "esp" && c.Outcomes["known"].Packets != 17 {
 			t.Errorf("esp known %d, want 17", c.Outcomes["known"].Packets)
 		}
+	}
+	if !reflect.DeepEqual(o.UnknownByVerdict, wantVerdicts) {
+		t.Errorf("unknown_by_verdict %v, want %v", o.UnknownByVerdict, wantVerdicts)
+	}
+	from := map[string][]string{}
+	for _, k := range o.KnownSAs {
+		from[k.SPI+"@"+k.Dst] = k.From
+	}
+	want := map[string][]string{"0x00001000@any": {"--known-spi", "file " + file}, "0x00003000@any": {"file " + file}}
+	if !reflect.DeepEqual(from, want) {
+		t.Errorf("known SAs from %q, want %q", from, want)
 	}
 	b, _ := os.ReadFile(logFile)
 	for _, want := range []string{`"event":"verdict_change"`, `"from":"unknown","verdict":"rekey-race"`, `"event":"source_error"`, `"event":"source_sync"`} {

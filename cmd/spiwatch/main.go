@@ -197,6 +197,9 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if v.Settings.PinPath != "" {
 		defer fmt.Fprintf(stderr, "spiwatch: left attached and counting, pinned in %s (spiwatch stats reads it, spiwatch detach removes it)\n", v.Settings.PinPath)
 	}
+	if v.NoXfrm != nil {
+		fmt.Fprint(stderr, noXfrmNotice(v.NoXfrm))
+	}
 	known := knownset.New(objs.Maps, cfg.StaleHistory, cfg.RekeyGrace)
 	if err := known.Update("--known-spi", v.FlagKnown); err != nil {
 		return err
@@ -262,7 +265,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		return err
 	}
 	rep.Action, rep.Top, rep.IKEInitRate = cfg.Action, cfg.Top, cfg.IKEInitRate
-	rep.Verdict = known.Verdict
+	rep.Verdict, rep.KnownFrom = known.Verdict, known.SourcesOf
 	rep.CollisionWindow, rep.DropAbove = cfg.CollisionWindow, v.Settings.DropAbove
 	if len(sources) > 0 {
 		rep.Sources = sourceStats(sources)

@@ -19,13 +19,23 @@ import (
 	"github.com/spiwatch/spiwatch/maps"
 )
 
+// xfrmAvailable asks whether the kernel can hold ESP states; a variable so tests
+// take both branches whatever the kernel they run on.
+var xfrmAvailable = xfrm.Available
+
 // defaultSources is what spiwatch follows without --known-from: the kernel's SAs
-// when it can hold ESP states (xfrm.Available), else nothing.
-func defaultSources() []sasource.Spec {
-	if xfrm.Available() == nil {
-		return []sasource.Spec{{Kind: "xfrm"}}
+// when it can hold ESP states, else nothing and why not (noXfrm).
+func defaultSources() (specs []sasource.Spec, noXfrm error) {
+	if err := xfrmAvailable(); err != nil {
+		return nil, err
 	}
-	return nil
+	return []sasource.Spec{{Kind: "xfrm"}}, nil
+}
+
+// noXfrmNotice is said once at start when the default follows no xfrm: a gateway
+// whose SAs live in the kernel would otherwise call every SPI unknown unexplained.
+func noXfrmNotice(why error) string {
+	return fmt.Sprintf("spiwatch: not following xfrm: %v; known SAs only from --known-spi and --known-file (--known-from names a source)\n", why)
 }
 
 // followsXfrm says whether one of the sources is the kernel's SA database, whose

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Package knownset keeps the known-SA map equal to the union of the known-SA
-// sources (command line, files; later xfrm and VICI), remembers where each SA came
-// from, and keeps a bounded history of removed SAs, from which it gives every
+// sources (--known-spi, files, the kernel's xfrm SAs, VICI), remembers where each SA
+// came from, and keeps a bounded history of removed SAs, from which it gives every
 // unknown-SPI row its verdict: stale, rekey-race, unknown or reserved.
 package knownset
 
@@ -43,6 +43,7 @@ type Set struct {
 	now       func() time.Time
 	sources   map[string][]maps.SA
 	current   map[maps.SA]bool
+	from      map[maps.SA][]string // sources of each SA in current, by its map key (keyOf)
 	spis      map[uint32]bool      // SPIs of current
 	addedAt   map[uint32]time.Time // when an SA with this SPI last became known (kept while in the history)
 	removedAt map[uint32]time.Time // when the last SA with this SPI was removed
@@ -52,7 +53,7 @@ type Set struct {
 
 // New manages target's known SAs.
 func New(target Target, history, grace time.Duration) *Set {
-	return &Set{target: target, now: time.Now, sources: map[string][]maps.SA{}, current: map[maps.SA]bool{}, spis: map[uint32]bool{},
+	return &Set{target: target, now: time.Now, sources: map[string][]maps.SA{}, current: map[maps.SA]bool{}, from: map[maps.SA][]string{}, spis: map[uint32]bool{},
 		addedAt: map[uint32]time.Time{}, removedAt: map[uint32]time.Time{}, history: history, grace: grace}
 }
 
@@ -68,13 +69,24 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 	next[source] = slices.Clone(sas)
 	union := map[maps.SA]bool{}
 	spis := map[uint32]bool{}
+	from := make(map[maps.SA][]string, len(s.from))
 	var list []maps.SA
 	for _, src := range sortedKeys(next) {
+		// Most SAs have one source: they share this slice instead of one each
+		// (its capacity is 1, so an append for a second source copies it).
+		only := []string{src}
 		for _, sa := range next[src] {
 			if !union[sa] {
 				union[sa] = true
 				spis[sa.SPI] = true
 				list = append(list, sa)
+			}
+			// Sorted by source name; one source giving an SA twice names it once.
+			switch k := keyOf(sa); {
+			case from[k] == nil:
+				from[k] = only
+			case !slices.Contains(from[k], src):
+				from[k] = append(from[k], src)
 			}
 		}
 	}
@@ -95,7 +107,7 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 			s.removedAt[sa.SPI] = now // addedAt stays: a rekey race before it is still one
 		}
 	}
-	s.sources, s.current, s.spis = next, union, spis
+	s.sources, s.current, s.spis, s.from = next, union, spis, from
 	s.prune(now)
 	return nil
 }
@@ -158,17 +170,23 @@ func later(a, b time.Time) time.Time {
 	return a
 }
 
-// SourcesOf lists the sources an SA came from.
+// SourcesOf lists the sources an SA came from, sorted; nil if none has it. A
+// lookup in an index Update keeps, so every report can ask for every known SA. sa
+// may be as the known-SA map gives it back (maps.ListKnown).
 func (s *Set) SourcesOf(sa maps.SA) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []string
-	for _, src := range sortedKeys(s.sources) {
-		if slices.Contains(s.sources[src], sa) {
-			out = append(out, src)
-		}
+	return slices.Clone(s.from[keyOf(sa)])
+}
+
+// keyOf is sa as the known-SA map stores it, so that an SA read back from the map
+// finds its sources: an IPv4-mapped destination is IPv4, and :: is any destination
+// (the map's key for both is all zeroes).
+func keyOf(sa maps.SA) maps.SA {
+	if sa.Dst.IsValid() && sa.Dst.As16() == ([16]byte{}) {
+		return maps.SA{SPI: sa.SPI}
 	}
-	return out
+	return maps.SA{SPI: sa.SPI, Dst: sa.Dst.WithZone("").Unmap()}
 }
 
 // Len is the number of distinct known SAs.

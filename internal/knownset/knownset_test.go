@@ -5,6 +5,7 @@ package knownset
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -150,5 +151,82 @@ func TestHistoryBounded(t *testing.T) {
 	}
 	if len(s.removedAt) > maxHistory {
 		t.Errorf("history holds %d removals, cap %d", len(s.removedAt), maxHistory)
+	}
+}
+
+func TestSourcesOf(t *testing.T) {
+	s, m, _ := newSet(t)
+	v6any := maps.SA{SPI: 0x4000, Dst: netip.IPv6Unspecified()} // :: is the map's any-destination key
+	mapped := maps.SA{SPI: 0x5000, Dst: netip.MustParseAddr("::ffff:203.0.113.1")}
+	for _, u := range []struct {
+		src string
+		sas []maps.SA
+	}{
+		{"xfrm", []maps.SA{sa1, sa3, v6any}},
+		{"--known-spi", []maps.SA{sa1, sa2, sa2}}, // an SA given twice names its source once
+		{"file /etc/known", []maps.SA{sa1, mapped}},
+	} {
+		if err := s.Update(u.src, u.sas); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		sa   maps.SA
+		want []string
+	}{
+		{sa1, []string{"--known-spi", "file /etc/known", "xfrm"}},
+		{sa2, []string{"--known-spi"}},
+		{sa3, []string{"xfrm"}},
+		{maps.SA{SPI: 0x4000}, []string{"xfrm"}}, // as ListKnown gives it back
+		{maps.SA{SPI: 0x5000, Dst: netip.MustParseAddr("203.0.113.1")}, []string{"file /etc/known"}}, // likewise
+		{maps.SA{SPI: 0x1000}, nil}, // sa1's SPI to any destination is another SA
+		{maps.SA{SPI: 0x9999}, nil},
+	} {
+		if got := s.SourcesOf(tc.sa); !slices.Equal(got, tc.want) {
+			t.Errorf("sources of %v: %q, want %q", tc.sa, got, tc.want)
+		}
+	}
+	// The answer is the caller's: changing it changes nothing in the Set.
+	s.SourcesOf(sa3)[0] = "changed"
+	if got := s.SourcesOf(sa3); !slices.Equal(got, []string{"xfrm"}) {
+		t.Errorf("after the caller changed its copy: %q", got)
+	}
+	// A source that drops an SA is no longer named; a failed update changes nothing.
+	if err := s.Update("xfrm", []maps.SA{sa3}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.SourcesOf(sa1); !slices.Equal(got, []string{"--known-spi", "file /etc/known"}) {
+		t.Errorf("sa1 after xfrm dropped it: %q", got)
+	}
+	m.fail = errors.New("map full")
+	if err := s.Update("--known-spi", nil); err == nil {
+		t.Fatal("no error from a failing map")
+	}
+	if got := s.SourcesOf(sa2); !slices.Equal(got, []string{"--known-spi"}) {
+		t.Errorf("sa2 after a failed update: %q", got)
+	}
+}
+
+// BenchmarkSourcesOf asks for every SA of a large set, as a report does: an index
+// lookup each, not a scan of every source.
+func BenchmarkSourcesOf(b *testing.B) {
+	s := New(&fakeMap{}, DefaultHistory, DefaultRekeyGrace)
+	sas := make([]maps.SA, 50_000)
+	for i := range sas {
+		sas[i] = maps.SA{SPI: 0x10000 + uint32(i), Dst: gw}
+	}
+	if err := s.Update("xfrm", sas); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Update("--known-spi", sas[:10]); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		for _, sa := range sas {
+			if len(s.SourcesOf(sa)) == 0 {
+				b.Fatal("no source")
+			}
+		}
 	}
 }

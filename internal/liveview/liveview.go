@@ -231,6 +231,9 @@ func (v *View) Render(w, h int) string {
 	rows := slices.Clone(s.Unknown)
 	v.sortRows(rows)
 	add("unknown SPIs: %d, sorted by %s   [q] quit  [s] sort  [p] pause", max(s.UnknownRows, len(rows)), sorts[v.sort])
+	if len(rows) > 0 { // rekey races apart: not the peers' fault
+		add("packets by verdict: %s", report.VerdictLine(s.UnknownByVerdict))
+	}
 	extra := diagLines(s)
 	room := h - len(lines) - 2 - len(extra)
 	if room < len(rows) {

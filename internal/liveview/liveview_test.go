@@ -28,7 +28,8 @@ func snapshot() *report.Snapshot {
 			row(0xaaaa0001, "198.51.100.1", 10, 5, 10*time.Second, 3*time.Second),
 			row(0xaaaa0002, "198.51.100.2", 15, 1, 20*time.Second, 0),
 			row(0x00000007, "2001:db8::77", 5, 9, 5*time.Second, 2*time.Second),
-		}, UnknownRows: 3, Table: maps.TableStats{Entries: 3, Capacity: 65536}}
+		}, UnknownRows: 3, Table: maps.TableStats{Entries: 3, Capacity: 65536},
+		UnknownByVerdict: map[string]uint64{"unknown": 25, "reserved": 5}}
 }
 
 func spiOrder(t *testing.T, screen string) []string {
@@ -62,7 +63,8 @@ func TestRenderSorts(t *testing.T) {
 		}
 	}
 	screen := v.Render(200, 40)
-	for _, w := range []string{"eth0 (native)", "known SAs 0 (file)", "unknown table 3/65536, 0 evicted", "2001:db8::77", "reserved", "3s ago", "now"} {
+	for _, w := range []string{"eth0 (native)", "known SAs 0 (file)", "unknown table 3/65536, 0 evicted", "2001:db8::77", "reserved", "3s ago", "now",
+		"\npackets by verdict: unknown 25, stale 0, rekey-race 0, collision 0, reserved 5\nSPI "} {
 		if !strings.Contains(screen, w) {
 			t.Errorf("screen lacks %q:\n%s", w, screen)
 		}

@@ -68,6 +68,9 @@ var (
 		[]string{"spi", "src", "sport", "dst", "dport", "interface", "verdict"}, nil)
 	unknownShownDesc = prometheus.NewDesc("spiwatch_unknown_spi_series_dropped",
 		"Unknown-SPI rows left out of spiwatch_unknown_spi_packets_total by the cardinality cap.", nil, nil)
+	verdictDesc = prometheus.NewDesc("spiwatch_unknown_verdict_packets",
+		"Packets of the rows now in the unknown-SPI table, by verdict (rekey-race: not the peer's fault). "+
+			"A gauge of the current table: it drops when rows are evicted.", []string{"verdict"}, nil)
 	sourceErrDesc = prometheus.NewDesc("spiwatch_known_source_errors_total",
 		"Failed reads of a known-SA source (the previous SAs were kept), by source.", []string{"source"}, nil)
 	sourceSAsDesc = prometheus.NewDesc("spiwatch_known_source_sas",
@@ -106,6 +109,12 @@ var (
 		"1 while a known SA receives packets from two or more sources within the collision window: someone else's traffic lands in the SA.", []string{"spi", "dst"}, nil)
 	collisionsDesc = prometheus.NewDesc("spiwatch_spi_collisions",
 		"SPIs (per destination) seen from two or more sources within the collision window, known and unknown.", nil, nil)
+	ifaceUpDesc = prometheus.NewDesc("spiwatch_interface_up",
+		"1 while a watched interface has the XDP program attached and its link up, 0 otherwise (deleted, detached, link down), "+
+			"as of the check before the last report.", []string{"interface"}, nil)
+	ifaceProblemDesc = prometheus.NewDesc("spiwatch_interface_problem",
+		"1 for a watched interface that is not watched any more, or whose link is down, with why; absent while it is up.",
+		[]string{"interface", "problem"}, nil)
 	scrapeErrDesc = prometheus.NewDesc("spiwatch_scrape_errors_total",
 		"Scrapes in which reading a BPF map failed.", nil, nil)
 )
@@ -155,9 +164,9 @@ func (c *Collector) SetIface(i report.Iface) {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packetsDesc, bytesDesc, knownDesc, knownCapDesc, saPacketsDesc, saBytesDesc, saSeqDesc,
-		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, sourceErrDesc, sourceSAsDesc, sourceResyncDesc, sourceReconnDesc, sourceUpDesc, scrapeErrDesc,
+		entriesDesc, capacityDesc, insertsDesc, evictionsDesc, insertFailsDesc, unknownDesc, unknownShownDesc, verdictDesc, sourceErrDesc, sourceSAsDesc, sourceResyncDesc, sourceReconnDesc, sourceUpDesc, scrapeErrDesc,
 		droppedDesc, passedDesc, rateSourcesDesc, rateCapDesc, rateEvictDesc, rateFailDesc, saLostDesc, saLateDesc, saDupDesc, saReplayDesc,
-		saRestartDesc, saOtherDesc, saCollisionDesc, collisionsDesc} {
+		saRestartDesc, saOtherDesc, saCollisionDesc, collisionsDesc, ifaceUpDesc, ifaceProblemDesc} {
 		ch <- d
 	}
 	for _, d := range diagDescs {
@@ -200,6 +209,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.ifMu.Unlock()
 	for _, i := range ifaces {
+		// Before the counters, which stay readable (and exported) after a loss.
+		up, problem := 1.0, i.Problem
+		if problem == "" && i.LinkDown {
+			problem = "link down"
+		}
+		if problem != "" {
+			up = 0
+			ch <- prometheus.MustNewConstMetric(ifaceProblemDesc, prometheus.GaugeValue, 1, i.Name, problem)
+		}
+		ch <- prometheus.MustNewConstMetric(ifaceUpDesc, prometheus.GaugeValue, up, i.Name)
 		cnt, err := c.src.Counters(i.Slot)
 		if err != nil {
 			fail(fmt.Errorf("reading counters of %s: %w", i.Name, err))
@@ -243,6 +262,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		window = report.DefaultCollisionWindow
 	}
 	mono := report.MonoNow()
+	wall := time.Now() // with mono: one conversion of BPF timestamps for every row
+	toWall := func(ns uint64) time.Time {
+		if ns == 0 {
+			return time.Time{}
+		}
+		return wall.Add(-time.Duration(int64(mono - ns)))
+	}
 	collisions := 0
 	if known, err := c.src.ListKnown(); err != nil {
 		fail(err)
@@ -305,12 +331,25 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	colliding := map[rowID]bool{}
 	groups := map[spiDst]bool{}
-	for i := range report.UnknownCollisions(snap, mono, window) {
+	coll := report.UnknownCollisions(snap, mono, window)
+	for i := range coll {
 		u := &snap[i]
 		colliding[rowID{u.SPI, u.Ifindex, u.Src, u.Dst, u.SrcPort, u.DstPort}] = true
 		groups[spiDst{u.SPI, u.Dst}] = true
 	}
 	ch <- prometheus.MustNewConstMetric(collisionsDesc, prometheus.GaugeValue, float64(collisions+len(groups)))
+	// Every row's verdict, as the reports sum them: a collision over the row's own.
+	byVerdict := make(map[string]uint64, len(report.Verdicts))
+	for i := range snap {
+		v := report.Collision
+		if _, ok := coll[i]; !ok {
+			v = c.verdict(snap[i], toWall)
+		}
+		byVerdict[v] += snap[i].Packets
+	}
+	for _, v := range report.Verdicts {
+		ch <- prometheus.MustNewConstMetric(verdictDesc, prometheus.GaugeValue, float64(byVerdict[v]), v)
+	}
 
 	// The rows with the most packets: a stable choice between scrapes, unlike rates.
 	slices.SortFunc(snap, func(a, b maps.Unknown) int {
@@ -318,7 +357,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	})
 	shown := min(len(snap), c.topUnknown)
 	for _, u := range snap[:shown] {
-		verdict := c.verdict(u)
+		verdict := c.verdict(u, toWall)
 		if colliding[rowID{u.SPI, u.Ifindex, u.Src, u.Dst, u.SrcPort, u.DstPort}] {
 			verdict = report.Collision
 		}
@@ -383,9 +422,9 @@ func Serve(ln net.Listener, c *Collector) (*http.Server, error) {
 	return srv, nil
 }
 
-func (c *Collector) verdict(u maps.Unknown) string {
+func (c *Collector) verdict(u maps.Unknown, toWall func(uint64) time.Time) string {
 	if c.Verdict == nil {
 		return report.VerdictOf(u.SPI)
 	}
-	return c.Verdict(u.SPI, report.MonoToWall(u.FirstSeenNs), report.MonoToWall(u.LastSeenNs))
+	return c.Verdict(u.SPI, toWall(u.FirstSeenNs), toWall(u.LastSeenNs))
 }

@@ -335,15 +335,21 @@ func (a *acc) fill(s *report.Snapshot, mode string, top int) {
 	}
 	s.Collisions = len(groups)
 	s.CollisionWindow = s.Interval
+	verdict := func(i int) string {
+		if coll[i] != nil {
+			return report.Collision
+		}
+		return report.VerdictOf(rows[i].SPI) // no SA history in a capture
+	}
+	s.UnknownByVerdict = make(map[string]uint64, len(report.Verdicts))
+	for i := range rows {
+		s.UnknownByVerdict[verdict(i)] += rows[i].Packets
+	}
 	for _, i := range report.TopIndices(rows, rates, top) {
 		u := rows[i]
 		t := a.rowTimes[rowKey{u.SPI, u.Src, u.Dst, u.SrcPort, u.DstPort}]
-		v := report.VerdictOf(u.SPI)
-		if coll[int(i)] != nil {
-			v = report.Collision
-		}
 		s.Unknown = append(s.Unknown, report.UnknownRow{Unknown: u, Iface: s.Source, Rate: rates[i],
-			FirstSeen: t[0], LastSeen: t[1], Verdict: v, Sources: coll[int(i)]})
+			FirstSeen: t[0], LastSeen: t[1], Verdict: verdict(int(i)), Sources: coll[int(i)]})
 	}
 	for _, k := range a.known {
 		// The kernel's clock means nothing for a capture: no source times.

@@ -64,8 +64,10 @@ func TestEnginesAgree(t *testing.T) {
 				esp += r.Packets
 			}
 			var rows uint64
+			byVerdict := map[string]uint64{}
 			for _, u := range bpfSnap.Unknown {
 				rows += u.Packets
+				byVerdict[u.Verdict] += u.Packets
 				if u.FirstSeen.IsZero() || u.LastSeen.Before(u.FirstSeen) {
 					t.Errorf("row 0x%x: first/last seen %v..%v", u.SPI, u.FirstSeen, u.LastSeen)
 				}
@@ -76,6 +78,11 @@ func TestEnginesAgree(t *testing.T) {
 			}
 			if rows != uint64(esp-dev) {
 				t.Errorf("unknown rows hold %d packets, tshark counts %d ESP packets (%d deviating)", rows, esp, dev)
+			}
+			for _, v := range report.Verdicts { // every row is shown (Top 0): the totals are theirs
+				if bpfSnap.UnknownByVerdict[v] != byVerdict[v] {
+					t.Errorf("%s: %d packets by verdict, the rows hold %d", v, bpfSnap.UnknownByVerdict[v], byVerdict[v])
+				}
 			}
 		})
 	}

@@ -98,20 +98,24 @@ type jsonKnown struct {
 	Collision          bool           `json:"collision"`
 	Sources            []jsonSASource `json:"sources"`
 	OtherSourcePackets uint64         `json:"other_source_packets"`
+	// From: the known-SA sources that gave the SA (not packet sources).
+	From []string `json:"from"`
 }
 
 type jsonSnapshot struct {
-	Time         string        `json:"time"`
-	IntervalS    float64       `json:"interval_s"`
-	Action       string        `json:"action"` // pass or drop: what happens to unknown-SPI packets
-	Source       string        `json:"source,omitempty"`
-	Partial      string        `json:"partial,omitempty"`
-	Interfaces   []jsonIface   `json:"interfaces"`
-	Total        jsonCount     `json:"total"`
-	Classes      []jsonClass   `json:"classes"`
-	UnknownTable jsonTable     `json:"unknown_table"`
-	UnknownSPIs  []jsonUnknown `json:"unknown_spis"`
-	KnownSAs     []jsonKnown   `json:"known_sas"`
+	Time         string      `json:"time"`
+	IntervalS    float64     `json:"interval_s"`
+	Action       string      `json:"action"` // pass or drop: what happens to unknown-SPI packets
+	Source       string      `json:"source,omitempty"`
+	Partial      string      `json:"partial,omitempty"`
+	Interfaces   []jsonIface `json:"interfaces"`
+	Total        jsonCount   `json:"total"`
+	Classes      []jsonClass `json:"classes"`
+	UnknownTable jsonTable   `json:"unknown_table"`
+	// UnknownByVerdict: packets of every unknown-table row, by verdict (all five keys).
+	UnknownByVerdict map[string]uint64 `json:"unknown_by_verdict"`
+	UnknownSPIs      []jsonUnknown     `json:"unknown_spis"`
+	KnownSAs         []jsonKnown       `json:"known_sas"`
 	// Collisions: SPIs (per destination) seen from two or more sources within
 	// collision_window_s, known and unknown.
 	Collisions       int          `json:"collisions"`
@@ -219,11 +223,15 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 		Classes:   classesJSON(s.Total, s.Interval, s.Action == "drop"),
 		UnknownTable: jsonTable{Entries: s.Table.Entries, Capacity: s.Table.Capacity, Inserts: s.Table.Inserts,
 			Evictions: s.Table.Evictions, InsertFailures: s.Table.InsertFails},
+		UnknownByVerdict: map[string]uint64{},
 		UnknownSPIs:      []jsonUnknown{},
 		KnownSAs:         []jsonKnown{},
 		Collisions:       s.Collisions,
 		CollisionWindowS: s.CollisionWindow.Seconds(),
 		DropAbovePPS:     s.DropAbove,
+	}
+	for _, v := range Verdicts {
+		js.UnknownByVerdict[v] = s.UnknownByVerdict[v]
 	}
 	if s.Rate != nil {
 		js.RateLimit = &jsonRate{Sources: s.Rate.Sources, Capacity: s.Rate.Capacity, Evictions: s.Rate.Evictions, Failures: s.Rate.Fails}
@@ -251,7 +259,8 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 			Packets: k.Packets, Bytes: k.Bytes, LastSeen: stamp(k.LastSeen), HighestSeq: k.MaxSeq,
 			Lost: k.Seq.Lost, LossRatio: k.LossRatio(), Late: k.Seq.Late, Duplicates: k.Seq.Dups, ReplaySuspect: k.Seq.Replays,
 			Restarts: k.Seq.Restarts, ESNWraps: k.Seq.Wraps, SpreadCPUs: k.Seq.Spread,
-			Collision: k.Collision, Sources: sourcesJSON(k.Sources), OtherSourcePackets: k.OtherPackets})
+			Collision: k.Collision, Sources: sourcesJSON(k.Sources), OtherSourcePackets: k.OtherPackets,
+			From: append([]string{}, k.From...)}) // [] rather than null
 	}
 	for _, src := range s.Sources {
 		js.KnownSources = append(js.KnownSources, jsonSource{Name: src.Name, SAs: src.SAs, Connected: src.Connected, Syncs: src.Syncs,
@@ -352,6 +361,7 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 				HostPort(u.Dst, u.DstPort), u.Iface, u.Packets, Human(u.Rate), u.FirstSeen.Format("15:04:05"), Ago(s.Time, u.LastSeen), u.Verdict)
 		}
 		tw.Flush()
+		fmt.Fprintf(&b, "unknown-SPI packets by verdict: %s\n", VerdictLine(s.UnknownByVerdict))
 	}
 	writeDiagText(&b, s, top)
 	writeKnown(&b, s, top)
@@ -403,7 +413,8 @@ func Human(v float64) string {
 }
 
 // SourcesLine sums up the known-SA sources for a person: "xfrm 12, file /etc/k 3
-// (ERROR: /etc/k:4: ...; keeping 3)", "vici /run/charon.vici 0 (NOT CONNECTED: ...)".
+// (ERROR: /etc/k:4: ...; keeping 3), 1 error", "vici /run/charon.vici 0 (NOT
+// CONNECTED: ...), 2 reconnects, 5 errors".
 func SourcesLine(srcs []sasource.Stats) string {
 	var parts []string
 	for _, s := range srcs {
@@ -419,9 +430,42 @@ func SourcesLine(srcs []sasource.Stats) string {
 		if s.Resyncs > 0 {
 			p += fmt.Sprintf(", %d resyncs after lost events", s.Resyncs)
 		}
+		if s.Reconnects > 0 {
+			p += ", " + counted(s.Reconnects, "reconnect")
+		}
+		if s.Errors > 0 { // past ones too: a source that fails now and then is worth a look
+			p += ", " + counted(s.Errors, "error")
+		}
 		parts = append(parts, p)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// VerdictLine sums up the unknown table's packets by verdict, every verdict in
+// order: "unknown 1200, stale 0, rekey-race 14, collision 0, reserved 3".
+func VerdictLine(by map[string]uint64) string {
+	parts := make([]string, 0, len(Verdicts))
+	for _, v := range Verdicts {
+		parts = append(parts, fmt.Sprintf("%s %d", v, by[v]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// FromString names a known SA's known-SA sources for a person: "xfrm, --known-spi",
+// or "-" when not known (an empty cell would read as the next column's).
+func FromString(from []string) string {
+	if len(from) == 0 {
+		return "-"
+	}
+	return strings.Join(from, ", ")
+}
+
+// counted is "1 error", "2 errors".
+func counted(n uint64, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // IfaceLabel is a watched interface for the header line: "eth0 (native)", or
@@ -498,7 +542,7 @@ func writeKnown(b *strings.Builder, s *Snapshot, top int) {
 	}
 	fmt.Fprintf(b, "known SAs with traffic: %d of %d\n", n, len(rows))
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SA\tpackets\tlost\tlate\tdup\treplay-suspect\trestarts\tsources\tlast seen\tconcern")
+	fmt.Fprintln(tw, "SA\tpackets\tlost\tlate\tdup\treplay-suspect\trestarts\tsources\tlast seen\tfrom\tconcern")
 	for _, k := range rows[:n] {
 		srcs := k.Sources
 		if k.Collision {
@@ -508,8 +552,8 @@ func writeKnown(b *strings.Builder, s *Snapshot, top int) {
 		if k.Seq.Spread {
 			lost += "~" // estimated from the sequence span: packets on several CPUs
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", k.SA, k.Packets, lost, k.Seq.Late, k.Seq.Dups,
-			k.Seq.Replays, k.Seq.Restarts, SourcesString(srcs), Ago(s.Time, k.LastSeen), KnownProblem(k))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", k.SA, k.Packets, lost, k.Seq.Late, k.Seq.Dups,
+			k.Seq.Replays, k.Seq.Restarts, SourcesString(srcs), Ago(s.Time, k.LastSeen), FromString(k.From), KnownProblem(k))
 	}
 	tw.Flush()
 }

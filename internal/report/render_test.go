@@ -41,6 +41,8 @@ func sampleSnapshot() *Snapshot {
 		Ifaces:   []IfaceCounts{{Iface: eth0, Now: c0, Delta: d0}, {Iface: eth1, Now: c1, Delta: d1}},
 		Total:    IfaceCounts{Iface: Iface{Name: "all"}, Now: add(c0, c1), Delta: add(d0, d1)},
 		Table:    spimaps.TableStats{Entries: 3, Capacity: 1024, Inserts: 10, InsertFails: 0, Evictions: 7},
+		// the three rows below, and a stale row not among them (past --top)
+		UnknownByVerdict: map[string]uint64{"unknown": 60, "reserved": 6, "stale": 4},
 	}
 	s.Unknown = []UnknownRow{
 		{Unknown: spimaps.Unknown{SPI: 0xdeadbeef, Src: netip.MustParseAddr("198.51.100.1"), Dst: netip.MustParseAddr("192.0.2.2"),
@@ -55,7 +57,7 @@ func sampleSnapshot() *Snapshot {
 	}
 	s.Known = []KnownRow{
 		{KnownSA: spimaps.KnownSA{SA: spimaps.SA{SPI: 0xc1a2b3c4}, Packets: 1000, Bytes: 150_000, MaxSeq: 999},
-			LastSeen: now.Add(-time.Second)},
+			LastSeen: now.Add(-time.Second), From: []string{"--known-spi", "file /etc/known"}},
 		{KnownSA: spimaps.KnownSA{SA: spimaps.SA{SPI: 0xc5d6e7f8, Dst: netip.MustParseAddr("192.0.2.1")}}},
 	}
 	return s
@@ -136,7 +138,7 @@ func checkClasses(t *testing.T, what string, v any) {
 
 func TestWriteJSONFields(t *testing.T) {
 	m, _ := writeJSON(t, sampleSnapshot(), 0)
-	wantKeys(t, "snapshot", m, "time", "interval_s", "action", "interfaces", "total", "classes", "unknown_table", "unknown_spis", "known_sas",
+	wantKeys(t, "snapshot", m, "time", "interval_s", "action", "interfaces", "total", "classes", "unknown_table", "unknown_by_verdict", "unknown_spis", "known_sas",
 		"icmp_table", "icmp_errors", "ike_table", "ike", "collisions", "collision_window_s")
 	if m["action"] != "pass" {
 		t.Errorf("action %v, want pass", m["action"])
@@ -152,13 +154,14 @@ func TestWriteJSONFields(t *testing.T) {
 		checkClasses(t, "interface", i.(map[string]any)["classes"])
 	}
 	wantKeys(t, "unknown_table", m["unknown_table"], "entries", "capacity", "inserts", "evictions", "insert_failures")
+	wantKeys(t, "unknown_by_verdict", m["unknown_by_verdict"], "unknown", "stale", "rekey-race", "collision", "reserved")
 	for _, u := range m["unknown_spis"].([]any) {
 		wantKeys(t, "unknown_spis[]", u, "spi", "src", "sport", "dst", "dport", "interface", "packets", "bytes", "pps",
 			"first_seen", "last_seen", "last_seq", "verdict")
 	}
 	known := m["known_sas"].([]any)
 	health := []string{"lost", "loss_ratio", "late", "duplicates", "replay_suspect", "restarts", "esn_wraps", "spread_cpus",
-		"collision", "sources", "other_source_packets"}
+		"collision", "sources", "other_source_packets", "from"}
 	wantKeys(t, "known_sas[0]", known[0], append([]string{"spi", "dst", "packets", "bytes", "last_seen", "highest_seq"}, health...)...)
 	// Never seen: no last_seen at all rather than an empty or zero time.
 	wantKeys(t, "known_sas[1]", known[1], append([]string{"spi", "dst", "packets", "bytes", "highest_seq"}, health...)...)
@@ -212,6 +215,10 @@ func TestWriteJSONValues(t *testing.T) {
 		t.Errorf("unknown_table %+v, want %+v", js.UnknownTable, want)
 	}
 
+	if want := map[string]uint64{"unknown": 60, "stale": 4, "rekey-race": 0, "collision": 0, "reserved": 6}; !reflect.DeepEqual(js.UnknownByVerdict, want) {
+		t.Errorf("unknown_by_verdict %v, want %v", js.UnknownByVerdict, want)
+	}
+
 	wantUnknown := []jsonUnknown{
 		{SPI: "0xdeadbeef", Src: "198.51.100.1", Dst: "192.0.2.2", Interface: "eth0", Packets: 50, Bytes: 5_000, PPS: 20,
 			FirstSeen: "2024-05-06T08:06:39Z", LastSeen: "2024-05-06T08:08:07Z", LastSeq: 77, Verdict: "unknown"},
@@ -224,8 +231,9 @@ func TestWriteJSONValues(t *testing.T) {
 		t.Errorf("unknown_spis\n got %+v\nwant %+v", js.UnknownSPIs, wantUnknown)
 	}
 	wantKnown := []jsonKnown{
-		{SPI: "0xc1a2b3c4", Dst: "any", Packets: 1000, Bytes: 150_000, LastSeen: "2024-05-06T08:08:08Z", HighestSeq: 999, Sources: []jsonSASource{}},
-		{SPI: "0xc5d6e7f8", Dst: "192.0.2.1", Sources: []jsonSASource{}},
+		{SPI: "0xc1a2b3c4", Dst: "any", Packets: 1000, Bytes: 150_000, LastSeen: "2024-05-06T08:08:08Z", HighestSeq: 999, Sources: []jsonSASource{},
+			From: []string{"--known-spi", "file /etc/known"}},
+		{SPI: "0xc5d6e7f8", Dst: "192.0.2.1", Sources: []jsonSASource{}, From: []string{}}, // [], not null
 	}
 	if !reflect.DeepEqual(js.KnownSAs, wantKnown) {
 		t.Errorf("known_sas\n got %+v\nwant %+v", js.KnownSAs, wantKnown)
@@ -253,6 +261,9 @@ func TestWriteJSONEmpty(t *testing.T) {
 		if l, ok := m[k].([]any); !ok || len(l) != 0 {
 			t.Errorf("%s is %#v, want []", k, m[k])
 		}
+	}
+	if want := map[string]uint64{"unknown": 0, "stale": 0, "rekey-race": 0, "collision": 0, "reserved": 0}; !reflect.DeepEqual(js.UnknownByVerdict, want) {
+		t.Errorf("unknown_by_verdict of an empty table %v, want every verdict at 0", js.UnknownByVerdict)
 	}
 	if js.Total != (jsonCount{}) {
 		t.Errorf("total with a zero interval %+v, want zeroes (no division by zero)", js.Total)
@@ -330,6 +341,24 @@ func TestWriteText(t *testing.T) {
 			t.Errorf("unknown row %q\nwant %q", got, want)
 		}
 	}
+	if got := fieldsOf(t, out, "unknown-SPI packets by verdict"); strings.Join(got, " ") !=
+		"unknown-SPI packets by verdict: unknown 60, stale 4, rekey-race 0, collision 0, reserved 6" {
+		t.Errorf("verdict line %q", got)
+	}
+
+	// Known SAs with traffic: where each came from, before the concern; the SA
+	// without packets is left out.
+	for _, want := range [][]string{
+		{"SA", "packets", "lost", "late", "dup", "replay-suspect", "restarts", "sources", "last", "seen", "from", "concern"},
+		{"0xc1a2b3c4@any", "1000", "0%", "0", "0", "0", "0", "", "1s", "ago", "--known-spi,", "file", "/etc/known"},
+	} {
+		if got := fieldsOf(t, out, want[0]); !slices.Equal(got, slices.DeleteFunc(want, func(f string) bool { return f == "" })) {
+			t.Errorf("known row %q\nwant %q", got, want)
+		}
+	}
+	if strings.Contains(out, "0xc5d6e7f8") {
+		t.Errorf("an SA without packets is listed:\n%s", out)
+	}
 	if !strings.HasSuffix(out, "\n\n") {
 		t.Errorf("report does not end with a blank line: %q", out[max(0, len(out)-20):])
 	}
@@ -380,7 +409,7 @@ func TestWriteTextEmpty(t *testing.T) {
 	if !strings.HasPrefix(out, want) {
 		t.Errorf("header of an empty report:\n%q\nwant\n%q", out, want)
 	}
-	if !strings.HasSuffix(out, "\nno unknown SPIs\n\n") || strings.Contains(out, "0x") {
+	if !strings.HasSuffix(out, "\nno unknown SPIs\n\n") || strings.Contains(out, "0x") || strings.Contains(out, "by verdict") {
 		t.Errorf("empty report does not say no unknown SPIs:\n%s", out)
 	}
 	// Even with nothing counted, the three esp rows are shown, so the columns never
@@ -491,9 +520,11 @@ func TestSourcesLine(t *testing.T) {
 	srcs := []sasource.Stats{
 		{Name: "xfrm", SAs: 12, Connected: true, Resyncs: 2},
 		{Name: "file /etc/k", SAs: 3, Connected: true, Errors: 1, LastError: "/etc/k:4: bad"},
-		{Name: "vici /run/charon.vici", Connected: false, LastError: "dial: no such file"},
+		{Name: "vici /run/charon.vici", Connected: false, Errors: 5, Reconnects: 2, LastError: "dial: no such file"},
+		{Name: "vici /run/other.vici", SAs: 4, Connected: true, Reconnects: 1},
 	}
-	want := "xfrm 12, 2 resyncs after lost events, file /etc/k 3 (ERROR: /etc/k:4: bad; keeping 3), vici /run/charon.vici 0 (NOT CONNECTED: dial: no such file)"
+	want := "xfrm 12, 2 resyncs after lost events, file /etc/k 3 (ERROR: /etc/k:4: bad; keeping 3), 1 error, " +
+		"vici /run/charon.vici 0 (NOT CONNECTED: dial: no such file), 2 reconnects, 5 errors, vici /run/other.vici 4, 1 reconnect"
 	if got := SourcesLine(srcs); got != want {
 		t.Errorf("SourcesLine:\n got %s\nwant %s", got, want)
 	}

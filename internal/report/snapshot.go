@@ -70,6 +70,9 @@ type KnownRow struct {
 	// (ActiveSources): someone else's traffic lands in this SA.
 	Collision     bool
 	ActiveSources []maps.SASource
+	// From names the known-SA sources that gave the SA ("xfrm", "vici SOCKET",
+	// "file PATH", "--known-spi"), sorted; empty when unknown (spiwatch read).
+	From []string
 }
 
 // Snapshot is everything one report shows.
@@ -84,6 +87,10 @@ type Snapshot struct {
 	Unknown  []UnknownRow // the top rows (Reporter.Top) by rate, then packets
 	// UnknownRows is how many rows the unknown table held.
 	UnknownRows int
+	// UnknownByVerdict are the packets of every row of the unknown table (not
+	// only the top ones) by verdict: rekey races apart from the peers' faults. A
+	// sum over the rows as read, so an evicted row's packets leave it.
+	UnknownByVerdict map[string]uint64
 	// NewUnknown are the rows that appeared since the previous snapshot.
 	NewUnknown []UnknownRow
 	// VerdictChanges are rows whose verdict changed since the previous snapshot.
@@ -164,6 +171,8 @@ type Reporter struct {
 	Verdict func(spi uint32, firstSeen, lastSeen time.Time) string
 	// Sources reports the known-SA sources' health (nil: none to show).
 	Sources func() []sasource.Stats
+	// KnownFrom names the sources of a known SA (nil: not shown).
+	KnownFrom func(sa maps.SA) []string
 	// IKEInitRate is the IKE_SA_INIT requests per second (over IKEInitWindow)
 	// from one peer above which a snapshot reports an IKEInitStorm; 0: never.
 	IKEInitRate float64
@@ -358,6 +367,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	clear(cur)
 	rates := make([]float64, len(snap))
 	verdicts := make([]string, len(snap))
+	s.UnknownByVerdict = make(map[string]uint64, len(Verdicts))
 	row := func(i int) UnknownRow {
 		u := snap[i]
 		return UnknownRow{Unknown: u, Iface: r.ifaceName(u.Ifindex), Rate: rates[i],
@@ -377,6 +387,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 			verdicts[i] = Collision // says more than stale or unknown: two peers use it
 			groups[spiDst{u.SPI, u.Dst.As16()}] = true
 		}
+		s.UnknownByVerdict[verdicts[i]] += u.Packets
 		cur[id] = rowState{packets: u.Packets, verdict: verdicts[i]}
 		switch {
 		case !seen && len(s.NewUnknown) < maxEvents:
@@ -406,6 +417,9 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	seen := make(map[maps.SA]knownState, len(known))
 	for _, k := range known {
 		row := KnownRow{KnownSA: k, LastSeen: toWall(k.LastSeenNs)}
+		if r.KnownFrom != nil {
+			row.From = r.KnownFrom(k.SA)
+		}
 		if act := k.ActiveSources(mono, uint64(window)); len(act) >= 2 {
 			row.Collision, row.ActiveSources = true, act
 			s.Collisions++
@@ -468,6 +482,10 @@ func outcomesOf(c classify.Class) []classify.Outcome {
 	}
 	return []classify.Outcome{classify.OutcomeNone}
 }
+
+// Verdicts are the verdicts of unknown-table rows, in the order reports list them
+// (knownset gives the first three and reserved, UnknownCollisions collision).
+var Verdicts = []string{"unknown", "stale", "rekey-race", Collision, "reserved"}
 
 // VerdictOf says why an SPI is in the unknown table.
 func VerdictOf(spi uint32) string {

@@ -5,11 +5,13 @@ package report
 import (
 	"errors"
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
+	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -451,5 +453,96 @@ func TestEventsCapped(t *testing.T) {
 	}
 	if len(s.NewUnknown) != maxEvents || s.MoreEvents != 76 {
 		t.Errorf("%d new rows and %d more, want %d and 76", len(s.NewUnknown), s.MoreEvents, maxEvents)
+	}
+}
+
+// discardKnown is a knownset.Target that keeps nothing.
+type discardKnown struct{}
+
+func (discardKnown) ReplaceKnown([]maps.SA) error { return nil }
+
+// TestKnownFrom: each known row names the known-SA sources of its SA, looked up
+// with the SA as the map gives it back, as spiwatch wires it (knownset.SourcesOf).
+func TestKnownFrom(t *testing.T) {
+	src := newFake()
+	clk := &fakeClock{wall: t0, mono: 5_000 * uint64(time.Second)}
+	r := newReporter(t, src, clk, eth0)
+	set := knownset.New(discardKnown{}, knownset.DefaultHistory, knownset.DefaultRekeyGrace)
+	gw := netip.MustParseAddr("192.0.2.7")
+	if err := set.Update("--known-spi", []maps.SA{{SPI: 0x5000, Dst: gw}, {SPI: 0x4000}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Update("xfrm", []maps.SA{{SPI: 0x5000, Dst: netip.MustParseAddr("::ffff:192.0.2.7")}}); err != nil {
+		t.Fatal(err)
+	}
+	src.known = []maps.KnownSA{
+		{SA: maps.SA{SPI: 0x5000, Dst: gw}, Packets: 3},
+		{SA: maps.SA{SPI: 0x4000}},
+		{SA: maps.SA{SPI: 0x6000}}, // in the map but in no source (put there by something else)
+	}
+	r.KnownFrom = set.SourcesOf
+	s := take(t, r)
+	want := map[uint32][]string{0x4000: {"--known-spi"}, 0x5000: {"--known-spi", "xfrm"}, 0x6000: nil}
+	for _, k := range s.Known {
+		if !slices.Equal(k.From, want[k.SPI]) {
+			t.Errorf("known SA %s from %q, want %q", k.SA, k.From, want[k.SPI])
+		}
+	}
+	if len(s.Known) != 3 {
+		t.Errorf("%d known rows, want 3", len(s.Known))
+	}
+	if got := FromString(nil); got != "-" {
+		t.Errorf("FromString(nil) = %q, want -", got)
+	}
+
+	// Without the hook (spiwatch read): no sources named.
+	r.KnownFrom = nil
+	for _, k := range take(t, r).Known {
+		if k.From != nil {
+			t.Errorf("known SA %s from %q without KnownFrom", k.SA, k.From)
+		}
+	}
+}
+
+// TestUnknownByVerdict: the packets of every row, not only the top ones, summed
+// by verdict, collisions over the row's own verdict; an evicted row's leave.
+func TestUnknownByVerdict(t *testing.T) {
+	src := newFake()
+	clk := &fakeClock{wall: t0, mono: 5_000 * uint64(time.Second)}
+	r := newReporter(t, src, clk, eth0)
+	r.Top = 1
+	r.Verdict = func(spi uint32, _, _ time.Time) string { // as knownset would
+		switch spi {
+		case 0x2000:
+			return "stale"
+		case 0x3000, 0x3001:
+			return "rekey-race"
+		}
+		return VerdictOf(spi)
+	}
+	clk.advance(time.Second)
+	stamp := func(u maps.Unknown) maps.Unknown { u.FirstSeenNs, u.LastSeenNs = clk.mono, clk.mono; return u }
+	stale := stamp(unk(0x2000, "198.51.100.2", 0, 2, 40))
+	src.unknown = []maps.Unknown{
+		stamp(unk(0x1000, "198.51.100.1", 0, 2, 100)),
+		stale,
+		stamp(unk(0x3000, "198.51.100.3", 0, 2, 7)),
+		stamp(unk(0x3000, "198.51.100.4", 0, 2, 5)), // two sources of one SPI: a collision, not a rekey race
+		stamp(unk(0x3001, "198.51.100.3", 0, 2, 9)),
+		stamp(unk(0x42, "198.51.100.5", 4500, 2, 3)),
+	}
+	s := take(t, r)
+	want := map[string]uint64{"unknown": 100, "stale": 40, "rekey-race": 9, "collision": 12, "reserved": 3}
+	if !reflect.DeepEqual(s.UnknownByVerdict, want) {
+		t.Errorf("by verdict %v, want %v", s.UnknownByVerdict, want)
+	}
+	if len(s.Unknown) != 1 {
+		t.Errorf("%d rows shown, want 1 (--top): the totals are over every row", len(s.Unknown))
+	}
+	// The stale row is evicted: its packets are no longer in any total.
+	src.unknown = slices.DeleteFunc(src.unknown, func(u maps.Unknown) bool { return u.SPI == stale.SPI })
+	clk.advance(time.Second)
+	if got := take(t, r).UnknownByVerdict; got["stale"] != 0 || got["unknown"] != 100 {
+		t.Errorf("after the stale row was evicted: %v", got)
 	}
 }
