@@ -196,6 +196,10 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		if pinLock, err = lockPins(s.PinPath); err != nil {
 			return nil, err
 		}
+		if err := usePinLayout(spec, s.PinPath); err != nil {
+			pinLock.Close()
+			return nil, err
+		}
 		for _, name := range pinnedMaps {
 			spec.Maps[name].Pinning = ebpf.PinByName
 		}

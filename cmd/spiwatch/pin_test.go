@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -121,6 +122,39 @@ func TestPinnedIncompatible(t *testing.T) {
 		t.Errorf("second run with another table size: %v: %s", err, out)
 	}
 
+	// The same sizes but another layout (as a build that reorders a map's fields
+	// would record it): refused naming the map, and status and stats refuse to
+	// read it too. The record is a symlink whose target lists a hash per map.
+	record := filepath.Join(pins, "layout")
+	text, err := os.Readlink(record)
+	if err != nil {
+		t.Fatalf("no layout record in the pin directory: %v", err)
+	}
+	changed := regexp.MustCompile(`sw_unknown=[0-9a-f]+`).ReplaceAllString(text, "sw_unknown=0123456789abcdef")
+	if changed == text {
+		t.Fatalf("layout record %q names no sw_unknown", text)
+	}
+	if err := os.Remove(record); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(changed, record); err != nil {
+		t.Fatal(err)
+	}
+	id := xdpProgID(t, lab.NSB, lab.Receiver)
+	want := "the layout of pinned map sw_unknown in " + pins + " differs from this build's (made by an incompatible build): remove them with spiwatch detach --pin-path " + pins
+	for _, args := range [][]string{
+		{"-i", lab.Receiver, "--pin", "--pin-path", pins, "--count", "1"},
+		{"stats", "--pin-path", pins, "--json"},
+		{"status", "--pin-path", pins},
+	} {
+		out, err := netlab.Command(lab.NSB, spiwatch, args...).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitError || !strings.Contains(string(out), want) {
+			t.Errorf("%q with another layout recorded: %v: %s\nwant status 1 and %q", args, err, out, want)
+		}
+	}
+	if now := xdpProgID(t, lab.NSB, lab.Receiver); now != id {
+		t.Errorf("the refused run changed the program on %s: id %d, was %d", lab.Receiver, now, id)
+	}
 }
 
 // TestPinnedTwice: a live spiwatch run --pin owns its pin directory. A second one
