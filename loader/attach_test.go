@@ -407,3 +407,29 @@ func TestAttachNoNativeXDP(t *testing.T) {
 		t.Errorf("lo: %+v, want generic attachment", x)
 	}
 }
+
+// TestLookupFailed: only "no such device" makes an interface deleted; any other
+// netlink error is a check that failed, to try again, not a loss.
+func TestLookupFailed(t *testing.T) {
+	for _, c := range []struct {
+		err       error
+		problem   string
+		unchecked bool
+	}{
+		{netlink.LinkNotFoundError{}, "interface deleted", false},
+		{unix.ENODEV, "interface deleted", false},
+		{fmt.Errorf("dumping links: %w", unix.ENODEV), "interface deleted", false},
+		{unix.ENOBUFS, "", true},
+		{unix.EINTR, "", true},
+		{netlink.ErrDumpInterrupted, "", true},
+		{errors.New("netlink socket closed"), "", true},
+	} {
+		st := lookupFailed(c.err)
+		if st.Problem != c.problem || (st.Unchecked != nil) != c.unchecked {
+			t.Errorf("%v: %+v, want problem %q, unchecked %v", c.err, st, c.problem, c.unchecked)
+		}
+		if c.unchecked && !strings.Contains(st.Unchecked.Error(), "cannot check the interface: "+c.err.Error()) {
+			t.Errorf("%v: %v does not say what failed", c.err, st.Unchecked)
+		}
+	}
+}
