@@ -320,17 +320,17 @@ type Status struct {
 	Name     string // its name now: it may have been renamed (empty if deleted)
 	LinkDown bool   // still attached, but down or without carrier: nothing arrives
 	MTU      int
+	// Unchecked is why netlink could not be asked (ENOBUFS, EINTR, ...): it says
+	// nothing about the interface, which is still watched as far as anyone knows;
+	// the other fields are then empty. Ask again later.
+	Unchecked error
 }
 
 // Status reads the interface's state.
 func (a *Attachment) Status() Status {
 	l, err := netlink.LinkByIndex(a.Ifindex)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) || errors.Is(err, syscall.ENODEV) {
-			return Status{Problem: "interface deleted"}
-		}
-		return Status{Problem: fmt.Sprintf("cannot check the interface: %v", err)}
+		return lookupFailed(err)
 	}
 	at := l.Attrs()
 	st := Status{Name: at.Name, MTU: at.MTU, LinkDown: at.Flags&net.FlagUp == 0 || at.OperState == netlink.OperDown || at.OperState == netlink.OperLowerLayerDown}
@@ -341,6 +341,16 @@ func (a *Attachment) Status() Status {
 		st.Problem = fmt.Sprintf("program replaced by %s", describeProg(ebpf.ProgramID(x.ProgId)))
 	}
 	return st
+}
+
+// lookupFailed is the status when netlink's answer about the interface is an
+// error: only "no such device" means it is gone.
+func lookupFailed(err error) Status {
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) || errors.Is(err, syscall.ENODEV) {
+		return Status{Problem: "interface deleted"}
+	}
+	return Status{Unchecked: fmt.Errorf("cannot check the interface: %w", err)}
 }
 
 // xdpState is what netlink says is attached to the interface; nil if nothing.

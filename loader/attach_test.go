@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -355,28 +356,44 @@ func TestAttachOverOther(t *testing.T) {
 // not an XDP bpf_link on an interface of another namespace that has the same ifindex.
 func TestForceOnlyThisNamespace(t *testing.T) {
 	lab1, lab2 := newLab(t), newLab(t)
+	// The clash this test is about: an interface with the same ifindex in each
+	// namespace. Fresh namespaces often number their veths alike, but not always:
+	// make one veth with a chosen index in each.
+	const clashIndex = 4000
+	clash1, clash2 := *lab1, *lab2
+	for _, lab := range []*netlab.Lab{&clash1, &clash2} {
+		lab.Receiver = "swclash0"
+		for _, args := range [][]string{
+			{"-n", lab.NSB, "link", "add", "name", lab.Receiver, "index", fmt.Sprint(clashIndex), "type", "veth", "peer", "name", "swclash1"},
+			{"-n", lab.NSB, "link", "set", lab.Receiver, "up"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v: %s", args, err, out)
+			}
+		}
+	}
+	var idx1, idx2 int
+	in(t, clash1.NSB, func() error { ifc, err := net.InterfaceByName(clash1.Receiver); idx1 = ifc.Index; return err })
+	in(t, clash2.NSB, func() error { ifc, err := net.InterfaceByName(clash2.Receiver); idx2 = ifc.Index; return err })
+	if idx1 != clashIndex || idx2 != clashIndex {
+		t.Fatalf("interfaces have ifindex %d and %d, want both %d", idx1, idx2, clashIndex)
+	}
+
 	objs := load(t, Settings{})
 	p1, id1 := otherProg(t, "sw_other1")
 	p2, id2 := otherProg(t, "sw_other2")
-	attachOther(t, lab1.NSB, lab1.Receiver, p1, "bpf_link")
-	attachOther(t, lab2.NSB, lab2.Receiver, p2, "bpf_link")
+	attachOther(t, clash1.NSB, clash1.Receiver, p1, "bpf_link")
+	attachOther(t, clash2.NSB, clash2.Receiver, p2, "bpf_link")
 
-	var idx1, idx2 int
-	in(t, lab1.NSB, func() error { ifc, err := net.InterfaceByName(lab1.Receiver); idx1 = ifc.Index; return err })
-	in(t, lab2.NSB, func() error { ifc, err := net.InterfaceByName(lab2.Receiver); idx2 = ifc.Index; return err })
-	if idx1 != idx2 {
-		t.Logf("receivers have ifindex %d and %d: the clash this test is about does not arise", idx1, idx2)
-	}
-
-	a, err := attach(t, objs, lab2, ModeGeneric, true)
+	a, err := attach(t, objs, &clash2, ModeGeneric, true)
 	if err != nil {
 		t.Fatalf("attaching with force: %v", err)
 	}
-	if x := xdpOn(t, lab2.NSB, lab2.Receiver); x == nil || x.ProgId != uint32(a.ProgID) {
-		t.Errorf("lab 2 shows %+v, want spiwatch's program %d (replacing %d)", x, a.ProgID, id2)
+	if x := xdpOn(t, clash2.NSB, clash2.Receiver); x == nil || x.ProgId != uint32(a.ProgID) {
+		t.Errorf("namespace 2 shows %+v, want spiwatch's program %d (replacing %d)", x, a.ProgID, id2)
 	}
-	if x := xdpOn(t, lab1.NSB, lab1.Receiver); x == nil || x.ProgId != uint32(id1) {
-		t.Errorf("lab 1 shows %+v, want its own program %d untouched", x, id1)
+	if x := xdpOn(t, clash1.NSB, clash1.Receiver); x == nil || x.ProgId != uint32(id1) {
+		t.Errorf("namespace 1 shows %+v, want its own program %d untouched", x, id1)
 	}
 }
 
@@ -405,5 +422,31 @@ func TestAttachNoNativeXDP(t *testing.T) {
 	})
 	if x := xdpOn(t, lab.NSB, "lo"); x == nil || x.AttachMode != nl.XDP_ATTACHED_SKB {
 		t.Errorf("lo: %+v, want generic attachment", x)
+	}
+}
+
+// TestLookupFailed: only "no such device" makes an interface deleted; any other
+// netlink error is a check that failed, to try again, not a loss.
+func TestLookupFailed(t *testing.T) {
+	for _, c := range []struct {
+		err       error
+		problem   string
+		unchecked bool
+	}{
+		{netlink.LinkNotFoundError{}, "interface deleted", false},
+		{unix.ENODEV, "interface deleted", false},
+		{fmt.Errorf("dumping links: %w", unix.ENODEV), "interface deleted", false},
+		{unix.ENOBUFS, "", true},
+		{unix.EINTR, "", true},
+		{netlink.ErrDumpInterrupted, "", true},
+		{errors.New("netlink socket closed"), "", true},
+	} {
+		st := lookupFailed(c.err)
+		if st.Problem != c.problem || (st.Unchecked != nil) != c.unchecked {
+			t.Errorf("%v: %+v, want problem %q, unchecked %v", c.err, st, c.problem, c.unchecked)
+		}
+		if c.unchecked && !strings.Contains(st.Unchecked.Error(), "cannot check the interface: "+c.err.Error()) {
+			t.Errorf("%v: %v does not say what failed", c.err, st.Unchecked)
+		}
 	}
 }

@@ -8,6 +8,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 
@@ -114,6 +115,7 @@ type Objects struct {
 	mu       sync.Mutex
 	progs    map[int]*ebpf.Program // by interface slot
 	attached []*Attachment
+	pinLock  *os.File // held while loaded with a pin path (see lockPins)
 }
 
 // Load loads the BPF object with its settings: maps and the program instance of slot 0.
@@ -185,8 +187,17 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	mbErr := dropMultiBuffer(spec)
 
 	var opts ebpf.CollectionOptions
+	var pinLock *os.File
 	if s.PinPath != "" {
 		if err := prepareBPFFS(s.PinPath); err != nil {
+			return nil, err
+		}
+		var err error
+		if pinLock, err = lockPins(s.PinPath); err != nil {
+			return nil, err
+		}
+		if err := usePinLayout(spec, s.PinPath); err != nil {
+			pinLock.Close()
 			return nil, err
 		}
 		for _, name := range pinnedMaps {
@@ -206,16 +217,18 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		coll, err = ebpf.NewCollectionWithOptions(spec, opts)
 	}
 	if err != nil {
+		closeLock(pinLock)
 		return nil, pinError(s.PinPath, loadError(err, memlockErr))
 	}
 	m, err := maps.FromCollection(coll.Maps)
 	if err != nil {
 		coll.Close()
+		closeLock(pinLock)
 		return nil, err
 	}
 	return &Objects{
 		Settings: s, Maps: m, spec: spec, coll: coll, MultiBuffer: mbErr, XfrmLookupOff: lookupOff,
-		progs: map[int]*ebpf.Program{0: coll.Programs[progName]},
+		progs: map[int]*ebpf.Program{0: coll.Programs[progName]}, pinLock: pinLock,
 	}, nil
 }
 
@@ -342,6 +355,8 @@ func (o *Objects) Close() error {
 		o.coll.Close()
 		o.coll = nil
 	}
+	closeLock(o.pinLock) // last: the links are back in the pins' hands
+	o.pinLock = nil
 	return errors.Join(errs...)
 }
 

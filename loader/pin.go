@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/spiwatch/spiwatch/bpf"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -158,7 +160,7 @@ func Unpin(dir string) error {
 			errs = append(errs, err)
 		}
 	}
-	for _, name := range pinnedMaps {
+	for _, name := range append(slices.Clone(pinnedMaps), layoutPin, layoutPin+"_new") {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
@@ -185,7 +187,19 @@ func UnpinLink(path string) error {
 }
 
 // OpenPinnedMaps opens the maps under dir without loading or attaching anything.
+// Maps of another layout are refused: they would be read as something else.
 func OpenPinnedMaps(dir string) (*maps.Maps, func(), error) {
+	spec, err := bpf.LoadSpiwatch()
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading embedded BPF object: %w", err)
+	}
+	want, err := mapLayouts(spec, pinnedMaps)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkLayout(dir, want); err != nil {
+		return nil, nil, err
+	}
 	var opened []*ebpf.Map
 	closeAll := func() {
 		for _, m := range opened {

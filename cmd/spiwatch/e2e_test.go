@@ -659,8 +659,9 @@ func TestClosedStdout(t *testing.T) {
 }
 
 // TestInterfaceDeleted: when one watched interface is deleted, spiwatch says so on
-// stderr, in every report and in its metrics, keeps counting on the other, and ends
-// with status 1 once nothing is left to watch.
+// stderr, in every report and in its metrics, keeps counting on the other (frames
+// sent into it afterwards are counted), and ends with status 1 once nothing is left
+// to watch.
 func TestInterfaceDeleted(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
@@ -670,8 +671,10 @@ func TestInterfaceDeleted(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", lab.NSB, "link", "add", "swdummy0", "type", "veth", "peer", "name", "swdummy1").CombinedOutput(); err != nil {
 		t.Fatalf("adding a second interface: %v: %s", err, out)
 	}
-	for _, l := range []string{"swdummy0", "swdummy1"} { // both ends up: carrier, so the link is up
-		exec.Command("ip", "-n", lab.NSB, "link", "set", l, "up").Run()
+	for _, dev := range []string{"swdummy0", "swdummy1"} {
+		if out, err := exec.Command("ip", "-n", lab.NSB, "link", "set", dev, "up").CombinedOutput(); err != nil {
+			t.Fatalf("setting %s up: %v: %s", dev, err, out)
+		}
 	}
 	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-i", "swdummy0", "--json", "--interval", "100ms", "--metrics-addr", ":9464")
 	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=50"})
@@ -733,6 +736,38 @@ func TestInterfaceDeleted(t *testing.T) {
 	}
 	if _, found := value(t, fams, "spiwatch_interface_problem", map[string]string{"interface": "swdummy0"}); found {
 		t.Error("swdummy0 has a problem series, but it is watched and up")
+	}
+	// Counting goes on on the interface left: frames sent into swdummy0 (from its
+	// peer) are counted there, on top of the deleted one's.
+	runGen(t, gen, lab.NSB, "swdummy1", []string{"esp spi=0xbeef count=25"})
+	deadline = time.After(10 * time.Second)
+	for counted := false; !counted; {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				t.Fatalf("spiwatch ended while swdummy0 was still watched: %s", s.stderr)
+			}
+			var o struct {
+				Total      struct{ Packets uint64 }
+				Interfaces []struct {
+					Name  string
+					Total struct{ Packets uint64 }
+				}
+			}
+			if err := json.Unmarshal([]byte(l), &o); err != nil {
+				t.Fatal(err)
+			}
+			for _, i := range o.Interfaces {
+				if i.Name == "swdummy0" && i.Total.Packets >= 25 {
+					counted = true
+					if i.Total.Packets != 25 || o.Total.Packets != 75 {
+						t.Errorf("swdummy0 counted %d, total %d; want 25 and 75", i.Total.Packets, o.Total.Packets)
+					}
+				}
+			}
+		case <-deadline:
+			t.Fatalf("frames sent into swdummy0 after %s was deleted were not counted: %s", lab.Receiver, s.stderr)
+		}
 	}
 	// Then the last one goes: spiwatch ends with status 1 and says why.
 	exec.Command("ip", "-n", lab.NSB, "link", "del", "swdummy0").Run()

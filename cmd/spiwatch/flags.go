@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os/user"
 	"strconv"
 	"time"
 
@@ -68,10 +69,13 @@ type Config struct {
 	MetricsTopUnknown int
 
 	Version bool
+
+	flags *pflag.FlagSet // to tell a flag given at its default from one left out
 }
 
 // AddFlags registers every flag; help texts state units and defaults.
 func (c *Config) AddFlags(fs *pflag.FlagSet) {
+	c.flags = fs
 	fs.StringArrayVarP(&c.Interfaces, "interface", "i", nil, "interface to watch (repeatable)")
 	fs.StringVar(&c.XDPMode, "xdp-mode", "auto", "XDP attach mode: auto (native, else generic), native or generic")
 	fs.BoolVar(&c.Force, "force", false, "replace an XDP program already attached to the interface")
@@ -131,6 +135,10 @@ func (c *Config) Validate() (*Validated, error) {
 	if len(c.Interfaces) == 0 {
 		return nil, errors.New("no interface given: use -i IFACE")
 	}
+	// Counted first: the same name repeated is an error of its own.
+	if len(c.Interfaces) > maps.MaxIfaces {
+		return nil, fmt.Errorf("-i: %d interfaces given, at most %d", len(c.Interfaces), maps.MaxIfaces)
+	}
 	seen := map[string]bool{}
 	for _, i := range c.Interfaces {
 		if i == "" {
@@ -143,9 +151,6 @@ func (c *Config) Validate() (*Validated, error) {
 		if _, err := net.InterfaceByName(i); err != nil {
 			return nil, fmt.Errorf("-i %s: interface not found (see ip link)", i)
 		}
-	}
-	if len(c.Interfaces) > maps.MaxIfaces {
-		return nil, fmt.Errorf("-i: %d interfaces given, at most %d", len(c.Interfaces), maps.MaxIfaces)
 	}
 	var err error
 	if v.Mode, err = loader.ParseMode(c.XDPMode); err != nil {
@@ -171,12 +176,19 @@ func (c *Config) Validate() (*Validated, error) {
 	v.Settings.XfrmLookup = c.XfrmLookup
 	if c.Pin {
 		if c.PinPath == "" {
-			return nil, errors.New("--pin-path: empty")
+			return nil, fmt.Errorf("--pin-path \"\": want a directory on the BPF filesystem (default %s)", loader.DefaultPinPath)
 		}
 		v.Settings.PinPath = c.PinPath
+	} else if c.given("pin-path") {
+		// Most likely --pin was forgotten: without it nothing would be pinned, and
+		// the program would go with the process, unlike what was asked for.
+		return nil, fmt.Errorf("--pin-path %s: only with --pin (without it nothing is pinned)", c.PinPath)
 	}
 	if c.Interval < 10*time.Millisecond {
 		return nil, fmt.Errorf("--interval %s: must be at least 10ms", c.Interval)
+	}
+	if c.JSON && c.Plain {
+		return nil, errors.New("--json and --plain: choose one (--plain is for text reports)")
 	}
 	if c.Top < 0 {
 		return nil, fmt.Errorf("--top %d: must be 0 (all) or more", c.Top)
@@ -201,8 +213,11 @@ func (c *Config) Validate() (*Validated, error) {
 	if v.FlagKnown, err = knownsa.ParseAll(c.KnownSPIs); err != nil {
 		return nil, err
 	}
-	if c.RekeyGrace < 0 || c.StaleHistory < 0 {
-		return nil, errors.New("--rekey-grace and --stale-history must be 0 or more")
+	if c.RekeyGrace < 0 {
+		return nil, fmt.Errorf("--rekey-grace %s: must be 0 or more", c.RekeyGrace)
+	}
+	if c.StaleHistory < 0 {
+		return nil, fmt.Errorf("--stale-history %s: must be 0 or more", c.StaleHistory)
 	}
 	if c.IKEInitRate < 0 || math.IsNaN(c.IKEInitRate) || math.IsInf(c.IKEInitRate, 0) {
 		return nil, fmt.Errorf("--ike-init-rate %v: must be a number of requests per second, 0 or more", c.IKEInitRate)
@@ -214,6 +229,16 @@ func (c *Config) Validate() (*Validated, error) {
 	}
 	if c.User != "" && c.WaitIface {
 		return nil, errors.New("--user and --wait-iface: attaching again needs CAP_BPF and CAP_NET_ADMIN, which spiwatch gives up with --user")
+	}
+	// Looked up now: switching fails only after attaching, too late for a typo.
+	if c.User != "" {
+		if _, err := user.Lookup(c.User); err != nil {
+			var unknown user.UnknownUserError
+			if errors.As(err, &unknown) {
+				return nil, fmt.Errorf("--user %s: no such user (see getent passwd)", c.User)
+			}
+			return nil, fmt.Errorf("--user %s: looking the user up: %w", c.User, err)
+		}
 	}
 	if c.LogFormat != "logfmt" && c.LogFormat != "json" {
 		return nil, fmt.Errorf("--log-format %q: want logfmt or json", c.LogFormat)
@@ -237,6 +262,11 @@ func (c *Config) Validate() (*Validated, error) {
 		return nil, fmt.Errorf("--metrics-top-unknown %d: must be 0-%d", c.MetricsTopUnknown, metrics.MaxUnknownSeries)
 	}
 	return v, nil
+}
+
+// given says whether the named flag was on the command line.
+func (c *Config) given(name string) bool {
+	return c.flags != nil && c.flags.Changed(name)
 }
 
 // dedupe drops repeated SAs, keeping the first of each.

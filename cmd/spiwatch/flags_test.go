@@ -80,6 +80,10 @@ func TestUsageErrors(t *testing.T) {
 		return a
 	}
 	lo := []string{"-i", "lo"}
+	var manyIfaces []string
+	for range maps.MaxIfaces + 1 {
+		manyIfaces = append(manyIfaces, "-i", "lo")
+	}
 	// Cases that run stops before Validate also carry a value Validate refuses: if
 	// the check under test breaks, run stops there instead of attaching to lo.
 	loBad := []string{"-i", "lo", "--top", "-1"}
@@ -94,6 +98,7 @@ func TestUsageErrors(t *testing.T) {
 		{"interface twice", []string{"-i", "lo", "--interface", "lo"}, "-i lo: interface given twice"},
 		// Longer than IFNAMSIZ-1: no interface can have this name.
 		{"unknown interface", []string{"-i", "lo", "-i", "spiwatch-no-such-if"}, "-i spiwatch-no-such-if: interface not found (see ip link)"},
+		{"too many interfaces", manyIfaces, fmt.Sprintf("-i: %d interfaces given, at most %d", maps.MaxIfaces+1, maps.MaxIfaces)},
 		{"xdp mode", append(lo, "--xdp-mode", "bogus"), `--xdp-mode: unknown XDP mode "bogus": want auto, native or generic`},
 		{"action", append(lo, "--action", "maybe"), `--action "maybe": want pass or drop`},
 		{"drop-above without drop", append(lo, "--drop-above", "100"), `--drop-above 100: only with --action drop (unknown-SPI packets pass otherwise)`},
@@ -135,6 +140,23 @@ func TestUsageErrors(t *testing.T) {
 		{"known-from none and file", append(lo, "--known-from", "none", "--known-from", "file="+goodFile), "--known-from none: cannot be combined with --known-from file=" + goodFile},
 		{"known-from and known-file", append(lo, "--known-from", "file="+goodFile, "--known-file", goodFile), "--known-file " + goodFile + ": also given as --known-from file=" + goodFile},
 		{"known-from bad file", append(lo, "--known-from", "file="+badFile), badFile + ":2: SPI 0x20 is reserved (0-255 never name an SA, RFC 4303)"},
+		{"no such user", append(lo, "--user", "spiwatch-no-such-user"), "--user spiwatch-no-such-user: no such user (see getent passwd)"},
+		{"metrics addr without port", append(lo, "--metrics-addr", "x"), `--metrics-addr "x": want HOST:PORT or :PORT (address x: missing port in address)`},
+		{"metrics port 70000", append(lo, "--metrics-addr", ":70000"), `--metrics-addr ":70000": port must be 1-65535`},
+		{"metrics top over cap", append(lo, "--metrics-top-unknown", "201"), "--metrics-top-unknown 201: must be 0-200"},
+		{"metrics top -1", append(lo, "--metrics-top-unknown", "-1"), "--metrics-top-unknown -1: must be 0-200"},
+		{"log format xml", append(lo, "--log-format", "xml"), `--log-format "xml": want logfmt or json`},
+		{"log every -1s", append(lo, "--log-every", "-1s"), "--log-every -1s: must be 0 or more"},
+		{"rekey grace -1s", append(lo, "--rekey-grace", "-1s"), "--rekey-grace -1s: must be 0 or more"},
+		{"stale history -1s", append(lo, "--stale-history", "-1s"), "--stale-history -1s: must be 0 or more"},
+		{"ike init rate NaN", append(lo, "--ike-init-rate", "NaN"), "--ike-init-rate NaN: must be a number of requests per second, 0 or more"},
+		{"ike init rate Inf", append(lo, "--ike-init-rate", "+Inf"), "--ike-init-rate +Inf: must be a number of requests per second, 0 or more"},
+		{"ike init rate negative", append(lo, "--ike-init-rate", "-0.5"), "--ike-init-rate -0.5: must be a number of requests per second, 0 or more"},
+		{"pin path empty", append(lo, "--pin", "--pin-path", ""), `--pin-path "": want a directory on the BPF filesystem (default /sys/fs/bpf/spiwatch)`},
+		{"pin path without pin", append(lo, "--pin-path", "/sys/fs/bpf/x"), "--pin-path /sys/fs/bpf/x: only with --pin (without it nothing is pinned)"},
+		{"json and plain", append(lo, "--json", "--plain"), "--json and --plain: choose one (--plain is for text reports)"},
+		{"user and wait-iface", append(lo, "--user", "nobody", "--wait-iface"),
+			"--user and --wait-iface: attaching again needs CAP_BPF and CAP_NET_ADMIN, which spiwatch gives up with --user"},
 		{"unknown flag", append(loBad, "--bogus"), "unknown flag: --bogus (see spiwatch --help)"},
 		{"unknown shorthand", append(loBad, "-z"), "unknown shorthand flag: 'z' in -z (see spiwatch --help)"},
 		{"bad int", append(loBad, "--count", "many"), `invalid argument "many" for "--count" flag: must be an integer (see spiwatch --help)`},
@@ -160,7 +182,7 @@ func TestValidateAccepts(t *testing.T) {
 	args := append([]string{"-i", "lo", "--xdp-mode", "generic", "--action", "drop", "--drop-above", "250", "--collision-window", "5s", "--interval", "10ms", "--top", "0",
 		"--count", "0", "--known-table-size", "4", "--unknown-table-size", "1",
 		"--known-spi", "256", "--known-spi", "0xffffffff@2001:db8::1", "--known-spi", "256", "--known-spi", "0x3000@192.0.2.1",
-		"--known-file", file}, ports...)
+		"--known-file", file, "--user", "nobody", "--pin", "--pin-path", "/sys/fs/bpf/spiwatch-x", "--json"}, ports...)
 	cfg, ok := parse(t, args)
 	if !ok {
 		t.Fatalf("parsing %q failed", args)
@@ -170,7 +192,7 @@ func TestValidateAccepts(t *testing.T) {
 		t.Fatalf("Validate: %v", err)
 	}
 	if v.Mode != loader.ModeGeneric || !v.Settings.DropUnknown || v.Settings.UnknownMax != 1 || v.Settings.KnownMax != 4 ||
-		v.Settings.DropAbove != 250 || cfg.CollisionWindow != 5*time.Second {
+		v.Settings.DropAbove != 250 || cfg.CollisionWindow != 5*time.Second || v.Settings.PinPath != "/sys/fs/bpf/spiwatch-x" {
 		t.Errorf("validated %+v", v)
 	}
 	if want := []uint16{4500, 4501, 4502, 4503, 4504, 4505, 4506, 4507}; !slices.Equal(v.Settings.NATTPorts, want) {
@@ -194,7 +216,7 @@ func TestValidateAccepts(t *testing.T) {
 	}
 	if cfg.Interval != time.Second || cfg.Top != 20 || cfg.Count != 0 || cfg.JSON || cfg.Force || v.Mode != loader.ModeAuto ||
 		v.Settings.DropUnknown || len(v.Settings.NATTPorts) != 0 || len(v.Known) != 0 ||
-		v.Settings.UnknownMax != loader.DefaultUnknownMax || v.Settings.KnownMax != loader.DefaultKnownMax {
+		v.Settings.UnknownMax != loader.DefaultUnknownMax || v.Settings.KnownMax != loader.DefaultKnownMax || v.Settings.PinPath != "" {
 		t.Errorf("defaults: %+v → %+v", cfg, v)
 	}
 }

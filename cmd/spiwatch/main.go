@@ -275,6 +275,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	// remembers links that are down, which are still watched.
 	lost := map[int]string{}
 	down := map[int]bool{}
+	unchecked := map[int]bool{} // said that a check failed; not said again until one works
 	ifaceEvent := func(iface, what string) {
 		if events != nil && !logToStderr {
 			events.Interface(iface, what)
@@ -283,13 +284,21 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	checkIfaces := func() error {
 		for _, a := range attached {
 			st := a.Status()
+			if st.Unchecked != nil && !unchecked[a.Slot] {
+				fmt.Fprintf(stderr, "spiwatch: %s: %v; trying again at the next report\n", a.Iface, st.Unchecked)
+			}
+			unchecked[a.Slot] = st.Unchecked != nil
+			if st.Unchecked != nil {
+				continue // nothing learnt: it stays as it was
+			}
 			p := st.Problem
 			if p != "" && lost[a.Slot] == "" {
 				fmt.Fprintf(stderr, "spiwatch: %s: %s; its counts so far stay in the reports\n", a.Iface, p)
 				ifaceEvent(a.Iface, p)
 			}
-			if p != "" {
-				lost[a.Slot] = p
+			lost[a.Slot] = lostAfter(lost[a.Slot], st)
+			if lost[a.Slot] == "" {
+				delete(lost, a.Slot)
 			}
 			if p == "" && st.Name != "" && st.Name != a.Iface {
 				fmt.Fprintf(stderr, "spiwatch: %s was renamed %s; still watching it\n", a.Iface, st.Name)
@@ -379,6 +388,18 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		}
 	}
 	return nil
+}
+
+// lostAfter is why an interface is not watched after a check, given why it was
+// not before (empty: it was). A deleted interface and a program detached or
+// replaced are lost until --wait-iface attaches again; a check that could not ask
+// netlink learns nothing, so the interface keeps what it had and is asked again
+// at the next report, not given up for a moment's ENOBUFS.
+func lostAfter(prev string, st loader.Status) string {
+	if st.Unchecked != nil || st.Problem == "" {
+		return prev
+	}
+	return st.Problem
 }
 
 // liveTerminal says whether to show the live view: text output (not --json, not

@@ -4,11 +4,16 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/internal/netlab"
@@ -116,4 +121,96 @@ func TestPinnedIncompatible(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "incompatible") || !strings.Contains(string(out), "spiwatch detach --pin-path "+pins) {
 		t.Errorf("second run with another table size: %v: %s", err, out)
 	}
+
+	// The same sizes but another layout (as a build that reorders a map's fields
+	// would record it): refused naming the map, and status and stats refuse to
+	// read it too. The record is a symlink whose target lists a hash per map.
+	record := filepath.Join(pins, "layout")
+	text, err := os.Readlink(record)
+	if err != nil {
+		t.Fatalf("no layout record in the pin directory: %v", err)
+	}
+	changed := regexp.MustCompile(`sw_unknown=[0-9a-f]+`).ReplaceAllString(text, "sw_unknown=0123456789abcdef")
+	if changed == text {
+		t.Fatalf("layout record %q names no sw_unknown", text)
+	}
+	if err := os.Remove(record); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(changed, record); err != nil {
+		t.Fatal(err)
+	}
+	id := xdpProgID(t, lab.NSB, lab.Receiver)
+	want := "the layout of pinned map sw_unknown in " + pins + " differs from this build's (made by an incompatible build): remove them with spiwatch detach --pin-path " + pins
+	for _, args := range [][]string{
+		{"-i", lab.Receiver, "--pin", "--pin-path", pins, "--count", "1"},
+		{"stats", "--pin-path", pins, "--json"},
+		{"status", "--pin-path", pins},
+	} {
+		out, err := netlab.Command(lab.NSB, spiwatch, args...).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitError || !strings.Contains(string(out), want) {
+			t.Errorf("%q with another layout recorded: %v: %s\nwant status 1 and %q", args, err, out, want)
+		}
+	}
+	if now := xdpProgID(t, lab.NSB, lab.Receiver); now != id {
+		t.Errorf("the refused run changed the program on %s: id %d, was %d", lab.Receiver, now, id)
+	}
+}
+
+// TestPinnedTwice: a live spiwatch run --pin owns its pin directory. A second one
+// is refused (status 1) naming the directory and the first's pid, and changes
+// nothing: the first keeps its program and its counts. Once the first is killed
+// (SIGKILL: no chance to clean up), a new one starts and continues the counts.
+func TestPinnedTwice(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	pins := testBPFFS(t)
+	lab := newLab(t, "swpin2")
+	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run()
+
+	first := startSpiwatch(t, spiwatch, lab.NSB, "run", "-i", lab.Receiver, "--pin", "--pin-path", pins, "--json", "--interval", "100ms")
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=20"})
+	first.waitTotal(t, 20)
+	id := xdpProgID(t, lab.NSB, lab.Receiver)
+
+	out, err := netlab.Command(lab.NSB, spiwatch, "run", "-i", lab.Receiver, "--pin", "--pin-path", pins, "--json", "--count", "1", "--interval", "50ms").CombinedOutput()
+	want := fmt.Sprintf("spiwatch: pin directory %s is in use by another spiwatch run --pin (pid %d): stop that one first, or give this one another --pin-path\n",
+		pins, first.cmd.Process.Pid)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitError || string(out) != want {
+		t.Errorf("second run --pin: %v: %q\nwant status 1 and %q", err, out, want)
+	}
+	if now := xdpProgID(t, lab.NSB, lab.Receiver); now != id {
+		t.Errorf("the second run changed the program on %s: id %d, was %d", lab.Receiver, now, id)
+	}
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0xdead count=30"})
+	first.waitTotal(t, 50)
+	if strings.Contains(first.stderr.String(), "program replaced") || strings.Contains(first.stderr.String(), "detached") {
+		t.Errorf("the first run lost its program: %s", first.stderr)
+	}
+
+	first.cmd.Process.Signal(syscall.SIGKILL)
+	for range first.lines {
+	}
+	<-first.done
+	out, err = netlab.Command(lab.NSB, spiwatch, "run", "-i", lab.Receiver, "--pin", "--pin-path", pins, "--json", "--count", "1", "--interval", "50ms").Output()
+	if err != nil || !strings.Contains(string(out), `"total":{"packets":50,`) {
+		t.Errorf("run --pin after the first was killed: %v: %s; want the 50 packets counted so far", err, out)
+	}
+}
+
+// xdpProgID is the id of the XDP program on iface in namespace ns; 0 if none.
+func xdpProgID(t *testing.T, ns, iface string) uint32 {
+	t.Helper()
+	var id uint32
+	err := netlab.In(ns, func() error {
+		l, err := netlink.LinkByName(iface)
+		if err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached {
+			id = l.Attrs().Xdp.ProgId
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,6 +20,8 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
+
+	"github.com/spiwatch/spiwatch/internal/testenv"
 )
 
 // t0 is the timestamp of the first packet the helpers write.
@@ -385,9 +388,10 @@ func TestPcapngInterfaces(t *testing.T) {
 // (both byte orders, several sections, odd blocks and options) and checks
 // that capread returns the packets pcapgo does, with their link types.
 func TestPcapgoSuite(t *testing.T) {
-	files, _ := filepath.Glob(filepath.Join(pcapgoDir(t), "tests", "*", "*.pcapng"))
+	dir := pcapgoDir(t)
+	files, _ := filepath.Glob(filepath.Join(dir, "tests", "*", "*.pcapng"))
 	if len(files) == 0 {
-		t.Skip("skipping: no pcapgo test files")
+		testenv.Unavailable(t, "no pcapgo test files in %s/tests", dir)
 	}
 	total := 0
 	for _, path := range files {
@@ -449,17 +453,19 @@ func TestPcapgoSuite(t *testing.T) {
 	}
 }
 
-// pcapgoDir returns the directory of the pcapgo sources, or skips.
+// pcapgoDir returns the directory of the pcapgo sources: gopacket's module, at
+// the version go.mod names, as the go command finds it (module cache or vendor).
 func pcapgoDir(t *testing.T) string {
 	t.Helper()
-	gomod := os.Getenv("GOMODCACHE")
-	if gomod == "" {
-		home, _ := os.UserHomeDir()
-		gomod = filepath.Join(home, "go", "pkg", "mod")
+	goCmd := testenv.RequireTool(t, "go", "golang-go")
+	out, err := exec.Command(goCmd, "list", "-m", "-f", "{{.Dir}}", "github.com/google/gopacket").Output()
+	dir := strings.TrimSpace(string(out))
+	if err != nil || dir == "" {
+		testenv.Unavailable(t, "locating the gopacket module (go list -m): %v (go mod download fetches it)", err)
 	}
-	dir := filepath.Join(gomod, "github.com", "google", "gopacket@v1.1.19", "pcapgo")
+	dir = filepath.Join(dir, "pcapgo")
 	if _, err := os.Stat(dir); err != nil {
-		t.Skipf("skipping: pcapgo sources not found: %v", err)
+		testenv.Unavailable(t, "pcapgo sources not found: %v", err)
 	}
 	return dir
 }

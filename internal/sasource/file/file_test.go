@@ -154,3 +154,53 @@ func TestNotReadMidWrite(t *testing.T) {
 		t.Errorf("an emptied file was applied after %v, want at least %v", d, EmptySettle)
 	}
 }
+
+// TestUnreadableFile: a file that cannot be read, even by root (a directory now
+// stands at its path: EISDIR), keeps the previous set; the error names the path
+// and is counted, on every try, until the file is back.
+func TestUnreadableFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "known")
+	os.WriteFile(path, []byte("0x1000\n0x2000@192.0.2.1\n"), 0o600)
+	reload := make(chan struct{}, 1)
+	src := New(path, 10*time.Millisecond, reload)
+	rec := &recorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := src.Start(ctx, rec.sink, rec); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, "the unreadable-file error", func() bool { return len(rec.events) > 0 })
+	rec.mu.Lock()
+	if ev := rec.events[0]; !strings.HasPrefix(ev, "failed ") || !strings.Contains(ev, path) || !strings.Contains(ev, "is a directory") {
+		t.Errorf("error %q: want the path and EISDIR", ev)
+	}
+	if len(rec.sets) != 1 {
+		t.Errorf("an unreadable file reached the sink: %v", rec.sets)
+	}
+	rec.mu.Unlock()
+	if st := src.Stats(); st.Errors != 1 || st.SAs != 2 || !strings.Contains(st.LastError, path) {
+		t.Errorf("stats %+v, want 1 error naming %s and the 2 SAs kept", st, path)
+	}
+
+	// A reload (SIGHUP) tries again: another error, counted, the set still kept.
+	reload <- struct{}{}
+	rec.waitFor(t, "the second error", func() bool { return len(rec.events) > 1 })
+	if st := src.Stats(); st.Errors != 2 || st.SAs != 2 {
+		t.Errorf("stats %+v after a reload, want 2 errors and the 2 SAs kept", st)
+	}
+
+	// The file back: read, and the error cleared.
+	os.Remove(path)
+	os.WriteFile(path, []byte("0x3000\n"), 0o600)
+	rec.waitFor(t, "the file back", func() bool { n := len(rec.sets); return n == 2 && len(rec.sets[1]) == 1 })
+	if st := src.Stats(); st.LastError != "" || st.SAs != 1 {
+		t.Errorf("stats %+v, want the error cleared and 1 SA", st)
+	}
+}
