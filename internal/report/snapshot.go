@@ -7,6 +7,7 @@ package report
 import (
 	"cmp"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"sort"
 	"time"
@@ -138,13 +139,20 @@ type VerdictChange struct {
 	From string
 }
 
-// rowState is what a Reporter remembers of a row between snapshots.
+// rowState is what a Reporter remembers of a row between snapshots: 16 bytes,
+// so that two maps of a full table's 65,536 rows stay small.
 type rowState struct {
 	packets uint64
-	verdict string
+	verdict uint8 // Reporter.verdictNames index + 1; 0: none yet
 }
 
-// unknownID identifies a row across snapshots; plain arrays hash fast.
+// rowKey is a row's identity hashed to 64 bits (maphash of its unknownID): a map
+// keyed by it is a third of one keyed by the 44-byte identity. Two of 65,536
+// rows colliding is a 1-in-10^10 chance per report, and would only mix up their
+// rates for one interval.
+type rowKey uint64
+
+// unknownID identifies a row across snapshots.
 type unknownID struct {
 	src, dst     [16]byte
 	spi, ifindex uint32
@@ -164,8 +172,11 @@ type Reporter struct {
 	names    map[uint32]string
 	prevTime time.Time
 	prev     map[int]maps.Counters
-	prevUnk  map[unknownID]rowState
-	spareUnk map[unknownID]rowState // the map before prevUnk, reused
+	prevUnk  map[rowKey]rowState
+	spareUnk map[rowKey]rowState // the map before prevUnk, reused
+	seed     maphash.Seed
+	// verdictNames are the verdicts seen so far; rowState holds their index.
+	verdictNames []string
 	// Verdict diagnoses a row seen from firstSeen to lastSeen; nil: VerdictOf (unknown or
 	// reserved by the SPI alone).
 	Verdict func(spi uint32, firstSeen, lastSeen time.Time) string
@@ -202,7 +213,7 @@ func (r *Reporter) SetIface(i Iface) {
 
 // New starts a Reporter; rates of the first snapshot are since now.
 func New(src Source, ifaces []Iface) (*Reporter, error) {
-	r := &Reporter{src: src, ifaces: slices.Clone(ifaces), names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow,
+	r := &Reporter{src: src, ifaces: slices.Clone(ifaces), names: map[uint32]string{}, prev: map[int]maps.Counters{}, now: clockNow, seed: maphash.MakeSeed(),
 		prevDropped: map[int][classify.NumClasses]maps.Count{}, prevKnown: map[maps.SA]knownState{}}
 	for _, i := range ifaces {
 		r.names[uint32(i.Ifindex)] = i.Name
@@ -227,9 +238,9 @@ func New(src Source, ifaces []Iface) (*Reporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.prevUnk = make(map[unknownID]rowState, len(snap))
+	r.prevUnk = make(map[rowKey]rowState, len(snap))
 	for _, u := range snap {
-		r.prevUnk[idOf(u)] = rowState{packets: u.Packets}
+		r.prevUnk[r.keyOf(u)] = rowState{packets: u.Packets}
 	}
 	return r, nil
 }
@@ -257,6 +268,24 @@ func clockNow() (time.Time, uint64) {
 
 func idOf(u maps.Unknown) unknownID {
 	return unknownID{u.Src.As16(), u.Dst.As16(), u.SPI, u.Ifindex, u.SrcPort, u.DstPort}
+}
+
+func (r *Reporter) keyOf(u maps.Unknown) rowKey {
+	return rowKey(maphash.Comparable(r.seed, idOf(u)))
+}
+
+// verdictCode is v's index in verdictNames + 1, adding it when new.
+func (r *Reporter) verdictCode(v string) uint8 {
+	for i, n := range r.verdictNames {
+		if n == v {
+			return uint8(i + 1)
+		}
+	}
+	if len(r.verdictNames) == 255 {
+		return 0 // never: verdicts are a handful of names
+	}
+	r.verdictNames = append(r.verdictNames, v)
+	return uint8(len(r.verdictNames))
 }
 
 // TopIndices returns the indices of the top rows (all when top is 0) by rate,
@@ -362,7 +391,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	// 65,536 rows are not reallocated every interval.
 	cur := r.spareUnk
 	if cur == nil {
-		cur = make(map[unknownID]rowState, len(snap))
+		cur = make(map[rowKey]rowState, len(snap))
 	}
 	clear(cur)
 	rates := make([]float64, len(snap))
@@ -374,7 +403,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 			FirstSeen: toWall(u.FirstSeenNs), LastSeen: toWall(u.LastSeenNs), Verdict: verdicts[i], Sources: coll[i]}
 	}
 	for i, u := range snap {
-		id := idOf(u)
+		id := r.keyOf(u)
 		prev, seen := r.prevUnk[id]
 		if secs > 0 {
 			rates[i] = float64(u.Packets-min(u.Packets, prev.packets)) / secs
@@ -388,15 +417,16 @@ func (r *Reporter) Take() (*Snapshot, error) {
 			groups[spiDst{u.SPI, u.Dst.As16()}] = true
 		}
 		s.UnknownByVerdict[verdicts[i]] += u.Packets
-		cur[id] = rowState{packets: u.Packets, verdict: verdicts[i]}
+		code := r.verdictCode(verdicts[i])
+		cur[id] = rowState{packets: u.Packets, verdict: code}
 		switch {
 		case !seen && len(s.NewUnknown) < maxEvents:
 			s.NewUnknown = append(s.NewUnknown, row(i))
 		case !seen:
 			s.MoreEvents++
-		case prev.verdict != "" && prev.verdict != verdicts[i] && len(s.VerdictChanges) < maxEvents:
-			s.VerdictChanges = append(s.VerdictChanges, VerdictChange{Row: row(i), From: prev.verdict})
-		case prev.verdict != "" && prev.verdict != verdicts[i]:
+		case prev.verdict != 0 && prev.verdict != code && len(s.VerdictChanges) < maxEvents:
+			s.VerdictChanges = append(s.VerdictChanges, VerdictChange{Row: row(i), From: r.verdictNames[prev.verdict-1]})
+		case prev.verdict != 0 && prev.verdict != code:
 			s.MoreEvents++
 		}
 	}
