@@ -684,36 +684,15 @@ func TestInterfaceDeleted(t *testing.T) {
 		t.Fatalf("deleting %s: %v: %s", lab.Receiver, err, out)
 	}
 	// Reports go on, saying the receiver is gone and keeping its counts.
-	deadline := time.After(10 * time.Second)
-	for seen := false; !seen; {
-		select {
-		case l, ok := <-s.lines:
-			if !ok {
-				t.Fatalf("spiwatch ended while swdummy0 was still watched: %s", s.stderr)
-			}
-			var o struct {
-				Total      struct{ Packets uint64 }
-				Interfaces []struct {
-					Name, Problem string
-				}
-			}
-			if err := json.Unmarshal([]byte(l), &o); err != nil {
-				t.Fatal(err)
-			}
-			for _, i := range o.Interfaces {
-				if i.Name == lab.Receiver && i.Problem == "interface deleted" {
-					seen = true
-					if o.Total.Packets != 50 {
-						t.Errorf("counts after the deletion: %d packets, want the 50 seen before", o.Total.Packets)
-					}
-				}
-				if i.Name == "swdummy0" && i.Problem != "" {
-					t.Errorf("swdummy0: %q, want no problem", i.Problem)
-				}
-			}
-		case <-deadline:
-			t.Fatalf("no report marked %s deleted: %s", lab.Receiver, s.stderr)
-		}
+	r := s.waitReport(t, lab.Receiver+" marked deleted", func(r linkReport) bool {
+		p, _, _ := r.iface(lab.Receiver)
+		return p == "interface deleted"
+	})
+	if r.Total.Packets != 50 {
+		t.Errorf("counts after the deletion: %d packets, want the 50 seen before", r.Total.Packets)
+	}
+	if p, _, _ := r.iface("swdummy0"); p != "" {
+		t.Errorf("swdummy0: %q, want no problem", p)
 	}
 	if !s.waitStderr(lab.Receiver + ": interface deleted") {
 		t.Errorf("stderr does not say the interface was deleted: %s", s.stderr)
@@ -740,34 +719,12 @@ func TestInterfaceDeleted(t *testing.T) {
 	// Counting goes on on the interface left: frames sent into swdummy0 (from its
 	// peer) are counted there, on top of the deleted one's.
 	runGen(t, gen, lab.NSB, "swdummy1", []string{"esp spi=0xbeef count=25"})
-	deadline = time.After(10 * time.Second)
-	for counted := false; !counted; {
-		select {
-		case l, ok := <-s.lines:
-			if !ok {
-				t.Fatalf("spiwatch ended while swdummy0 was still watched: %s", s.stderr)
-			}
-			var o struct {
-				Total      struct{ Packets uint64 }
-				Interfaces []struct {
-					Name  string
-					Total struct{ Packets uint64 }
-				}
-			}
-			if err := json.Unmarshal([]byte(l), &o); err != nil {
-				t.Fatal(err)
-			}
-			for _, i := range o.Interfaces {
-				if i.Name == "swdummy0" && i.Total.Packets >= 25 {
-					counted = true
-					if i.Total.Packets != 25 || o.Total.Packets != 75 {
-						t.Errorf("swdummy0 counted %d, total %d; want 25 and 75", i.Total.Packets, o.Total.Packets)
-					}
-				}
-			}
-		case <-deadline:
-			t.Fatalf("frames sent into swdummy0 after %s was deleted were not counted: %s", lab.Receiver, s.stderr)
-		}
+	r = s.waitReport(t, "frames sent into swdummy0 after the deletion counted", func(r linkReport) bool {
+		_, n, _ := r.iface("swdummy0")
+		return n >= 25
+	})
+	if _, n, _ := r.iface("swdummy0"); n != 25 || r.Total.Packets != 75 {
+		t.Errorf("swdummy0 counted %d, total %d; want 25 and 75", n, r.Total.Packets)
 	}
 	// Then the last one goes: spiwatch ends with status 1 and says why.
 	exec.Command("ip", "-n", lab.NSB, "link", "del", "swdummy0").Run()

@@ -18,14 +18,26 @@ import (
 
 // linkReport is what these tests read from a JSON report.
 type linkReport struct {
+	Total      struct{ Packets uint64 }
 	Interfaces []struct {
 		Name, Problem string
 		LinkDown      bool `json:"link_down"`
+		Total         struct{ Packets uint64 }
 	}
 	Classes []struct {
 		Class    string
 		Outcomes map[string]struct{ Packets, Bytes uint64 }
 	}
+}
+
+// iface is the report's interface name, if there.
+func (r linkReport) iface(name string) (problem string, packets uint64, ok bool) {
+	for _, i := range r.Interfaces {
+		if i.Name == name {
+			return i.Problem, i.Total.Packets, true
+		}
+	}
+	return "", 0, false
 }
 
 // waitReport reads reports until ok accepts one.
