@@ -346,6 +346,11 @@ func findTarget(f *captureFlags, s *captureSetup, stderr io.Writer) (*captureTar
 			}
 			t.cleanup = closeMaps
 			t.beside = fmt.Sprintf("spiwatch program id %d", id)
+			// Comments decode ESP-in-UDP on the ports the running program counts.
+			if s.natt, err = loader.RunningNATTPorts(ms); err != nil {
+				fmt.Fprintf(stderr, "spiwatch capture: reading the NAT-T ports of program %d: %v; comments take UDP %d alone as ESP-in-UDP\n", id, err, loader.DefaultNATTPort)
+				s.natt = nil
+			}
 			continue
 		}
 		closeMaps()

@@ -104,3 +104,44 @@ func TestCaptureLossUnderLoad(t *testing.T) {
 		t.Fatalf("capture exited %d: %s", code, c.stderr)
 	}
 }
+
+// TestCaptureBesideRunNATTPort: capture beside a spiwatch run loaded with
+// --natt-port 4501 decodes its samples with that port (read from the running
+// program's .rodata): IKE with the non-ESP marker on 4501 has its exchange in
+// the comment, as on 4500.
+func TestCaptureBesideRunNATTPort(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swcapn")
+	r := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--natt-port", "4501", "--json", "--interval", "100ms")
+	file := filepath.Join(t.TempDir(), "natt.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "ike,esp-in-udp", "--rate", "1000")
+	c.waitFor(t, "beside spiwatch run")
+	runGen(t, gen, lab.NSA, lab.Sender, []string{
+		"ike src=198.51.100.1 dst=203.0.113.1 sport=4501 dport=4501 marker=true count=3",
+		"esp-in-udp spi=0xc0ffee src=198.51.100.2 dst=203.0.113.1 sport=4501 dport=4501 count=2",
+	})
+	r.waitTotal(t, 5)
+	time.Sleep(300 * time.Millisecond)
+	if code := c.stop(t); code != 0 {
+		t.Fatalf("capture exited %d: %s", code, c.stderr)
+	}
+	r.stop(t)
+	if strings.Contains(c.stderr.String(), "reading the NAT-T ports") {
+		t.Errorf("capture could not read the running program's ports: %s", c.stderr)
+	}
+	var ike, esp int
+	for _, p := range readTshark(t, file, nil) {
+		switch {
+		case strings.HasPrefix(p.comment, "spiwatch: class=ike ike=v2 exchange=IKE_SA_INIT dir=request "):
+			ike++
+		case strings.HasPrefix(p.comment, "spiwatch: class=esp-in-udp spi=0x00c0ffee verdict=unknown "):
+			esp++
+		default:
+			t.Errorf("comment %q: want an IKE_SA_INIT on 4501 or ESP-in-UDP of 0xc0ffee", p.comment)
+		}
+	}
+	if ike != 3 || esp != 2 {
+		t.Errorf("%d IKE and %d ESP-in-UDP comments, want 3 and 2", ike, esp)
+	}
+}
