@@ -285,3 +285,43 @@ func TestCaptureRingFull(t *testing.T) {
 	}
 	t.Logf("ring full: %d samples kept, %d counted as lost", st.Samples, st.RingFull)
 }
+
+// TestCaptureRateRefill: the token bucket refills with time, rate tokens a
+// second, and holds at most one second's worth however long it stayed idle.
+// Times are bracketed with Go's monotonic clock, which is the program's
+// (CLOCK_MONOTONIC).
+func TestCaptureRateRefill(t *testing.T) {
+	const rate = 10
+	h := newCapHarness(t, loader.Settings{}, tableKnown...)
+	known := v4.ESP(0x1000, 1, 64)
+	if err := h.cap.Start(maps.CaptureSettings{Ifindexes: []uint32{testRunIfindex}, ClassMask: bit(classify.ClassESP), Snaplen: 64, Rate: rate}); err != nil {
+		t.Fatal(err)
+	}
+	burst := func() (kept int, first, last time.Time) {
+		first = time.Now()
+		h.send(t, known, 3*rate)
+		last = time.Now()
+		return len(h.drain(t)), first, last
+	}
+	if n, _, _ := burst(); n != rate {
+		t.Fatalf("a new capture kept %d of %d, want the full bucket of %d", n, 3*rate, rate)
+	}
+	// The bucket is empty after the burst. Half a second gives 5 tokens; the drain's
+	// wait (50 ms after the last record) and scheduling add some.
+	_, _, emptied := burst()
+	time.Sleep(450 * time.Millisecond)
+	n, start, end := burst()
+	lo, hi := int(start.Sub(emptied).Seconds()*rate), int(end.Sub(emptied).Seconds()*rate)+1
+	if n < lo || n > hi || n >= rate {
+		t.Errorf("%s after emptying the bucket: %d kept, want %d..%d (%d per second), fewer than %d", start.Sub(emptied).Round(time.Millisecond), n, lo, hi, rate, rate)
+	}
+	// Over a second idle: a full bucket, not more.
+	time.Sleep(1500 * time.Millisecond)
+	if n, _, _ := burst(); n != rate {
+		t.Errorf("after 1.5 s idle: %d kept of %d, want exactly the bucket's %d", n, 3*rate, rate)
+	}
+	st := h.stats(t)
+	if st.Samples+st.RateRefused != 4*3*rate {
+		t.Errorf("counters %+v: samples + refused != %d frames sent", st, 4*3*rate)
+	}
+}

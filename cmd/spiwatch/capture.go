@@ -346,6 +346,11 @@ func findTarget(f *captureFlags, s *captureSetup, stderr io.Writer) (*captureTar
 			}
 			t.cleanup = closeMaps
 			t.beside = fmt.Sprintf("spiwatch program id %d", id)
+			// Comments decode ESP-in-UDP on the ports the running program counts.
+			if s.natt, err = loader.RunningNATTPorts(ms); err != nil {
+				fmt.Fprintf(stderr, "spiwatch capture: reading the NAT-T ports of program %d: %v; comments take UDP %d alone as ESP-in-UDP\n", id, err, loader.DefaultNATTPort)
+				s.natt = nil
+			}
 			continue
 		}
 		closeMaps()
@@ -541,14 +546,6 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 				writeErr = w.Flush()
 				lastFlush = time.Now()
 			}
-			if time.Since(lastRefresh) > time.Second {
-				refresh()
-				lastRefresh = time.Now()
-				if st, err := t.cap.Stats(); err == nil && st.RingFull > lastLoss {
-					fmt.Fprintf(stderr, "spiwatch capture: %d samples lost: the ring buffer was full (lower --rate or --snaplen)\n", st.RingFull-lastLoss)
-					lastLoss = st.RingFull
-				}
-			}
 		} else if err != nil {
 			return exitError, fmt.Errorf("reading samples: %w", err)
 		} else if writeErr == nil {
@@ -556,15 +553,24 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 			if err != nil {
 				return exitError, err
 			}
-			if !ok {
-				continue
-			}
-			if writeErr = w.Write(pkt); writeErr == nil {
-				written++
-				if time.Since(lastFlush) > 200*time.Millisecond { // a trickle reaches | tshark too
-					writeErr = w.Flush()
-					lastFlush = time.Now()
+			if ok {
+				if writeErr = w.Write(pkt); writeErr == nil {
+					written++
+					if time.Since(lastFlush) > 200*time.Millisecond { // a trickle reaches | tshark too
+						writeErr = w.Flush()
+						lastFlush = time.Now()
+					}
 				}
+			}
+		}
+		// Once a second whatever arrives: a steady stream of samples, when losses
+		// happen, never lets a read time out.
+		if time.Since(lastRefresh) > time.Second {
+			refresh()
+			lastRefresh = time.Now()
+			if st, err := t.cap.Stats(); err == nil && st.RingFull > lastLoss {
+				fmt.Fprintf(stderr, "spiwatch capture: %d samples lost: the ring buffer was full (lower --rate or --snaplen)\n", st.RingFull-lastLoss)
+				lastLoss = st.RingFull
 			}
 		}
 		if writeErr != nil && !stopped {

@@ -192,8 +192,8 @@ func checkSampled(t *testing.T, pkts []tsharkPacket, e expectation, n uint64) {
 		if commentField(m, "verdict") == "known" || commentField(m, "action") != "pass" || commentField(m, "rate") != "" {
 			t.Errorf("packet %d: comment %q, want an unknown or reserved SPI passed and kept as one of the first", i, p.comment)
 		}
-		if p.espSPI != "" && p.espSPI != spi {
-			t.Errorf("packet %d: tshark reads SPI %s, comment says %s", i, p.espSPI, spi)
+		if p.espSPI != spi { // every kept frame is ESP or ESP-in-UDP: tshark must read its SPI
+			t.Errorf("packet %d: tshark reads SPI %q, comment says %s", i, p.espSPI, spi)
 		}
 		if k, _ := strconv.Atoi(commentField(m, "n")); k < 1 || uint64(k) > n || commentField(m, "of") != strconv.FormatUint(n, 10) {
 			t.Errorf("packet %d kept as %s of %s: want 1..%d of %d", i, commentField(m, "n"), commentField(m, "of"), n, n)

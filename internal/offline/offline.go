@@ -4,12 +4,26 @@
 // traffic, and builds the same report. By default every frame goes through the real
 // XDP program with BPF_PROG_TEST_RUN (root); the Go reference classifier does it
 // without privileges. Both must agree on every frame.
+//
+// The unknown-SPI table holds Settings.UnknownMax rows in both engines: the
+// program runs on one CPU, so its table is loaded that many times the possible
+// CPUs (the kernel gives each CPU an even share of an LRU with one list per CPU),
+// and the reference keeps an LRU of that many rows. While a capture's rows fit,
+// both report the same, row for row. Past that both evict, count evictions
+// (inserts - table rows) and keep every packet in the class counts, but the rows
+// kept can differ: the reference evicts the least recently seen row, one at a
+// time; the kernel's LRU is approximate (a second chance for rows looked up since
+// the last pass, up to 4 rows freed at once), and the program's per-CPU front
+// goes on counting a row the table has just evicted (such rows are reported, not
+// counted as table entries).
 package offline
 
 import (
+	"container/list"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"path/filepath"
 	"runtime"
@@ -61,6 +75,13 @@ type acc struct {
 	states      map[maps.SA]*maps.SAState // the reference's per-SA state (without BPF)
 	first, last time.Time
 	packets     int
+	// The reference's unknown table: an LRU of capacity rows, least recently
+	// seen at the back; inserts counts the rows it made, re-made ones included.
+	capacity  int
+	recent    *list.List
+	recentOf  map[rowKey]*list.Element
+	inserts   uint64
+	tableRows int // with BPF: the rows that are table entries (maps.TableRows)
 }
 
 // icmpKey and ikeKey are the program's keys of the ICMP-error and IKE tables.
@@ -87,21 +108,39 @@ type rowKey struct {
 
 // ReadFrom is Read on an open capture; name labels the report.
 func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, error) {
+	capacity := o.Settings.UnknownMax
+	if capacity == 0 {
+		capacity = loader.DefaultUnknownMax
+	}
 	a := &acc{rows: map[rowKey]*maps.Unknown{}, rowTimes: map[rowKey][2]time.Time{}, known: map[maps.SA]*report.KnownRow{},
 		icmp: map[icmpKey]*report.ICMPRow{}, ike: map[ikeKey]*report.IKERow{},
-		states: map[maps.SA]*maps.SAState{}}
+		states: map[maps.SA]*maps.SAState{}, capacity: int(capacity), recent: list.New(), recentOf: map[rowKey]*list.Element{}}
 	cfg := classify.Config{NATTPorts: o.Settings.NATTPorts}
 	set := classify.SASet{}
 	for _, sa := range o.Known {
 		set.Add(sa.SPI, sa.Dst)
+		// Every known SA is reported, with traffic or not, as the program's map
+		// lists them.
+		sa.Dst = sa.Dst.Unmap()
+		a.known[sa] = &report.KnownRow{KnownSA: maps.KnownSA{SA: sa}}
 	}
 
 	var run func([]byte) error
 	mode := "reference"
 	var objs *loader.Objects
 	if !o.NoBPF {
-		var err error
-		if objs, err = loader.Load(o.Settings); err != nil {
+		// The run is on one CPU, which gets its share of the table: the table is
+		// made that many times larger, so that the share is the size asked for.
+		ncpu, err := ebpf.PossibleCPU()
+		if err != nil {
+			return nil, fmt.Errorf("counting possible CPUs: %w", err)
+		}
+		settings := o.Settings
+		if uint64(capacity)*uint64(ncpu) > math.MaxUint32 {
+			return nil, fmt.Errorf("an unknown-SPI table of %d rows on one of %d CPUs needs more than 2^32 entries", capacity, ncpu)
+		}
+		settings.UnknownMax = capacity * uint32(ncpu)
+		if objs, err = loader.Load(settings); err != nil {
 			return nil, fmt.Errorf("%w (or use --no-bpf for the Go reference classifier)", err)
 		}
 		defer objs.Close()
@@ -162,21 +201,18 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 	}
 	a.fill(s, mode, o.Top)
 	if objs != nil {
-		ts, err := objs.Maps.UnknownTableStats(len(a.rows))
+		// Rows the front counted after the table evicted them are not entries.
+		ts, err := objs.Maps.UnknownTableStats(a.tableRows)
 		if err != nil {
 			return nil, err
 		}
+		ts.Capacity = int(capacity) // the one CPU's share, not the whole table
 		s.Table = ts
 		if s.ICMPTable, s.IKETable, err = objs.Maps.DiagTableStats(len(a.icmp), len(a.ike)); err != nil {
 			return nil, err
 		}
 	} else {
-		// The reference keeps every row; capacity is what the program would have had.
-		capacity := int(o.Settings.UnknownMax)
-		if capacity == 0 {
-			capacity = loader.DefaultUnknownMax
-		}
-		s.Table = maps.TableStats{Entries: len(a.rows), Capacity: capacity, Inserts: uint64(len(a.rows))}
+		s.Table = maps.TableStats{Entries: len(a.rows), Capacity: int(capacity), Inserts: a.inserts, Evictions: a.inserts - uint64(len(a.rows))}
 		s.ICMPTable = maps.TableStats{Entries: len(a.icmp), Capacity: loader.ICMPMax, Inserts: uint64(len(a.icmp))}
 		s.IKETable = maps.TableStats{Entries: len(a.ike), Capacity: loader.IKEMax, Inserts: uint64(len(a.ike))}
 	}
@@ -240,8 +276,13 @@ func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify
 		if count {
 			u := a.rows[k]
 			if u == nil {
+				a.evictFor()
 				u = &maps.Unknown{SPI: res.SPI, Src: res.Src, Dst: res.Dst, SrcPort: res.SrcPort, DstPort: res.DstPort, Ifindex: ifindex}
 				a.rows[k] = u
+				a.recentOf[k] = a.recent.PushFront(k)
+				a.inserts++
+			} else {
+				a.recent.MoveToFront(a.recentOf[k])
 			}
 			u.Packets++
 			u.Bytes += n
@@ -270,6 +311,18 @@ func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify
 	}
 }
 
+// evictFor makes room for a new row in the reference's table when it is full:
+// the least recently seen row goes, with its counts, as in the live table.
+func (a *acc) evictFor() {
+	if len(a.rows) < a.capacity {
+		return
+	}
+	e := a.recent.Back()
+	k := a.recent.Remove(e).(rowKey)
+	delete(a.recentOf, k)
+	delete(a.rows, k)
+}
+
 // fromMaps takes the counts from the program's maps.
 func (a *acc) fromMaps(m *maps.Maps) error {
 	var err error
@@ -280,6 +333,7 @@ func (a *acc) fromMaps(m *maps.Maps) error {
 	if err != nil {
 		return err
 	}
+	a.tableRows = maps.TableRows(snap)
 	a.rows = map[rowKey]*maps.Unknown{}
 	for i := range snap {
 		u := snap[i]
