@@ -17,6 +17,7 @@ import (
 
 	"github.com/spiwatch/spiwatch/internal/classify"
 	"github.com/spiwatch/spiwatch/internal/frames"
+	"github.com/spiwatch/spiwatch/internal/testenv"
 	"github.com/spiwatch/spiwatch/loader"
 	"github.com/spiwatch/spiwatch/maps"
 )
@@ -39,7 +40,7 @@ func newCapHarness(t *testing.T, s loader.Settings, known ...maps.SA) *capHarnes
 	t.Helper()
 	h := newHarness(t, s, known...)
 	if !loader.CaptureSupported() {
-		t.Fatal("kernel lacks bpf_xdp_load_bytes (Linux 5.18): capture cannot be tested")
+		t.Fatal("kernel lacks bpf_xdp_load_bytes, bpf_loop or bpf_map_lookup_percpu_elem (Linux 5.19): capture cannot be tested")
 	}
 	c, err := h.objs.Capture()
 	if err != nil {
@@ -323,5 +324,96 @@ func TestCaptureRateRefill(t *testing.T) {
 	st := h.stats(t)
 	if st.Samples+st.RateRefused != 4*3*rate {
 		t.Errorf("counters %+v: samples + refused != %d frames sent", st, 4*3*rate)
+	}
+}
+
+// tableCount is the packet count of v4's row of spi in sw_unknown alone, without what the
+// per-CPU front holds: found through the program's maps, as the kernel has it.
+func tableCount(t *testing.T, prog *ebpf.Program, spi uint32) uint64 {
+	t.Helper()
+	info, err := prog.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := info.MapIDs()
+	for _, id := range ids {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if mi, err := m.Info(); err != nil || mi.Name != maps.UnknownName {
+			continue
+		}
+		key := make([]byte, 44) // struct unknown_key: saddr, daddr, spi, ifindex, ports
+		src, dst := v4.Src.As16(), v4.Dst.As16()
+		copy(key, src[:])
+		copy(key[16:], dst[:])
+		binary.NativeEndian.PutUint32(key[32:], spi)
+		binary.NativeEndian.PutUint32(key[36:], testRunIfindex)
+		val := make([]byte, m.ValueSize())
+		if err := m.Lookup(key, val); err != nil {
+			return 0
+		}
+		return binary.NativeEndian.Uint64(val) // packets come first
+	}
+	t.Fatal("the program has no sw_unknown map")
+	return 0
+}
+
+// TestCaptureFirstNAcrossCPUs: a row counted on one CPU before a capture began
+// sits mostly in that CPU's front of the unknown table; when its next packet
+// arrives on another CPU under the capture, the first-N rule must still see the
+// row's whole count (the fronts of every CPU), and keep nothing.
+func TestCaptureFirstNAcrossCPUs(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		testenv.Unavailable(t, "needs two CPUs: a row counted on one and seen again on another")
+	}
+	h := newCapHarness(t, loader.Settings{}) // on CPU 0
+	const spi = 0xdead00aa
+	frame := v4.ESP(spi, 1, 64)
+	// Capture off, one test run of 201 packets: the first makes the row, the
+	// other 200 (within one tick, unless a tick ends meanwhile: then again) stay
+	// in CPU 0's front.
+	for try := 0; ; try++ {
+		if _, err := h.prog.Run(&ebpf.RunOptions{Data: frame, Repeat: 201}); err != nil {
+			t.Fatal(err)
+		}
+		n := tableCount(t, h.prog, spi)
+		if n == 1 {
+			break
+		}
+		if try == 5 {
+			t.Fatalf("a tick ended in every one of 6 tries (the table has %d): the front never held the row's packets", n)
+		}
+		if err := h.m.ClearUnknown(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.cap.Start(maps.CaptureSettings{Ifindexes: []uint32{testRunIfindex}, ClassMask: maps.CapUnknown, Snaplen: 64, PerSPI: 2}); err != nil {
+		t.Fatal(err)
+	}
+	var cpu1 unix.CPUSet
+	cpu1.Set(1)
+	if err := unix.SchedSetaffinity(0, &cpu1); err != nil {
+		t.Fatal(err)
+	}
+	h.send(t, frame, 1) // the table says 2 with it: first-N if the fronts were not added
+	if got := h.drain(t); len(got) != 0 {
+		t.Errorf("the 202nd packet of a row was kept as one of its first 2 (%d samples)", len(got))
+	}
+	// A new row on this CPU: its first 2 are kept.
+	h.send(t, v4.ESP(spi+1, 1, 64), 3)
+	if got := h.drain(t); len(got) != 2 || got[0].hdr.SPI != spi+1 {
+		t.Errorf("a new row's first 2 packets: %d samples, want 2 of SPI %#x", len(got), spi+1)
+	}
+	rows, err := h.m.UnknownSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		if r.SPI == spi && r.Packets != 202 {
+			t.Errorf("row %#x: %d packets, want 202", spi, r.Packets)
+		}
 	}
 }

@@ -15,8 +15,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 /* Load-time settings. */
 volatile const __u32 drop_unknown = 0; /* 1: XDP_DROP packets with an unknown SPI */
 volatile const __u32 iface_slot = 0;   /* this instance's row in sw_counters */
-/* 1 where the kernel has bpf_xdp_load_bytes (5.18): on older kernels the capture
- * code is dead and the verifier never sees the helper, so counting still loads. */
+/* 1 where the kernel has bpf_xdp_load_bytes, bpf_loop and
+ * bpf_map_lookup_percpu_elem (5.19): on older kernels the capture code is dead and
+ * the verifier never sees the helpers, so counting still loads. */
 volatile const __u32 capture_supported = 0;
 
 /* Run-time switch of spiwatch capture, set by Go (the rest of the settings are in
@@ -24,6 +25,7 @@ volatile const __u32 capture_supported = 0;
  * .bss map is shared by every program instance, like the maps. */
 volatile __u32 capture_on = 0;
 volatile const __u32 xfrm_lookup = 0;  /* 1: on a known-SA miss, ask the kernel's SA table */
+volatile const __u32 nr_cpus = 1;      /* possible CPUs: the per-CPU front's copies */
 /* --drop-above: with drop_unknown, drop a source's unknown-SPI packets only above
  * its rate (struct rate_bucket); 0 drops them all. */
 volatile const __u64 drop_cost_ns = 0;
@@ -511,6 +513,47 @@ static __always_inline int is_row_of(const struct unknown_key *k, const struct p
 	       k->ifindex == ifindex && k->sport == p->sport && k->dport == p->dport;
 }
 
+static __always_inline int same_key(const struct unknown_key *a, const struct unknown_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4] &&
+	       a->sport == b->sport && a->dport == b->dport;
+}
+
+_Static_assert(sizeof(struct unknown_key) == 44, "unknown_key compared as 5 words and two ports");
+
+/* What the other CPUs' fronts hold for a row: a row lives in the same slot on
+ * every CPU, since the slot is a hash of its key. */
+struct pending_sum {
+	struct unknown_key k;
+	__u32 slot;
+	__u64 packets;
+};
+
+static long add_pending(__u32 cpu, struct pending_sum *s)
+{
+	struct unknown_hot *h = bpf_map_lookup_percpu_elem(&sw_unknown_hot, &s->slot, cpu);
+	if (h && h->used && same_key(&h->key, &s->k))
+		s->packets += h->packets;
+	return 0;
+}
+
+/* row_total adds to a row's table count what the fronts still hold: the
+ * capture's first-N rule needs the row's whole count, and a row counted on one
+ * CPU before the capture began may be mostly in that CPU's front. Only while a
+ * capture runs, and only for rows that are still within its first N. */
+static __noinline __u64 row_total(struct unknown_key *k, __u32 slot, __u64 n)
+{
+	__u32 zero = 0;
+	struct sw_capcfg *cfg = bpf_map_lookup_elem(&sw_capcfg, &zero);
+	if (!capture_supported || !cfg || n == 0 || n > cfg->per_spi)
+		return n;
+	struct pending_sum s = {.slot = slot};
+	__builtin_memcpy(&s.k, k, sizeof(*k));
+	bpf_loop(nr_cpus, add_pending, &s, 0);
+	return n + s.packets;
+}
+
 /* Returns the row's packet count including this one (0 if no row could be made),
  * which the capture's first-N rule reads; exact while a capture runs (every
  * packet then goes to the row), else only non-zero. */
@@ -547,6 +590,8 @@ static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, _
 		h->bytes = 0;
 	}
 	__u64 n = row_add(&k, &a);
+	if (capture_on)
+		n = row_total(&k, slot, n);
 	if (!mine && h->used && h->last_jiffies == j)
 		return n; /* the slot's row is busy this tick: it keeps the slot */
 	if (!mine && h->used && h->packets) { /* hand the idle row's counts on, then take the slot */

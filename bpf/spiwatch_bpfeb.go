@@ -233,6 +233,7 @@ const (
 	SpiwatchVarIfaceSlot        = "iface_slot"
 	SpiwatchVarNattPortCount    = "natt_port_count"
 	SpiwatchVarNattPorts        = "natt_ports"
+	SpiwatchVarNrCpus           = "nr_cpus"
 	SpiwatchVarXfrmLookup       = "xfrm_lookup"
 )
 
@@ -315,6 +316,7 @@ type SpiwatchVariableSpecs struct {
 	IfaceSlot        *ebpf.VariableSpec `ebpf:"iface_slot"`
 	NattPortCount    *ebpf.VariableSpec `ebpf:"natt_port_count"`
 	NattPorts        *ebpf.VariableSpec `ebpf:"natt_ports"`
+	NrCpus           *ebpf.VariableSpec `ebpf:"nr_cpus"`
 	XfrmLookup       *ebpf.VariableSpec `ebpf:"xfrm_lookup"`
 }
 
@@ -389,6 +391,7 @@ type SpiwatchVariables struct {
 	IfaceSlot        *ebpf.Variable `ebpf:"iface_slot"`
 	NattPortCount    *ebpf.Variable `ebpf:"natt_port_count"`
 	NattPorts        *ebpf.Variable `ebpf:"natt_ports"`
+	NrCpus           *ebpf.Variable `ebpf:"nr_cpus"`
 	XfrmLookup       *ebpf.Variable `ebpf:"xfrm_lookup"`
 }
 

@@ -21,7 +21,7 @@ func (o *Objects) Capture() (*maps.Capture, error) {
 }
 
 // CaptureSupported says whether this kernel runs the program's capture code
-// (bpf_xdp_load_bytes, Linux 5.18).
+// (bpf_xdp_load_bytes, bpf_loop, bpf_map_lookup_percpu_elem: Linux 5.19).
 func CaptureSupported() bool { return captureSupported() == 1 }
 
 // ProgramOn returns the ID of the XDP program attached to the interface, if any.

@@ -170,6 +170,13 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	if _, ok := spec.Variables["capture_supported"]; ok { // benchmark variants may lack it
 		settings["capture_supported"] = captureSupported()
 	}
+	if _, ok := spec.Variables["nr_cpus"]; ok {
+		n, err := ebpf.PossibleCPU()
+		if err != nil {
+			return nil, fmt.Errorf("counting possible CPUs: %w", err)
+		}
+		settings["nr_cpus"] = uint32(n)
+	}
 	for name, v := range settings {
 		vs, ok := spec.Variables[name]
 		if !ok {
@@ -242,10 +249,12 @@ func b32(b bool) uint32 {
 // captureSupported says whether the kernel has bpf_xdp_load_bytes (5.18), which
 // spiwatch capture needs; without it the capture code stays dead and unverified.
 func captureSupported() uint32 {
-	if features.HaveProgramHelper(ebpf.XDP, asm.FnXdpLoadBytes) == nil {
-		return 1
+	for _, fn := range []asm.BuiltinFunc{asm.FnXdpLoadBytes, asm.FnLoop, asm.FnMapLookupPercpuElem} {
+		if features.HaveProgramHelper(ebpf.XDP, fn) != nil {
+			return 0
+		}
 	}
-	return 0
+	return 1
 }
 
 // XfrmLookupSupported says whether the kernel offers what Settings.XfrmLookup

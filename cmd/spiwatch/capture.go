@@ -307,7 +307,7 @@ func findTarget(f *captureFlags, s *captureSetup, stderr io.Writer) (*captureTar
 		return nil, exitError, err
 	}
 	if !loader.CaptureSupported() {
-		return nil, exitError, errors.New("this kernel lacks bpf_xdp_load_bytes, which capture needs (Linux 5.18 or later)")
+		return nil, exitError, errors.New("this kernel lacks bpf_xdp_load_bytes, bpf_loop or bpf_map_lookup_percpu_elem, which capture needs (Linux 5.19 or later)")
 	}
 	if len(progs) == 0 {
 		return t, exitOK, t.loadOwn(f, s, stderr)
