@@ -215,11 +215,16 @@ static __always_inline void diag_tally(__u32 which)
 		*v += 1;
 }
 
-static __always_inline void tally(__u32 which)
+static __always_inline void tally_n(__u32 which, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&sw_tally, &which);
 	if (v)
-		*v += 1;
+		*v += n;
+}
+
+static __always_inline void tally(__u32 which)
+{
+	tally_n(which, 1);
 }
 
 /* The kernel's own SA table (Linux 6.8+, net/xfrm/xfrm_state_bpf.c). Weak: where
@@ -471,8 +476,8 @@ static __noinline __u64 row_add(struct unknown_key *k, struct unknown_stats *a)
 			return a->packets;
 		}
 		us = err == -EEXIST ? bpf_map_lookup_elem(&sw_unknown, k) : 0;
-		if (!us) {
-			tally(SW_TALLY_UNKNOWN_INSERT_FAILS);
+		if (!us) { /* a hand-over may bring many packets: all are unrecorded */
+			tally_n(SW_TALLY_UNKNOWN_INSERT_FAILS, a->packets);
 			return 0;
 		}
 	}

@@ -42,7 +42,7 @@ enum sw_outcome {
 
 enum sw_tally {
 	SW_TALLY_UNKNOWN_INSERTS = 0,      /* new keys added to the unknown table */
-	SW_TALLY_UNKNOWN_INSERT_FAILS = 1, /* new keys the table refused or lost in a race */
+	SW_TALLY_UNKNOWN_INSERT_FAILS = 1, /* packets whose new row the table refused or lost in a race */
 	SW_TALLY_RATE_INSERTS = 2,         /* sources added to sw_rate (evictions = inserts - entries) */
 	SW_TALLY_RATE_FAILS = 3,           /* sources sw_rate could not add: their packets were dropped */
 	SW_TALLY_MAX = 4,
