@@ -253,12 +253,8 @@ func runCapture(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, "\nExit status: 0 stopped normally, 1 runtime error (another capture runs, disk full, ...), 2 bad usage (nothing attached).\n")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "spiwatch capture: %v (see spiwatch capture --help)\n", err)
-		return exitUsage
+	if code, ok := parseFlags(fs, args, "spiwatch capture", stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "spiwatch capture: unexpected argument %q (see spiwatch capture --help)\n", fs.Arg(0))

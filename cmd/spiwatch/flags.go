@@ -5,6 +5,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"os/user"
@@ -352,4 +353,19 @@ func readKnown(spis []string, files []string, limit uint32) ([]maps.SA, error) {
 		return nil, fmt.Errorf("%d known SAs do not fit --known-table-size %d", len(known), limit)
 	}
 	return known, nil
+}
+
+// parseFlags parses args for the command cmd ("spiwatch", "spiwatch read", ...).
+// When it returns false the command ends with code: exitOK after --help, or
+// exitUsage after saying what was wrong.
+func parseFlags(fs *pflag.FlagSet, args []string, cmd string, stderr io.Writer) (code int, ok bool) {
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return 0, true
+	case errors.Is(err, pflag.ErrHelp):
+		return exitOK, false
+	}
+	fmt.Fprintf(stderr, "%s: %v (see %s --help)\n", cmd, err, cmd)
+	return exitUsage, false
 }

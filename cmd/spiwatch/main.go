@@ -97,12 +97,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, "\nExit status: 0 stopped normally, 1 runtime error or no interface left to watch, 2 bad usage (nothing attached).\n")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "spiwatch: %v (see spiwatch --help)\n", err)
-		return exitUsage
+	if code, ok := parseFlags(fs, args, "spiwatch", stderr); !ok {
+		return code
 	}
 	if cfg.Version {
 		fmt.Fprintf(stdout, "spiwatch %s\n", version)

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -43,12 +42,8 @@ func parsePinned(name, usage string, args []string, stderr io.Writer, withReport
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, "\nExit status: 0 done, 1 nothing pinned or a map or link could not be read or removed, 2 bad usage.\n")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil, exitOK, false
-		}
-		fmt.Fprintf(stderr, "spiwatch %s: %v (see spiwatch %s --help)\n", name, err, name)
-		return nil, exitUsage, false
+	if code, ok := parseFlags(fs, args, "spiwatch "+name, stderr); !ok {
+		return nil, code, false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "spiwatch %s: unexpected argument %q\n", name, fs.Arg(0))

@@ -57,12 +57,8 @@ func runRead(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, "\nExit status: 0 read to the end, 1 error or capture read only in part (the report says PARTIAL), 2 bad usage.\n")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "spiwatch read: %v (see spiwatch read --help)\n", err)
-		return exitUsage
+	if code, ok := parseFlags(fs, args, "spiwatch read", stderr); !ok {
+		return code
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "spiwatch read: %v\n", err)
