@@ -253,12 +253,8 @@ func runCapture(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, "\nExit status: 0 stopped normally, 1 runtime error (another capture runs, disk full, ...), 2 bad usage (nothing attached).\n")
 	}
-	if code, ok := parseFlags(fs, args, "spiwatch capture", stderr); !ok {
+	if code, ok := parseFlags(fs, args, "spiwatch capture", 0, stderr); !ok {
 		return code
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "spiwatch capture: unexpected argument %q (see spiwatch capture --help)\n", fs.Arg(0))
-		return exitUsage
 	}
 	s, err := f.validate()
 	if err != nil {
@@ -267,7 +263,7 @@ func runCapture(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE) // EPIPE instead of death: | tshark may end first
+	passSIGPIPE()
 	code, err := capture(ctx, &f, s, stdout, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "spiwatch capture: %v\n", err)

@@ -355,17 +355,22 @@ func readKnown(spis []string, files []string, limit uint32) ([]maps.SA, error) {
 	return known, nil
 }
 
-// parseFlags parses args for the command cmd ("spiwatch", "spiwatch read", ...).
-// When it returns false the command ends with code: exitOK after --help, or
-// exitUsage after saying what was wrong.
-func parseFlags(fs *pflag.FlagSet, args []string, cmd string, stderr io.Writer) (code int, ok bool) {
+// parseFlags parses args for the command cmd ("spiwatch", "spiwatch read", ...),
+// which takes at most maxArgs arguments besides its flags (-1: the command
+// checks them itself). When it returns false
+// the command ends with code: exitOK after --help, or exitUsage after saying what
+// was wrong.
+func parseFlags(fs *pflag.FlagSet, args []string, cmd string, maxArgs int, stderr io.Writer) (code int, ok bool) {
 	err := fs.Parse(args)
 	switch {
-	case err == nil:
-		return 0, true
 	case errors.Is(err, pflag.ErrHelp):
 		return exitOK, false
+	case err != nil:
+		fmt.Fprintf(stderr, "%s: %v (see %s --help)\n", cmd, err, cmd)
+		return exitUsage, false
+	case maxArgs >= 0 && fs.NArg() > maxArgs:
+		fmt.Fprintf(stderr, "%s: unexpected argument %q (see %s --help)\n", cmd, fs.Arg(maxArgs), cmd)
+		return exitUsage, false
 	}
-	fmt.Fprintf(stderr, "%s: %v (see %s --help)\n", cmd, err, cmd)
-	return exitUsage, false
+	return 0, true
 }

@@ -97,16 +97,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, "\nExit status: 0 stopped normally, 1 runtime error or no interface left to watch, 2 bad usage (nothing attached).\n")
 	}
-	if code, ok := parseFlags(fs, args, "spiwatch", stderr); !ok {
+	if code, ok := parseFlags(fs, args, "spiwatch", 0, stderr); !ok {
 		return code
 	}
 	if cfg.Version {
 		fmt.Fprintf(stdout, "spiwatch %s\n", version)
 		return exitOK
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "spiwatch: unexpected argument %q (see spiwatch --help)\n", fs.Arg(0))
-		return exitUsage
 	}
 	v, err := cfg.Validate()
 	if err != nil {
@@ -115,9 +111,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// Without this, Go kills the process on a write to a closed stdout (| head);
-	// with it the write fails with EPIPE and spiwatch detaches and exits cleanly.
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	passSIGPIPE() // a closed stdout: spiwatch detaches and exits cleanly
 	if err := watch(ctx, &cfg, v, stdout, stderr); err != nil {
 		fmt.Fprintf(stderr, "spiwatch: %v\n", err)
 		return exitError
@@ -406,4 +400,10 @@ func liveTerminal(cfg *Config, stdout io.Writer) (out, in *os.File, ok bool) {
 		return nil, nil, false
 	}
 	return f, os.Stdin, true
+}
+
+// passSIGPIPE makes a write to a closed stdout (| head, | tshark ending first)
+// fail with EPIPE, which the commands handle, instead of Go killing the process.
+func passSIGPIPE() {
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 }

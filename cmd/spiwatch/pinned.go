@@ -42,12 +42,8 @@ func parsePinned(name, usage string, args []string, stderr io.Writer, withReport
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, "\nExit status: 0 done, 1 nothing pinned or a map or link could not be read or removed, 2 bad usage.\n")
 	}
-	if code, ok := parseFlags(fs, args, "spiwatch "+name, stderr); !ok {
+	if code, ok := parseFlags(fs, args, "spiwatch "+name, 0, stderr); !ok {
 		return nil, code, false
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "spiwatch %s: unexpected argument %q\n", name, fs.Arg(0))
-		return nil, exitUsage, false
 	}
 	if withReport && (f.interval < 10*time.Millisecond || f.top < 0) {
 		fmt.Fprintf(stderr, "spiwatch %s: --interval must be at least 10ms and --top 0 or more\n", name)

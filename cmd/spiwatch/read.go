@@ -57,7 +57,7 @@ func runRead(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, "\nExit status: 0 read to the end, 1 error or capture read only in part (the report says PARTIAL), 2 bad usage.\n")
 	}
-	if code, ok := parseFlags(fs, args, "spiwatch read", stderr); !ok {
+	if code, ok := parseFlags(fs, args, "spiwatch read", -1, stderr); !ok {
 		return code
 	}
 	fail := func(err error) int {
