@@ -283,6 +283,55 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, __u
 	return parse_l4(data, data_end, nh, cur, l3_end, bad_len, first_frag, p);
 }
 
+/* classify_common decides the frames of the common shape, untagged IPv4 without
+ * options or fragmentation whose IP packet lies in the first buffer, in a few
+ * loads: other traffic, esp and esp-in-udp (filling p). Anything else gives
+ * SW_PARSE_FULL, and classify() walks it. What it decides, classify() decides the
+ * same (the differential tests hold both to the Go reference). */
+static __always_inline int classify_common(void *data, void *data_end, struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__be32 *l4 = (void *)(ip + 1); /* 8 bytes: ESP's SPI and sequence, or a UDP header */
+	if ((void *)(l4 + 2) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ver_ihl != 0x45 ||
+	    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return SW_PARSE_FULL;
+	__u8 proto = ip->protocol;
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	__u32 class = SW_CLASS_ESP;
+	__u16 sport = 0, dport = 0;
+	struct esp_hdr *esp = (void *)l4;
+	if (proto != IPPROTO_ESP) {
+		if (proto == IPPROTO_ICMP)
+			return SW_PARSE_FULL;
+		if (proto != IPPROTO_UDP)
+			return SW_CLASS_OTHER;
+		struct udphdr *udp = (void *)l4;
+		sport = bpf_ntohs(udp->source);
+		dport = bpf_ntohs(udp->dest);
+		if (sport == IKE_PORT || dport == IKE_PORT)
+			return SW_PARSE_FULL;
+		if (!is_natt_port(dport) && !is_natt_port(sport))
+			return SW_CLASS_OTHER;
+		/* RFC 3948's test, with the UDP length inside the IP packet's */
+		__u32 ulen = bpf_ntohs(udp->len);
+		esp = (void *)(udp + 1);
+		if (ulen <= sizeof(*udp) + sizeof(*esp) || ulen > tot - sizeof(*ip) ||
+		    (void *)(esp + 1) > data_end || esp->spi == 0)
+			return SW_PARSE_FULL;
+		class = SW_CLASS_ESP_IN_UDP;
+	}
+	if (tot < sizeof(*ip) + sizeof(*esp) || tot + ETH_HLEN > (__u32)(data_end - data))
+		return SW_PARSE_FULL; /* short, or longer than the first buffer */
+	p->spi = bpf_ntohl(esp->spi);
+	p->seq = bpf_ntohl(esp->seq);
+	p->sport = sport;
+	p->dport = dport;
+	addr_v4mapped(p->saddr, ip->saddr);
+	addr_v4mapped(p->daddr, ip->daddr);
+	return class;
+}
+
 /* classify returns the frame's class and fills p for esp and esp-in-udp. */
 static __always_inline int classify(void *data, void *data_end, __u32 len, struct pkt *p)
 {

@@ -3,7 +3,9 @@
 package bpf_test
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
@@ -185,6 +187,34 @@ func TestProgramTable(t *testing.T) {
 				t.Fatalf("counted in known SA %v, want SPI 0x%x", got.Known, c.spi)
 			case (c.outcome == classify.OutcomeUnknown || c.outcome == classify.OutcomeReserved) && got.Unknown.SPI != c.spi:
 				t.Fatalf("unknown row SPI 0x%x, want 0x%x", got.Unknown.SPI, c.spi)
+			}
+		})
+	}
+}
+
+// TestProgramMultiBuffer: frames longer than the first buffer (a test run puts
+// what does not fit in about 3.5 KiB into fragments, as a jumbo-MTU driver does)
+// are counted with their whole length, on the common shape's path and on the full
+// one, and so is a short IP packet whose frame goes on into the fragments.
+func TestProgramMultiBuffer(t *testing.T) {
+	h := newHarness(t, loader.Settings{}, tableKnown...)
+	vlan := with(v4, func(f *frames.Frame) { f.VLANs = tags(1) })
+	trailer := append(v4.ESP(0x2000, 7, 64), make([]byte, 6000)...)
+	cases := map[string][]byte{"esp known, 6,000 bytes of trailer": trailer}
+	for _, n := range []int{3000, 5000, 9000} {
+		cases[fmt.Sprintf("tcp %d", n)] = v4.TCP(40000, 443, n)
+		cases[fmt.Sprintf("udp 53 %d", n)] = v4.UDP(40000, 53, make([]byte, n))
+		cases[fmt.Sprintf("esp known %d", n)] = v4.ESP(0x2000, 1, n)
+		cases[fmt.Sprintf("esp unknown %d", n)] = v4.ESP(0xbad0, 1, n)
+		cases[fmt.Sprintf("esp-in-udp known %d", n)] = v4.ESPInUDP(4500, 4500, 0x1000, 1, n)
+		cases[fmt.Sprintf("vlan esp known %d", n)] = vlan.ESP(0x2000, 1, n)
+		cases[fmt.Sprintf("ipv6 esp known %d", n)] = v6.ESP(0x3000, 1, n)
+	}
+	for name, frame := range cases {
+		t.Run(name, func(t *testing.T) {
+			got := h.compare(t, frame) // counted with len(frame) bytes, as the reference says
+			if got.Class == classify.ClassOther && !strings.HasPrefix(name, "tcp") && !strings.HasPrefix(name, "udp") {
+				t.Fatalf("counted as other")
 			}
 		})
 	}

@@ -26,6 +26,7 @@ volatile const __u32 capture_supported = 0;
 volatile __u32 capture_on = 0;
 volatile const __u32 xfrm_lookup = 0;  /* 1: on a known-SA miss, ask the kernel's SA table */
 volatile const __u32 nr_cpus = 1;      /* possible CPUs: the per-CPU front's copies */
+volatile const __u32 front_shift = 20; /* 32 - log2 of the known SAs' front slots */
 /* --drop-above: with drop_unknown, drop a source's unknown-SPI packets only above
  * its rate (struct rate_bucket); 0 drops them all. */
 volatile const __u64 drop_cost_ns = 0;
@@ -33,6 +34,9 @@ volatile const __u64 drop_burst_ns = 0;
 
 #ifndef KNOWN_SAS_MAX
 #define KNOWN_SAS_MAX 65536
+#endif
+#ifndef KNOWN_FRONT_MAX
+#define KNOWN_FRONT_MAX 4096 /* resized by Go at load, a power of two */
 #endif
 #ifndef UNKNOWN_MAX
 #define UNKNOWN_MAX 65536
@@ -57,6 +61,31 @@ struct {
 	__type(key, __u32);
 	__type(value, struct known_spi);
 } sw_known SEC(".maps");
+
+/* The known SAs' front: a hash lookup is a call, and a call (with the kernel's
+ * return thunks) costs as much as the rest of a known packet's path; these two
+ * arrays are looked up inline. The slot of an SPI is a hash of it. Go puts a new
+ * SA in its slot when the slot is free, in sw_known otherwise (and every SPI
+ * several SAs share), marking the slot OVERFLOW: a packet whose slot holds
+ * another SPI and no overflow is unknown without any hash lookup.
+ * sw_known_slot holds a word per slot (enum sw_front_flags), which Go stores
+ * with one atomic write through a memory mapping, so a packet never sees half
+ * of a change; sw_known_front holds the slot's SA: destination and per-CPU
+ * counts, written by Go only while no word leads to it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, KNOWN_FRONT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sw_known_slot SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KNOWN_FRONT_MAX);
+	__type(key, __u32);
+	__type(value, struct known_spi);
+} sw_known_front SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -260,10 +289,33 @@ extern struct xfrm_state *bpf_xdp_get_xfrm_state(struct xdp_md *ctx, struct bpf_
 						 __u32 opts__sz) __ksym __weak;
 extern void bpf_xdp_xfrm_state_release(struct xfrm_state *x) __ksym __weak;
 
+/* The kernel's struct xdp_buff (placed by CO-RE): whether a frame has more
+ * buffers than the first. */
+struct xdp_buff {
+	__u32 flags;
+} __attribute__((preserve_access_index));
+#define XDP_FLAGS_HAS_FRAGS 1 /* enum xdp_buff_flags */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
+
+/* frame_len is the whole frame's length. The helper that says it costs a call,
+ * as much as the rest of the path for other traffic on a kernel with return
+ * thunks; the kernel's own context (Linux 6.2+: bpf_cast_to_kern_ctx, which the
+ * verifier turns into a move) says in one load whether the frame has more than
+ * its first buffer, and only then is the helper asked. */
+static __always_inline __u32 frame_len(struct xdp_md *ctx)
+{
+	if (bpf_ksym_exists(bpf_cast_to_kern_ctx)) {
+		struct xdp_buff *x = bpf_cast_to_kern_ctx(ctx);
+		if (!(x->flags & XDP_FLAGS_HAS_FRAGS))
+			return ctx->data_end - ctx->data;
+	}
+	return bpf_xdp_get_buff_len(ctx);
+}
+
 /* Does the kernel hold an installed SA for this SPI and destination, in the
  * namespace of the receiving device? Only the answer matters: the state is
- * released at once. */
-static __always_inline int kernel_has_sa(struct xdp_md *ctx, struct pkt *p)
+ * released at once. Out of line: one copy for both paths to lookup_known. */
+static __noinline int kernel_has_sa(struct xdp_md *ctx, struct pkt *p)
 {
 	struct bpf_xfrm_state_opts o = {
 		.netns_id = -1, /* BPF_F_CURRENT_NETNS */
@@ -383,6 +435,20 @@ static __always_inline void sa_count(struct sa_stats *st, struct pkt *p, __u32 l
 static __always_inline struct sa_stats *find_known(struct pkt *p)
 {
 	__u32 spi = p->spi;
+	__u32 slot = (__u64)(__u32)(spi * SW_FRONT_HASH) >> front_shift;
+	__u64 *wp = bpf_map_lookup_elem(&sw_known_slot, &slot);
+	if (!wp)
+		return 0; /* never: the slot is within the array */
+	__u64 word = *(volatile __u64 *)wp; /* one load: the SPI and flags Go stored together */
+	__u32 flags = word >> 32;
+	if ((__u32)word == spi && (flags & SW_FRONT_USED)) {
+		struct known_spi *f = bpf_map_lookup_elem(&sw_known_front, &slot);
+		if (!f || (!(flags & SW_FRONT_ANY_DST) && !same_addr(f->daddr, p->daddr)))
+			return 0; /* the SPI's SA is for another destination */
+		return &f->st;
+	}
+	if (!(flags & SW_FRONT_OVERFLOW))
+		return 0;
 	struct known_spi *ks = bpf_map_lookup_elem(&sw_known, &spi);
 	if (!ks)
 		return 0;
@@ -840,45 +906,66 @@ static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 ro
 	return 0;
 }
 
+/* spi_frame counts an esp or esp-in-udp frame whose pkt the parser filled: known,
+ * unknown or reserved, its unknown-table row, the counters, the capture. Returns
+ * the action. */
+static __always_inline int spi_frame(struct xdp_md *ctx, struct pkt *p, __u32 class, __u32 len)
+{
+	/* Reserved SPIs never name an SA: no lookup, but they are recorded with their
+	 * peer like unknown ones, since someone is sending them. */
+	__u32 outcome = p->spi < 256 ? SW_OUTCOME_RESERVED : lookup_known(ctx, p, len);
+	__u64 row_packets = 0;
+	if (outcome != SW_OUTCOME_KNOWN)
+		row_packets = record_unknown(ctx, p, len);
+	count(class, outcome, len);
+
+	__u32 action = XDP_PASS;
+	if (outcome == SW_OUTCOME_UNKNOWN && drop_unknown && over_limit(p)) {
+		count_dropped(class, len);
+		action = XDP_DROP;
+	}
+	if (capture_on)
+		sample(ctx, class | outcome << 8 | action << 16, p->spi, row_packets, len);
+	return action;
+}
+
 /* xdp.frags: multi-buffer aware, so the program can stay attached to an interface
  * with jumbo frames (drivers refuse an MTU above one page to other XDP programs).
  * Headers are read from the first buffer; lengths are the whole frame's. */
 SEC("xdp.frags")
 int spiwatch_xdp(struct xdp_md *ctx)
 {
-	__u32 len = bpf_xdp_get_buff_len(ctx); /* first: a helper call clobbers r1-r5 */
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	/* Filled by classify() for esp and esp-in-udp. The scalars start at zero: clang
-	 * keeps them in registers and would otherwise spill uninitialized ones on the
-	 * other classes' paths, which the verifier rejects. */
+	/* Filled by the parsers for esp and esp-in-udp. The scalars start at zero on
+	 * the full path: clang keeps them in registers and would otherwise spill
+	 * uninitialized ones on the other classes' paths, which the verifier rejects. */
 	struct pkt p;
+
+	/* The common shape first, on a path of its own: other traffic pays for a few
+	 * loads and its counter, IPsec for no walk through headers it does not have.
+	 * While a capture runs, other traffic takes the full path, which samples it. */
+	__u32 class = classify_common(data, data_end, &p);
+	if (class == SW_CLASS_ESP || class == SW_CLASS_ESP_IN_UDP)
+		return spi_frame(ctx, &p, class, frame_len(ctx));
+	if (class == SW_CLASS_OTHER && !capture_on) {
+		count(SW_CLASS_OTHER, SW_OUTCOME_NONE, frame_len(ctx));
+		return XDP_PASS;
+	}
+
+	__u32 len = frame_len(ctx);
 	p.seq = 0;
 	p.sport = 0;
 	p.dport = 0;
-	__u32 outcome = SW_OUTCOME_NONE;
-	__u64 row_packets = 0;
-
-	__u32 class = classify(data, data_end, len, &p);
+	class = classify(data, data_end, len, &p);
 	if (class == SW_PARSE_ICMP)
 		class = icmp_esp(ctx, &p, len);
 	else if (class == SW_CLASS_IKE)
 		record_ike(ctx, &p, len);
-	if (has_spi(class)) {
-		/* Reserved SPIs never name an SA: no lookup, but they are recorded with their
-		 * peer like unknown ones, since someone is sending them. */
-		outcome = p.spi < 256 ? SW_OUTCOME_RESERVED : lookup_known(ctx, &p, len);
-		if (outcome != SW_OUTCOME_KNOWN)
-			row_packets = record_unknown(ctx, &p, len);
-	}
-	count(class, outcome, len);
-
-	__u32 action = XDP_PASS;
-	if (outcome == SW_OUTCOME_UNKNOWN && drop_unknown && over_limit(&p)) {
-		count_dropped(class, len);
-		action = XDP_DROP;
-	}
+	if (has_spi(class))
+		return spi_frame(ctx, &p, class, len);
+	count(class, SW_OUTCOME_NONE, len);
 	if (capture_on)
-		sample(ctx, class | outcome << 8 | action << 16, has_spi(class) ? p.spi : 0, row_packets, len);
-	return action;
+		sample(ctx, class | SW_OUTCOME_NONE << 8 | XDP_PASS << 16, 0, 0, len);
+	return XDP_PASS;
 }

@@ -28,6 +28,8 @@ enum sw_class {
 /* Not a class: what classify() returns for an ICMP or ICMPv6 packet, which
  * classify_icmp() then reads (icmp-esp or other). Never counted. */
 #define SW_PARSE_ICMP 0x80
+/* Not a class either: classify_common() leaves the frame to classify(). */
+#define SW_PARSE_FULL 0x81
 
 enum sw_outcome {
 	SW_OUTCOME_NONE = 0,
@@ -127,6 +129,16 @@ struct known_spi {
 	__u32 flags; /* enum sw_known_flags */
 	__u32 _pad;
 };
+
+/* The known SAs' front (bpf/spiwatch.c, sw_known_slot and sw_known_front): a
+ * slot per hash of the SPI. A slot's word in sw_known_slot is a __u64 whose low
+ * half is the SPI of the SA the slot holds and whose high half is these flags. */
+enum sw_front_flags {
+	SW_FRONT_USED = 1,     /* the slot holds the SA of the word's SPI, counted in sw_known_front */
+	SW_FRONT_ANY_DST = 2,  /* that SA matches any destination */
+	SW_FRONT_OVERFLOW = 4, /* sw_known holds SPIs of this slot: look there on a miss */
+};
+#define SW_FRONT_HASH 0x9e3779b1u /* slot = (spi * SW_FRONT_HASH) >> front_shift */
 
 struct unknown_key {
 	__u8 saddr[16]; /* IPv6 or IPv4-mapped */

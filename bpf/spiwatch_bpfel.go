@@ -218,7 +218,9 @@ const (
 	SpiwatchMapSwIcmp           = "sw_icmp"
 	SpiwatchMapSwIke            = "sw_ike"
 	SpiwatchMapSwKnown          = "sw_known"
+	SpiwatchMapSwKnownFront     = "sw_known_front"
 	SpiwatchMapSwKnownMulti     = "sw_known_multi"
+	SpiwatchMapSwKnownSlot      = "sw_known_slot"
 	SpiwatchMapSwRate           = "sw_rate"
 	SpiwatchMapSwSamples        = "sw_samples"
 	SpiwatchMapSwTally          = "sw_tally"
@@ -230,6 +232,7 @@ const (
 	SpiwatchVarDropBurstNs      = "drop_burst_ns"
 	SpiwatchVarDropCostNs       = "drop_cost_ns"
 	SpiwatchVarDropUnknown      = "drop_unknown"
+	SpiwatchVarFrontShift       = "front_shift"
 	SpiwatchVarIfaceSlot        = "iface_slot"
 	SpiwatchVarNattPortCount    = "natt_port_count"
 	SpiwatchVarNattPorts        = "natt_ports"
@@ -296,7 +299,9 @@ type SpiwatchMapSpecs struct {
 	SwIcmp       *ebpf.MapSpec `ebpf:"sw_icmp"`
 	SwIke        *ebpf.MapSpec `ebpf:"sw_ike"`
 	SwKnown      *ebpf.MapSpec `ebpf:"sw_known"`
+	SwKnownFront *ebpf.MapSpec `ebpf:"sw_known_front"`
 	SwKnownMulti *ebpf.MapSpec `ebpf:"sw_known_multi"`
+	SwKnownSlot  *ebpf.MapSpec `ebpf:"sw_known_slot"`
 	SwRate       *ebpf.MapSpec `ebpf:"sw_rate"`
 	SwSamples    *ebpf.MapSpec `ebpf:"sw_samples"`
 	SwTally      *ebpf.MapSpec `ebpf:"sw_tally"`
@@ -313,6 +318,7 @@ type SpiwatchVariableSpecs struct {
 	DropBurstNs      *ebpf.VariableSpec `ebpf:"drop_burst_ns"`
 	DropCostNs       *ebpf.VariableSpec `ebpf:"drop_cost_ns"`
 	DropUnknown      *ebpf.VariableSpec `ebpf:"drop_unknown"`
+	FrontShift       *ebpf.VariableSpec `ebpf:"front_shift"`
 	IfaceSlot        *ebpf.VariableSpec `ebpf:"iface_slot"`
 	NattPortCount    *ebpf.VariableSpec `ebpf:"natt_port_count"`
 	NattPorts        *ebpf.VariableSpec `ebpf:"natt_ports"`
@@ -350,7 +356,9 @@ type SpiwatchMaps struct {
 	SwIcmp       *ebpf.Map `ebpf:"sw_icmp"`
 	SwIke        *ebpf.Map `ebpf:"sw_ike"`
 	SwKnown      *ebpf.Map `ebpf:"sw_known"`
+	SwKnownFront *ebpf.Map `ebpf:"sw_known_front"`
 	SwKnownMulti *ebpf.Map `ebpf:"sw_known_multi"`
+	SwKnownSlot  *ebpf.Map `ebpf:"sw_known_slot"`
 	SwRate       *ebpf.Map `ebpf:"sw_rate"`
 	SwSamples    *ebpf.Map `ebpf:"sw_samples"`
 	SwTally      *ebpf.Map `ebpf:"sw_tally"`
@@ -370,7 +378,9 @@ func (m *SpiwatchMaps) Close() error {
 		m.SwIcmp,
 		m.SwIke,
 		m.SwKnown,
+		m.SwKnownFront,
 		m.SwKnownMulti,
+		m.SwKnownSlot,
 		m.SwRate,
 		m.SwSamples,
 		m.SwTally,
@@ -388,6 +398,7 @@ type SpiwatchVariables struct {
 	DropBurstNs      *ebpf.Variable `ebpf:"drop_burst_ns"`
 	DropCostNs       *ebpf.Variable `ebpf:"drop_cost_ns"`
 	DropUnknown      *ebpf.Variable `ebpf:"drop_unknown"`
+	FrontShift       *ebpf.Variable `ebpf:"front_shift"`
 	IfaceSlot        *ebpf.Variable `ebpf:"iface_slot"`
 	NattPortCount    *ebpf.Variable `ebpf:"natt_port_count"`
 	NattPorts        *ebpf.Variable `ebpf:"natt_ports"`

@@ -163,6 +163,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		"drop_cost_ns":    cost,
 		"drop_burst_ns":   burst,
 		"iface_slot":      uint32(0),
+		"front_shift":     maps.FrontShift(maps.FrontSlots(s.KnownMax)),
 	}
 	if _, ok := spec.Variables["xfrm_lookup"]; ok || s.XfrmLookup {
 		settings["xfrm_lookup"] = b32(s.XfrmLookup)
@@ -187,6 +188,14 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		}
 	}
 	spec.Maps[maps.KnownName].MaxEntries = s.KnownMax
+	front := maps.FrontSlots(s.KnownMax)
+	for _, name := range []string{maps.KnownSlotName, maps.KnownFrontName} {
+		ms, ok := spec.Maps[name]
+		if !ok {
+			return nil, fmt.Errorf("BPF object has no map %s: rebuild with make generate", name)
+		}
+		ms.MaxEntries = front
+	}
 	spec.Maps[maps.KnownMultiName].MaxEntries = knownMultiMax(s.KnownMax)
 	spec.Maps[maps.UnknownName].MaxEntries = s.UnknownMax
 	spec.Maps[maps.RateName].MaxEntries = s.RateMax

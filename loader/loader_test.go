@@ -272,12 +272,15 @@ func TestProgramSlots(t *testing.T) {
 }
 
 // verifiedBudget is the most instructions the verifier may walk for spiwatch_xdp.
-// Measured on Linux 6.18 with the committed object: 113,869 (down from 529,023
-// once header pointers die before the L4 parse and the IPv6 walk masks its
-// offset), plus about 25%. The verifier's limit is 1,000,000, and older kernels
-// prune less well: a change that brings the path explosion back fails here first.
+// Measured on Linux 6.18 with the committed object: 172,825, plus about 25%. It
+// was 113,869 (down from 529,023 once header pointers die before the L4 parse and
+// the IPv6 walk masks its offset); the common shape's own path to the SPI code
+// (docs/PERFORMANCE.md) added the rest: that copy is verified for esp and
+// esp-in-udp apart, and saves a third of a known packet's cost. The verifier's
+// limit is 1,000,000, and older kernels prune less well (make test-vm loads it on
+// 6.1 and 6.12): a change that brings the path explosion back fails here first.
 // Raise it deliberately, with the new measurement, when a change is worth it.
-const verifiedBudget = 145_000
+const verifiedBudget = 215_000
 
 func TestVerifiedInstructions(t *testing.T) {
 	objs := load(t, Settings{})

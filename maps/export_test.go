@@ -21,6 +21,14 @@ const SlotsPerIface = slotsPerIface
 func (m *Maps) SetKnownStats(sa SA, stats []SAStats) error {
 	k := sa.key()
 	vals := make([]knownSPI, m.ncpu)
+	if slot := m.frontSlot(k.SPI); m.knownFront.Lookup(slot, &vals) == nil && vals[0].Daddr == k.Daddr {
+		if _, held, err := m.frontLookup(k.SPI); err != nil || held {
+			for i := range vals {
+				vals[i].St = stats[i]
+			}
+			return m.knownFront.Update(slot, vals, ebpf.UpdateExist)
+		}
+	}
 	if err := m.known.Lookup(k.SPI, &vals); err != nil {
 		return err
 	}
@@ -32,6 +40,32 @@ func (m *Maps) SetKnownStats(sa SA, stats []SAStats) error {
 	}
 	return m.known.Update(k.SPI, vals, ebpf.UpdateExist)
 }
+
+// InFront says whether the known SA of spi is in the front (maps/front.go).
+func (m *Maps) InFront(spi uint32) bool {
+	_, held, _ := m.frontLookup(spi)
+	return held
+}
+
+// FrontFlags is the flags half of a front slot's word.
+func (m *Maps) FrontFlags(slot uint32) uint32 {
+	var flags uint32
+	_ = m.withWords(false, func(words []uint64) error {
+		_, flags = frontWord(words, slot)
+		return nil
+	})
+	return flags
+}
+
+// Front slot flags (enum sw_front_flags).
+const (
+	FrontUsed     = frontUsed
+	FrontOverflow = frontOverflow
+	FrontGrace    = frontGrace
+)
+
+// FrontSlot is the front slot of spi.
+func (m *Maps) FrontSlot(spi uint32) uint32 { return m.frontSlot(spi) }
 
 // CountersMap is the raw class-counter map.
 func (m *Maps) CountersMap() *ebpf.Map { return m.counters }

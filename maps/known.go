@@ -34,9 +34,19 @@ func (g group) same(o group) bool {
 	return true
 }
 
-// knownGroups reads the SAs in the maps, by SPI.
-func (m *Maps) knownGroups() (map[uint32]group, error) {
+// knownGroups reads the SAs in the maps, by SPI, and which SPIs' SA is in the
+// front (maps/front.go).
+func (m *Maps) knownGroups() (map[uint32]group, map[uint32]bool, error) {
 	groups := map[uint32]group{}
+	front := map[uint32]bool{}
+	sas, _, err := m.frontSAs(false)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, k := range sas {
+		groups[k.SPI] = group{k}
+		front[k.SPI] = true
+	}
 	var spi uint32
 	vals := make([]knownSPI, m.ncpu)
 	it := m.known.Iterate()
@@ -46,7 +56,7 @@ func (m *Maps) knownGroups() (map[uint32]group, error) {
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("listing known SAs: %w", err)
+		return nil, nil, fmt.Errorf("listing known SAs: %w", err)
 	}
 	var k saKey
 	stats := make([]saStats, m.ncpu)
@@ -55,14 +65,14 @@ func (m *Maps) knownGroups() (map[uint32]group, error) {
 		groups[k.SPI] = append(groups[k.SPI], k)
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("listing known SAs: %w", err)
+		return nil, nil, fmt.Errorf("listing known SAs: %w", err)
 	}
-	return groups, nil
+	return groups, front, nil
 }
 
 // AddKnown adds SAs to the known set. SAs already there keep their counters.
 func (m *Maps) AddKnown(sas ...SA) error {
-	cur, err := m.knownGroups()
+	cur, front, err := m.knownGroups()
 	if err != nil {
 		return err
 	}
@@ -73,12 +83,12 @@ func (m *Maps) AddKnown(sas ...SA) error {
 			want[k.SPI] = append(want[k.SPI], k)
 		}
 	}
-	return m.applyKnown(cur, want)
+	return m.applyKnown(cur, front, want)
 }
 
 // RemoveKnown removes SAs from the known set; SAs not there are ignored.
 func (m *Maps) RemoveKnown(sas ...SA) error {
-	cur, err := m.knownGroups()
+	cur, front, err := m.knownGroups()
 	if err != nil {
 		return err
 	}
@@ -87,7 +97,7 @@ func (m *Maps) RemoveKnown(sas ...SA) error {
 		k := sa.key()
 		want[k.SPI] = slices.DeleteFunc(slices.Clone(want[k.SPI]), func(x saKey) bool { return x == k })
 	}
-	return m.applyKnown(cur, want)
+	return m.applyKnown(cur, front, want)
 }
 
 // ReplaceKnown makes the known set equal to sas. SAs in both keep their counters.
@@ -95,7 +105,7 @@ func (m *Maps) RemoveKnown(sas ...SA) error {
 // first and removes last (removing first only when old and new together do not
 // fit), so a failure to add leaves the SAs that were there.
 func (m *Maps) ReplaceKnown(sas []SA) error {
-	cur, err := m.knownGroups()
+	cur, front, err := m.knownGroups()
 	if err != nil {
 		return err
 	}
@@ -106,7 +116,7 @@ func (m *Maps) ReplaceKnown(sas []SA) error {
 			want[k.SPI] = append(want[k.SPI], k)
 		}
 	}
-	return m.applyKnown(cur, want)
+	return m.applyKnown(cur, front, want)
 }
 
 func cloneGroups(g map[uint32]group) map[uint32]group {
@@ -117,8 +127,17 @@ func cloneGroups(g map[uint32]group) map[uint32]group {
 	return out
 }
 
-// applyKnown turns the maps' set cur into want.
-func (m *Maps) applyKnown(cur, want map[uint32]group) error {
+// applyKnown turns the maps' set cur (front: the SPIs whose SA is in the front)
+// into want.
+func (m *Maps) applyKnown(cur map[uint32]group, front map[uint32]bool, want map[uint32]group) (err error) {
+	m.knownMu.Lock()
+	defer m.knownMu.Unlock()
+	// Whatever happened, the overflow marks follow what sw_known holds.
+	defer func() {
+		if oerr := m.syncOverflow(); oerr != nil && err == nil {
+			err = oerr
+		}
+	}()
 	spis, multi, union := 0, 0, 0
 	for spi, g := range want {
 		if len(g) == 0 {
@@ -145,7 +164,7 @@ func (m *Maps) applyKnown(cur, want map[uint32]group) error {
 	remove := func() error {
 		for spi, g := range cur {
 			if want[spi] == nil {
-				if err := m.removeSPI(spi, g); err != nil {
+				if err := m.removeSPI(spi, g, front[spi]); err != nil {
 					return err
 				}
 			}
@@ -164,12 +183,14 @@ func (m *Maps) applyKnown(cur, want map[uint32]group) error {
 		if old.same(g) {
 			continue
 		}
-		if err := m.setSPI(spi, old, g); err != nil {
+		inFront, err := m.setSPI(spi, old, g, front[spi])
+		if err != nil {
 			for _, a := range added { // new SPIs only: changed ones keep their new state
-				_ = m.removeSPI(a, want[a])
+				_ = m.removeSPI(a, want[a], front[a])
 			}
 			return err
 		}
+		front[spi] = inFront
 		if old == nil {
 			added = append(added, spi)
 		}
@@ -182,7 +203,11 @@ func (m *Maps) applyKnown(cur, want map[uint32]group) error {
 
 // removeSPI forgets an SPI: the lookup entry first, so the program never follows
 // a MULTI mark to entries that are going.
-func (m *Maps) removeSPI(spi uint32, old group) error {
+func (m *Maps) removeSPI(spi uint32, old group, inFront bool) error {
+	if inFront {
+		_, err := m.frontDrop(spi)
+		return err
+	}
 	if err := m.known.Delete(spi); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("removing known SA %s: %w", old[0].sa(), err)
 	}
@@ -197,31 +222,55 @@ func (m *Maps) removeSPI(spi uint32, old group) error {
 }
 
 // setSPI makes the SAs of spi equal to g (non-empty), carrying the counts of SAs
-// that stay when they move between the two maps.
-func (m *Maps) setSPI(spi uint32, old, g group) error {
+// that stay when they move between the maps. inFront says where spi's single SA
+// is now; it returns where it is after.
+func (m *Maps) setSPI(spi uint32, old, g group, inFront bool) (bool, error) {
 	if len(g) == 1 {
 		k := g[0]
+		if old == nil { // a new SPI: the front if its slot is free
+			if put, err := m.frontPut(k, nil); put || err != nil {
+				return put, err
+			}
+		}
 		stats := make([]saStats, m.ncpu)
 		if len(old) > 1 && old.has(k) { // from the shared map back to its own entry
 			if err := m.knownMulti.Lookup(k, &stats); err != nil {
-				return fmt.Errorf("moving known SA %s: %w", k.sa(), err)
+				return false, fmt.Errorf("moving known SA %s: %w", k.sa(), err)
 			}
 		}
 		if err := m.putSPI(k, stats, 0); err != nil {
-			return err
+			return false, err
+		}
+		if inFront { // another destination than the front's SA: that SA goes
+			if err := m.markOverflow(spi); err != nil {
+				return false, err
+			}
+			if _, err := m.frontDrop(spi); err != nil {
+				return false, err
+			}
 		}
 		if len(old) > 1 {
-			return m.dropMulti(old, g)
+			return false, m.dropMulti(old, g)
 		}
-		return nil
+		return false, nil
 	}
 	// Several SAs: their entries first, then the mark that sends lookups there.
 	var carried []saStats
 	if len(old) == 1 && g.has(old[0]) {
-		vals := make([]knownSPI, m.ncpu)
-		if err := m.known.Lookup(spi, &vals); err == nil {
-			for _, v := range vals {
-				carried = append(carried, v.St)
+		if inFront {
+			st, ok, err := m.frontLookup(spi)
+			if err != nil {
+				return inFront, err
+			}
+			if ok {
+				carried = st
+			}
+		} else {
+			vals := make([]knownSPI, m.ncpu)
+			if err := m.known.Lookup(spi, &vals); err == nil {
+				for _, v := range vals {
+					carried = append(carried, v.St)
+				}
 			}
 		}
 	}
@@ -235,17 +284,25 @@ func (m *Maps) setSPI(spi uint32, old, g group) error {
 		}
 		if err := m.knownMulti.Update(k, stats, ebpf.UpdateAny); err != nil {
 			if isE2BIG(err) {
-				return fmt.Errorf("adding known SA %s: the map of SAs sharing an SPI is full (%d entries)", k.sa(), m.knownMulti.MaxEntries())
+				return inFront, fmt.Errorf("adding known SA %s: the map of SAs sharing an SPI is full (%d entries)", k.sa(), m.knownMulti.MaxEntries())
 			}
-			return fmt.Errorf("adding known SA %s: %w", k.sa(), err)
+			return inFront, fmt.Errorf("adding known SA %s: %w", k.sa(), err)
 		}
 	}
 	if len(old) <= 1 {
 		if err := m.putSPI(saKey{SPI: spi}, make([]saStats, m.ncpu), knownMulti); err != nil {
-			return err
+			return inFront, err
 		}
 	}
-	return m.dropMulti(old, g)
+	if inFront { // the slot sends lookups on to the mark before it lets the SA go
+		if err := m.markOverflow(spi); err != nil {
+			return inFront, err
+		}
+		if _, err := m.frontDrop(spi); err != nil {
+			return inFront, err
+		}
+	}
+	return false, m.dropMulti(old, g)
 }
 
 // putSPI writes spi's lookup entry: k's destination, flags and per-CPU counts.
@@ -286,6 +343,13 @@ func (m *Maps) dropMulti(old, g group) error {
 // ListKnown returns every known SA with its CPUs' counters combined.
 func (m *Maps) ListKnown() ([]KnownSA, error) {
 	var out []KnownSA
+	sas, stats, err := m.frontSAs(true)
+	if err != nil {
+		return nil, err
+	}
+	for slot, k := range sas {
+		out = append(out, combine(k, stats[slot]))
+	}
 	per := make([]saStats, m.ncpu)
 	var spi uint32
 	vals := make([]knownSPI, m.ncpu)

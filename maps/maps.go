@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -16,8 +17,12 @@ import (
 type Maps struct {
 	known, knownMulti, unknown, counters, tally *ebpf.Map
 	icmp, ike, diagTally, dropped, rate         *ebpf.Map
-	unknownHot                                  *ebpf.Map
+	unknownHot, knownSlot, knownFront           *ebpf.Map
 	ncpu                                        int
+	// knownMu orders changes of the known set; frontFreed holds when each front
+	// slot was last given up (maps/front.go).
+	knownMu    sync.Mutex
+	frontFreed map[uint32]time.Time
 	// hot holds the counts last reported for rows the per-CPU front had counts
 	// for: a hand-over between reading the table and the front hides them for
 	// one read, and a row's counts must never go back (maps/unknown.go).
@@ -44,7 +49,8 @@ func FromCollection(ms map[string]*ebpf.Map) (*Maps, error) {
 	}
 	return &Maps{known: ms[KnownName], knownMulti: ms[KnownMultiName], unknown: ms[UnknownName], unknownHot: ms[UnknownHotName],
 		counters: ms[CountersName], tally: ms[TallyName], icmp: ms[ICMPName], ike: ms[IKEName],
-		diagTally: ms[DiagTallyName], dropped: ms[DroppedName], rate: ms[RateName], ncpu: ncpu}, nil
+		diagTally: ms[DiagTallyName], dropped: ms[DroppedName], rate: ms[RateName], ncpu: ncpu,
+		knownSlot: ms[KnownSlotName], knownFront: ms[KnownFrontName], frontFreed: map[uint32]time.Time{}}, nil
 }
 
 // UnknownCapacity is the unknown table's size.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -762,4 +763,113 @@ func TestKnownSharedSPI(t *testing.T) {
 	}
 	wantSet(t, m)
 	check("nothing known, to b", toB, classify.OutcomeUnknown)
+}
+
+// TestKnownFront: a new SA whose front slot is free goes in the front; one whose
+// slot is taken goes in sw_known with the slot marked, and the program finds
+// both; an unknown SPI of that slot is still unknown; a slot given up goes to no
+// other SA for the grace period, and the mark goes with the last SA it stood for.
+func TestKnownFront(t *testing.T) {
+	objs, prog := load(t, loader.Settings{})
+	m := objs.Maps
+	const a = uint32(0x10000)
+	slot := m.FrontSlot(a)
+	var same []uint32 // SPIs of a's slot
+	for s := a + 1; len(same) < 3; s++ {
+		if m.FrontSlot(s) == slot {
+			same = append(same, s)
+		}
+	}
+	b, u, c := same[0], same[1], same[2]
+	saA, saB, saC := maps.SA{SPI: a, Dst: dst4}, maps.SA{SPI: b, Dst: dst4}, maps.SA{SPI: c}
+	outcome := func(spi uint32) classify.Outcome {
+		t.Helper()
+		before, err := m.Counters(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, prog, v4Frame.ESP(spi, 1, 20))
+		after, _ := m.Counters(0)
+		for o := classify.Outcome(0); o < classify.NumOutcomes; o++ {
+			if after[classify.ClassESP][o].Packets != before[classify.ClassESP][o].Packets {
+				return o
+			}
+		}
+		t.Fatal("the frame was not counted as esp")
+		return 0
+	}
+	where := func(step string, spi uint32, front bool, flags uint32) {
+		t.Helper()
+		if got := m.InFront(spi); got != front {
+			t.Errorf("%s: SPI 0x%x in the front: %v, want %v", step, spi, got, front)
+		}
+		if got := m.FrontFlags(slot) & (maps.FrontUsed | maps.FrontOverflow); got != flags {
+			t.Errorf("%s: slot %d flags %#x, want %#x", step, slot, got, flags)
+		}
+	}
+	known := func(step string, spis ...uint32) {
+		t.Helper()
+		for _, spi := range spis {
+			if o := outcome(spi); o != classify.OutcomeKnown {
+				t.Errorf("%s: SPI 0x%x %v, want known", step, spi, o)
+			}
+		}
+	}
+	unknown := func(step string, spis ...uint32) {
+		t.Helper()
+		for _, spi := range spis {
+			if o := outcome(spi); o != classify.OutcomeUnknown {
+				t.Errorf("%s: SPI 0x%x %v, want unknown", step, spi, o)
+			}
+		}
+	}
+
+	unknown("nothing known", a, b, u)
+	if err := m.AddKnown(saA); err != nil {
+		t.Fatal(err)
+	}
+	where("a added", a, true, maps.FrontUsed)
+	known("a added", a)
+	unknown("a added", b, u) // the slot is a's and not marked: no hash lookup
+
+	if err := m.AddKnown(saB); err != nil {
+		t.Fatal(err)
+	}
+	where("b added", b, false, maps.FrontUsed|maps.FrontOverflow)
+	known("a and b", a, b)
+	unknown("a and b", u)
+	got := wantSet(t, m, saA, saB)
+	if got[saA].Packets != 2 || got[saB].Packets != 1 {
+		t.Errorf("counts: a %d, b %d; want 2 and 1", got[saA].Packets, got[saB].Packets)
+	}
+
+	// a leaves: its slot stays marked for b, and is not a's again within the grace.
+	if err := m.RemoveKnown(saA); err != nil {
+		t.Fatal(err)
+	}
+	where("a removed", a, false, maps.FrontOverflow)
+	unknown("a removed", a)
+	known("a removed", b)
+	if err := m.AddKnown(saA); err != nil {
+		t.Fatal(err)
+	}
+	where("a back within the grace", a, false, maps.FrontOverflow)
+	known("a back", a, b)
+	if err := m.RemoveKnown(saA, saB); err != nil {
+		t.Fatal(err)
+	}
+	where("all removed", a, false, 0)
+	wantSet(t, m)
+	unknown("all removed", a, b)
+
+	// After the grace the slot takes a new SA (any destination).
+	time.Sleep(maps.FrontGrace + 100*time.Millisecond)
+	if err := m.AddKnown(saC); err != nil {
+		t.Fatal(err)
+	}
+	where("c after the grace", c, true, maps.FrontUsed)
+	known("c", c)
+	if got := wantSet(t, m, saC); got[saC].Packets != 1 {
+		t.Errorf("c: %d packets, want 1", got[saC].Packets)
+	}
 }

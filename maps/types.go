@@ -30,10 +30,12 @@ const (
 	DroppedName    = "sw_dropped"
 	RateName       = "sw_rate"
 	UnknownHotName = "sw_unknown_hot"
+	KnownSlotName  = "sw_known_slot"
+	KnownFrontName = "sw_known_front"
 )
 
 // Names are the maps every program instance shares (and --pin keeps).
-var Names = []string{KnownName, KnownMultiName, UnknownName, UnknownHotName, CountersName, TallyName, ICMPName, IKEName, DiagTallyName, DroppedName, RateName}
+var Names = []string{KnownName, KnownMultiName, KnownSlotName, KnownFrontName, UnknownName, UnknownHotName, CountersName, TallyName, ICMPName, IKEName, DiagTallyName, DroppedName, RateName}
 
 // saKey mirrors struct sa_key.
 type saKey struct {

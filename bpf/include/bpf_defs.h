@@ -50,6 +50,7 @@ enum {
 /* map creation flags */
 #define BPF_F_NO_PREALLOC (1U << 0)
 #define BPF_F_NO_COMMON_LRU (1U << 1)
+#define BPF_F_MMAPABLE (1U << 10)
 
 #define EEXIST 17
 

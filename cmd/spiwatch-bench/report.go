@@ -95,7 +95,7 @@ func writeReport(path string, r *results) error {
 	fmt.Fprintf(w, "| evictions reported (inserts − entries) | %d |\n", f.evictions)
 	fmt.Fprintf(w, "| evictions actually needed (keys sent − entries) | %d |\n", actual)
 	fmt.Fprintf(w, "| insert failures | %d |\n", f.insertFailures)
-	for _, name := range []string{"sw_unknown", "sw_unknown_hot", "sw_known", "sw_counters", "sw_tally"} {
+	for _, name := range []string{"sw_unknown", "sw_unknown_hot", "sw_known", "sw_known_slot", "sw_known_front", "sw_counters", "sw_tally"} {
 		fmt.Fprintf(w, "| kernel memory of %s (memlock) | %.1f MiB |\n", name, float64(f.mapMemlock[name])/(1<<20))
 	}
 	fmt.Fprintf(w, "| spiwatch RSS after the flood / peak | %.1f / %.1f MiB |\n", float64(f.rssKiB)/1024, float64(f.hwmKiB)/1024)

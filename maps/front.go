@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// The known SAs' front (bpf/spiwatch.c): sw_known_slot holds one word per slot,
+// the low half an SPI and the high half flags, and sw_known_front the slot's SA
+// (destination and per-CPU counts). An SPI's slot is a hash of it. The program
+// looks both up inline, which a hash map cannot be, and goes to sw_known only when
+// the slot is marked OVERFLOW. So: a new SA whose slot is free goes in the front;
+// any other SA (its slot taken, or its SPI shared with another SA) goes in
+// sw_known, and its slot is marked.
+//
+// Go is the only writer. A word is written with one atomic store through a memory
+// mapping of the array (a map update copies bytes, and a packet could read half
+// of it). An SA's front entry is written only while no word leads to its slot,
+// and a slot given up is not given to another SA for frontGrace: a packet that
+// read the old word may still be counting there.
+
+const (
+	frontUsed     = 1 // enum sw_front_flags
+	frontAnyDst   = 2
+	frontOverflow = 4
+	frontHash     = 0x9e3779b1 // SW_FRONT_HASH
+
+	// FrontSlotsMax is the most slots the front gets (a power of two): each holds
+	// a known_spi (176 bytes) per CPU, like an SA in sw_known.
+	FrontSlotsMax = 4096
+
+	frontGrace = time.Second // an XDP run lasts microseconds
+)
+
+// FrontSlots is the size of the known SAs' front for a known-SA map of knownMax
+// entries: the largest power of two not above it or FrontSlotsMax.
+func FrontSlots(knownMax uint32) uint32 {
+	if knownMax == 0 {
+		return 1
+	}
+	n := uint32(1) << (31 - bits.LeadingZeros32(knownMax))
+	return min(n, FrontSlotsMax)
+}
+
+// FrontShift is the program's front_shift for a front of n slots (a power of two):
+// slot = (spi * SW_FRONT_HASH) >> front_shift, in 64 bits.
+func FrontShift(n uint32) uint32 { return 32 - uint32(bits.TrailingZeros32(n)) }
+
+func (m *Maps) frontSlot(spi uint32) uint32 {
+	return uint32(uint64(spi*frontHash) >> FrontShift(m.knownSlot.MaxEntries()))
+}
+
+// withWords gives f sw_known_slot's words: to change, mapped into memory (then
+// unmapped), else a copy read in one batch (a read-only map, as spiwatch stats
+// opens the pins, cannot be mapped).
+func (m *Maps) withWords(write bool, f func(words []uint64) error) error {
+	n := int(m.knownSlot.MaxEntries())
+	if !write {
+		keys, words := make([]uint32, n), make([]uint64, n)
+		var cursor ebpf.MapBatchCursor
+		got, err := m.knownSlot.BatchLookup(&cursor, keys, words, nil)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("reading %s: %w", KnownSlotName, err)
+		}
+		if got != n {
+			return fmt.Errorf("reading %s: %d of its %d words", KnownSlotName, got, n)
+		}
+		return f(words)
+	}
+	size := (n*8 + unix.Getpagesize() - 1) &^ (unix.Getpagesize() - 1)
+	mem, err := unix.Mmap(m.knownSlot.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("changing known SAs: map %s cannot be written here (open read-only?): %w", KnownSlotName, err)
+		}
+		return fmt.Errorf("mapping %s into memory: %w", KnownSlotName, err)
+	}
+	defer unix.Munmap(mem)
+	return f(unsafe.Slice((*uint64)(unsafe.Pointer(&mem[0])), n))
+}
+
+// frontWord is a slot's word, read atomically.
+func frontWord(words []uint64, slot uint32) (spi, flags uint32) {
+	w := atomic.LoadUint64(&words[slot])
+	return uint32(w), uint32(w >> 32)
+}
+
+func storeWord(words []uint64, slot, spi, flags uint32) {
+	atomic.StoreUint64(&words[slot], uint64(spi)|uint64(flags)<<32)
+}
+
+// frontSAs returns the SAs in the front by slot, with each CPU's counts when
+// stats is set.
+func (m *Maps) frontSAs(stats bool) (map[uint32]saKey, map[uint32][]saStats, error) {
+	sas := map[uint32]saKey{}
+	var per map[uint32][]saStats
+	if stats {
+		per = map[uint32][]saStats{}
+	}
+	err := m.withWords(false, func(words []uint64) error {
+		for slot := range uint32(len(words)) {
+			spi, flags := frontWord(words, slot)
+			if flags&frontUsed == 0 {
+				continue
+			}
+			k := saKey{SPI: spi}
+			if flags&frontAnyDst == 0 || stats {
+				vals := make([]knownSPI, m.ncpu)
+				if err := m.knownFront.Lookup(slot, &vals); err != nil {
+					return fmt.Errorf("reading known SA 0x%08x (front slot %d): %w", spi, slot, err)
+				}
+				if flags&frontAnyDst == 0 {
+					k.Daddr = vals[0].Daddr
+				}
+				if stats {
+					st := make([]saStats, m.ncpu)
+					for i := range vals {
+						st[i] = vals[i].St
+					}
+					per[slot] = st
+				}
+			}
+			sas[slot] = k
+		}
+		return nil
+	})
+	return sas, per, err
+}
+
+// frontPut puts SA k, with these per-CPU counts (nil: zero), in its slot if the
+// slot is free; false if it is not.
+func (m *Maps) frontPut(k saKey, stats []saStats) (bool, error) {
+	slot := m.frontSlot(k.SPI)
+	if t, ok := m.frontFreed[slot]; ok && time.Since(t) < frontGrace {
+		return false, nil
+	}
+	put := false
+	err := m.withWords(true, func(words []uint64) error {
+		_, flags := frontWord(words, slot)
+		if flags&frontUsed != 0 {
+			return nil
+		}
+		vals := make([]knownSPI, m.ncpu)
+		for i := range vals {
+			vals[i].Daddr = k.Daddr
+			if stats != nil {
+				vals[i].St = stats[i]
+			}
+		}
+		// No word leads here yet: the entry first, then the word.
+		if err := m.knownFront.Update(slot, vals, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("adding known SA %s (front slot %d): %w", k.sa(), slot, err)
+		}
+		flags = flags&frontOverflow | frontUsed
+		if k.Daddr == ([16]byte{}) {
+			flags |= frontAnyDst
+		}
+		storeWord(words, slot, k.SPI, flags)
+		put = true
+		return nil
+	})
+	return put, err
+}
+
+// frontDrop takes spi's SA out of its slot (keeping the slot's overflow mark);
+// false if the slot does not hold it.
+func (m *Maps) frontDrop(spi uint32) (bool, error) {
+	slot := m.frontSlot(spi)
+	dropped := false
+	err := m.withWords(true, func(words []uint64) error {
+		s, flags := frontWord(words, slot)
+		if flags&frontUsed == 0 || s != spi {
+			return nil
+		}
+		storeWord(words, slot, 0, flags&frontOverflow)
+		m.frontFreed[slot] = time.Now()
+		dropped = true
+		return nil
+	})
+	return dropped, err
+}
+
+// frontLookup returns the per-CPU counts of spi's SA if the front holds it.
+func (m *Maps) frontLookup(spi uint32) ([]saStats, bool, error) {
+	slot := m.frontSlot(spi)
+	var held bool
+	if err := m.withWords(false, func(words []uint64) error {
+		s, flags := frontWord(words, slot)
+		held = flags&frontUsed != 0 && s == spi
+		return nil
+	}); err != nil || !held {
+		return nil, false, err
+	}
+	vals := make([]knownSPI, m.ncpu)
+	if err := m.knownFront.Lookup(slot, &vals); err != nil {
+		return nil, false, fmt.Errorf("reading known SA 0x%08x (front slot %d): %w", spi, slot, err)
+	}
+	st := make([]saStats, m.ncpu)
+	for i := range vals {
+		st[i] = vals[i].St
+	}
+	return st, true, nil
+}
+
+// markOverflow marks spi's slot as overflowing at once (syncOverflow sets the
+// rest when a change is done).
+func (m *Maps) markOverflow(spi uint32) error {
+	slot := m.frontSlot(spi)
+	return m.withWords(true, func(words []uint64) error {
+		s, flags := frontWord(words, slot)
+		if flags&frontOverflow == 0 {
+			storeWord(words, slot, s, flags|frontOverflow)
+		}
+		return nil
+	})
+}
+
+// syncOverflow marks exactly the slots of the SPIs sw_known holds as
+// overflowing: a miss in those goes on to sw_known; in the others it is unknown.
+func (m *Maps) syncOverflow() error {
+	want := map[uint32]bool{}
+	var spi uint32
+	var next uint32
+	var key any // nil: the first key
+	for {
+		err := m.known.NextKey(key, &next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("listing known SAs: %w", err)
+		}
+		spi = next
+		want[m.frontSlot(spi)] = true
+		key = spi
+	}
+	return m.withWords(true, func(words []uint64) error {
+		for slot := range uint32(len(words)) {
+			s, flags := frontWord(words, slot)
+			if (flags&frontOverflow != 0) != want[slot] {
+				storeWord(words, slot, s, flags^frontOverflow)
+			}
+		}
+		return nil
+	})
+}
