@@ -136,9 +136,9 @@ func (m *Maps) frontSAs(stats bool) (map[uint32]saKey, map[uint32][]saStats, err
 	return sas, per, err
 }
 
-// frontPut puts SA k, with these per-CPU counts (nil: zero), in its slot if the
-// slot is free; false if it is not.
-func (m *Maps) frontPut(k saKey, stats []saStats) (bool, error) {
+// frontPut puts SA k, with zero counts, in its slot if the slot is free; false if
+// it is not.
+func (m *Maps) frontPut(k saKey) (bool, error) {
 	slot := m.frontSlot(k.SPI)
 	if t, ok := m.frontFreed[slot]; ok && time.Since(t) < frontGrace {
 		return false, nil
@@ -152,9 +152,6 @@ func (m *Maps) frontPut(k saKey, stats []saStats) (bool, error) {
 		vals := make([]knownSPI, m.ncpu)
 		for i := range vals {
 			vals[i].Daddr = k.Daddr
-			if stats != nil {
-				vals[i].St = stats[i]
-			}
 		}
 		// No word leads here yet: the entry first, then the word.
 		if err := m.knownFront.Update(slot, vals, ebpf.UpdateAny); err != nil {

@@ -10,12 +10,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// The known-SA set lives in two maps (bpf/spiwatch.c): sw_known by SPI alone,
-// holding the SA's destination and counts, for the usual SPI that names one SA;
-// and, for an SPI several SAs share, a MULTI mark there and one sw_known_multi
-// entry per SA by (SPI, destination). Every change below keeps the program finding
-// the SAs that stay: new entries are written before the marks that lead to them,
-// and marks are changed before the entries they no longer need are removed.
+// The known-SA set lives in the front (maps/front.go: a new SA whose slot is
+// free) and two maps (bpf/spiwatch.c): sw_known by SPI alone, holding the SA's
+// destination and counts, for the usual SPI that names one SA; and, for an SPI
+// several SAs share, a MULTI mark there and one sw_known_multi entry per SA by
+// (SPI, destination). Every change below keeps the program finding the SAs that
+// stay: new entries are written before the marks that lead to them, and marks
+// are changed before the entries they no longer need are removed.
 
 // group is the SAs of one SPI, as keys.
 type group []saKey
@@ -228,7 +229,7 @@ func (m *Maps) setSPI(spi uint32, old, g group, inFront bool) (bool, error) {
 	if len(g) == 1 {
 		k := g[0]
 		if old == nil { // a new SPI: the front if its slot is free
-			if put, err := m.frontPut(k, nil); put || err != nil {
+			if put, err := m.frontPut(k); put || err != nil {
 				return put, err
 			}
 		}
