@@ -39,7 +39,7 @@ type results struct {
 
 func main() {
 	repeat := flag.Int("repeat", 1_000_000, "test runs per round for the per-packet table")
-	rounds := flag.Int("rounds", 9, "rounds per program and frame (the median is reported)")
+	rounds := flag.Int("rounds", 21, "rounds per program and frame (the median is reported)")
 	only := flag.String("only", "", "comma-separated frame kinds to run (default: all)")
 	variants := flag.String("variant", "", "comma-separated BPF object files: other builds of the classifier to compare in the same run")
 	e2eFrames := flag.Int("e2e-frames", 10_000_000, "frames per receiver and round in the end-to-end veth runs")

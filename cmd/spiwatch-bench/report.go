@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +15,22 @@ import (
 )
 
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(max(b, 1)) }
+
+// roundRatio is the median over rounds of a's time over b's in that round: the two
+// ran within tens of milliseconds of each other, so the machine's slower and
+// faster minutes cancel, which they do not in a ratio of two medians.
+func roundRatio(a, b progCost) float64 {
+	n := min(len(a.all), len(b.all))
+	if n == 0 {
+		return ratio(a.median, b.median)
+	}
+	rs := make([]float64, n)
+	for i := range n {
+		rs[i] = ratio(a.all[i], b.all[i])
+	}
+	slices.Sort(rs)
+	return rs[n/2]
+}
 
 func verdict(ok bool) string {
 	if ok {
@@ -28,16 +45,16 @@ func printPerPacket(w io.Writer, rows []perPacketRow) {
 	for _, r := range rows {
 		target := "—"
 		if r.kind.floor != "" {
-			got := ratio(r.classifier.median, r.floorCost().median)
+			got := roundRatio(r.classifier, r.floorCost())
 			floor := map[string]string{"spi": "SPI counter", "empty": "empty"}[r.kind.floor]
 			target = fmt.Sprintf("≤ %.2f× %s: %s (%.2f×)", r.kind.target, floor, verdict(got <= r.kind.target), got)
 		}
 		fmt.Fprintf(w, "| %s | %d | %.0f | %.0f | %.0f | %.0f | %.2f× | %.2f× | %s |\n", r.kind.name, len(r.kind.frame),
 			ns(r.classifier.median), ns(r.empty.median), ns(r.counter.median), ns(r.spi.median),
-			ratio(r.classifier.median, r.empty.median), ratio(r.classifier.median, r.spi.median), target)
+			roundRatio(r.classifier, r.empty), roundRatio(r.classifier, r.spi), target)
 		for i, v := range r.variants {
 			fmt.Fprintf(w, "| ↳ variant %d | | %.0f | | | | %.2f× | %.2f× | |\n", i+1, ns(v.median),
-				ratio(v.median, r.empty.median), ratio(v.median, r.spi.median))
+				roundRatio(v, r.empty), roundRatio(v, r.spi))
 		}
 	}
 }
@@ -70,7 +87,9 @@ func writeReport(path string, r *results) error {
 
 	fmt.Fprintf(w, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n\n")
 	fmt.Fprintf(w, "Each program runs each frame %d times per round, %d rounds, programs interleaved\n"+
-		"round by round on one pinned CPU; the table gives the median round's ns per run.\n"+
+		"round by round on one pinned CPU; the table gives the median round's ns per run,\n"+
+		"and each ratio is the median over rounds of the two programs' ratio in that round\n"+
+		"(they ran tens of milliseconds apart, so the machine's slow and fast minutes cancel).\n"+
 		"Baselines: an empty `XDP_PASS` program, one that bumps a per-CPU counter, and a\n"+
 		"minimal SPI counter (IPv4 ESP or UDP 4500, one per-CPU hash lookup keyed by SPI,\n"+
 		"one add: the floor for any program that looks an SPI up). The classifier knows\n"+
