@@ -136,6 +136,20 @@ func (m *Maps) frontSAs(stats bool) (map[uint32]saKey, map[uint32][]saStats, err
 	return sas, per, err
 }
 
+// frontKeys returns the SAs in the front by slot, read from the maps once and
+// then kept by frontPut and frontDrop (Go is the only writer): a change of the
+// known set then costs no lookup per front SA. Called with knownMu held.
+func (m *Maps) frontKeys() (map[uint32]saKey, error) {
+	if m.frontHeld == nil {
+		sas, _, err := m.frontSAs(false)
+		if err != nil {
+			return nil, err
+		}
+		m.frontHeld = sas
+	}
+	return m.frontHeld, nil
+}
+
 // frontPut puts SA k, with zero counts, in its slot if the slot is free; false if
 // it is not.
 func (m *Maps) frontPut(k saKey) (bool, error) {
@@ -162,6 +176,9 @@ func (m *Maps) frontPut(k saKey) (bool, error) {
 			flags |= frontAnyDst
 		}
 		storeWord(words, slot, k.SPI, flags)
+		if m.frontHeld != nil {
+			m.frontHeld[slot] = k
+		}
 		put = true
 		return nil
 	})
@@ -180,6 +197,7 @@ func (m *Maps) frontDrop(spi uint32) (bool, error) {
 		}
 		storeWord(words, slot, 0, flags&frontOverflow)
 		m.frontFreed[slot] = time.Now()
+		delete(m.frontHeld, slot)
 		dropped = true
 		return nil
 	})

@@ -40,13 +40,15 @@ func (g group) same(o group) bool {
 func (m *Maps) knownGroups() (map[uint32]group, map[uint32]bool, error) {
 	groups := map[uint32]group{}
 	front := map[uint32]bool{}
-	sas, _, err := m.frontSAs(false)
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, k := range sas {
+	m.knownMu.Lock()
+	sas, err := m.frontKeys()
+	for _, k := range sas { // under the lock: applyKnown changes the cache
 		groups[k.SPI] = group{k}
 		front[k.SPI] = true
+	}
+	m.knownMu.Unlock()
+	if err != nil {
+		return nil, nil, err
 	}
 	var spi uint32
 	vals := make([]knownSPI, m.ncpu)

@@ -23,6 +23,7 @@ type Maps struct {
 	// slot was last given up (maps/front.go).
 	knownMu    sync.Mutex
 	frontFreed map[uint32]time.Time
+	frontHeld  map[uint32]saKey // the front's SAs by slot, once read (maps/front.go)
 	// hot holds the counts last reported for rows the per-CPU front had counts
 	// for: a hand-over between reading the table and the front hides them for
 	// one read, and a row's counts must never go back (maps/unknown.go).
