@@ -72,3 +72,38 @@ int base_spi(struct xdp_md *ctx)
 		*n += 1;
 	return XDP_PASS;
 }
+
+struct base_count {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct base_count);
+} base_classes SEC(".maps");
+
+/* The floor for any program that counts other traffic by class: untagged IPv4
+ * parsed to its protocol, then one per-CPU counter of packets and bytes (IPsec's
+ * protocols in one, the rest in the other). No multi-buffer length, no checks
+ * beyond bounds. */
+SEC("xdp")
+int base_other(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_PASS;
+	__u32 k = ip->protocol == IPPROTO_ESP || ip->protocol == IPPROTO_UDP;
+	struct base_count *c = bpf_map_lookup_elem(&base_classes, &k);
+	if (c) {
+		c->packets++;
+		c->bytes += data_end - data;
+	}
+	return XDP_PASS;
+}

@@ -8,18 +8,27 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"structs"
 
 	"github.com/cilium/ebpf"
 )
+
+type BaselineBaseCount struct {
+	_       structs.HostLayout
+	Packets uint64
+	Bytes   uint64
+}
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	BaselineMapBaseClasses  = "base_classes"
 	BaselineMapBaseCount    = "base_count"
 	BaselineMapBaseSpis     = "base_spis"
 	BaselineProgBaseCounter = "base_counter"
 	BaselineProgBaseEmpty   = "base_empty"
+	BaselineProgBaseOther   = "base_other"
 	BaselineProgBaseSpi     = "base_spi"
 )
 
@@ -67,6 +76,7 @@ type BaselineSpecs struct {
 type BaselineProgramSpecs struct {
 	BaseCounter *ebpf.ProgramSpec `ebpf:"base_counter"`
 	BaseEmpty   *ebpf.ProgramSpec `ebpf:"base_empty"`
+	BaseOther   *ebpf.ProgramSpec `ebpf:"base_other"`
 	BaseSpi     *ebpf.ProgramSpec `ebpf:"base_spi"`
 }
 
@@ -74,8 +84,9 @@ type BaselineProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BaselineMapSpecs struct {
-	BaseCount *ebpf.MapSpec `ebpf:"base_count"`
-	BaseSpis  *ebpf.MapSpec `ebpf:"base_spis"`
+	BaseClasses *ebpf.MapSpec `ebpf:"base_classes"`
+	BaseCount   *ebpf.MapSpec `ebpf:"base_count"`
+	BaseSpis    *ebpf.MapSpec `ebpf:"base_spis"`
 }
 
 // BaselineVariableSpecs contains global variables before they are loaded into the kernel.
@@ -104,12 +115,14 @@ func (o *BaselineObjects) Close() error {
 //
 // It can be passed to LoadBaselineObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BaselineMaps struct {
-	BaseCount *ebpf.Map `ebpf:"base_count"`
-	BaseSpis  *ebpf.Map `ebpf:"base_spis"`
+	BaseClasses *ebpf.Map `ebpf:"base_classes"`
+	BaseCount   *ebpf.Map `ebpf:"base_count"`
+	BaseSpis    *ebpf.Map `ebpf:"base_spis"`
 }
 
 func (m *BaselineMaps) Close() error {
 	return _BaselineClose(
+		m.BaseClasses,
 		m.BaseCount,
 		m.BaseSpis,
 	)
@@ -127,6 +140,7 @@ type BaselineVariables struct {
 type BaselinePrograms struct {
 	BaseCounter *ebpf.Program `ebpf:"base_counter"`
 	BaseEmpty   *ebpf.Program `ebpf:"base_empty"`
+	BaseOther   *ebpf.Program `ebpf:"base_other"`
 	BaseSpi     *ebpf.Program `ebpf:"base_spi"`
 }
 
@@ -134,6 +148,7 @@ func (p *BaselinePrograms) Close() error {
 	return _BaselineClose(
 		p.BaseCounter,
 		p.BaseEmpty,
+		p.BaseOther,
 		p.BaseSpi,
 	)
 }

@@ -81,6 +81,7 @@ func median(ds []time.Duration) time.Duration {
 type perPacketRow struct {
 	kind                            frameKind
 	classifier, empty, counter, spi progCost
+	other                           progCost   // the minimal other-traffic counter
 	variants                        []progCost // other builds of the classifier (-variant)
 }
 
@@ -133,7 +134,8 @@ func perPacket(repeat, rounds int, only string, variantFiles []string) ([]perPac
 		progs := []struct {
 			p   *ebpf.Program
 			out *progCost
-		}{{cls, &row.classifier}, {base.BaseEmpty, &row.empty}, {base.BaseCounter, &row.counter}, {base.BaseSpi, &row.spi}}
+		}{{cls, &row.classifier}, {base.BaseEmpty, &row.empty}, {base.BaseCounter, &row.counter}, {base.BaseSpi, &row.spi},
+			{base.BaseOther, &row.other}}
 		row.variants = make([]progCost, len(variants))
 		for i, v := range variants {
 			progs = append(progs, struct {
