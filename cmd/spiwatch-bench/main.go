@@ -43,7 +43,7 @@ func main() {
 	only := flag.String("only", "", "comma-separated frame kinds to run (default: all)")
 	variants := flag.String("variant", "", "comma-separated BPF object files: other builds of the classifier to compare in the same run")
 	e2eFrames := flag.Int("e2e-frames", 10_000_000, "frames per receiver and round in the end-to-end veth runs")
-	flag.IntVar(&e2eRounds, "e2e-rounds", 3, "rounds of the end-to-end veth runs, receivers alternating")
+	flag.IntVar(&e2eRounds, "e2e-rounds", 5, "rounds of the end-to-end veth runs, receivers alternating")
 	flag.BoolVar(&e2eOnly, "e2e-only", false, "run only the end-to-end veth runs and print them (for A/B work with -variant)")
 	floodFrames := flag.Int("flood-frames", 1_000_000, "frames of the unknown-SPI flood (distinct SPIs, 1,000 sources)")
 	spiwatchBin := flag.String("spiwatch", "bin/spiwatch", "spiwatch binary for the flood and loader-cost runs")
