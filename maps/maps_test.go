@@ -686,25 +686,9 @@ func TestKnownSharedSPI(t *testing.T) {
 	anyDst := maps.SA{SPI: spi}
 	third := netip.MustParseAddr("192.0.2.99")
 	toA, toB, toThird := v4Frame.ESP(spi, 1, 20), frames.Frame{Dst: other4}.ESP(spi, 1, 20), frames.Frame{Dst: third}.ESP(spi, 1, 20)
-	outcome := func(frame []byte) classify.Outcome {
-		t.Helper()
-		before, err := m.Counters(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		run(t, prog, frame)
-		after, _ := m.Counters(0)
-		for o := classify.Outcome(0); o < classify.NumOutcomes; o++ {
-			if after[classify.ClassESP][o].Packets != before[classify.ClassESP][o].Packets {
-				return o
-			}
-		}
-		t.Fatal("the frame was not counted as esp")
-		return 0
-	}
 	check := func(step string, frame []byte, want classify.Outcome) {
 		t.Helper()
-		if got := outcome(frame); got != want {
+		if got := espOutcome(t, m, prog, frame); got != want {
 			t.Errorf("%s: %v, want %v", step, got, want)
 		}
 	}
@@ -765,6 +749,27 @@ func TestKnownSharedSPI(t *testing.T) {
 	check("nothing known, to b", toB, classify.OutcomeUnknown)
 }
 
+// espOutcome runs an esp frame and returns the outcome it was counted under.
+func espOutcome(t *testing.T, m *maps.Maps, prog *ebpf.Program, frame []byte) classify.Outcome {
+	t.Helper()
+	before, err := m.Counters(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, prog, frame)
+	after, err := m.Counters(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for o := classify.Outcome(0); o < classify.NumOutcomes; o++ {
+		if after[classify.ClassESP][o].Packets != before[classify.ClassESP][o].Packets {
+			return o
+		}
+	}
+	t.Fatal("the frame was not counted as esp")
+	return 0
+}
+
 // TestKnownFront: a new SA whose front slot is free goes in the front; one whose
 // slot is taken goes in sw_known with the slot marked, and the program finds
 // both; an unknown SPI of that slot is still unknown; a slot given up goes to no
@@ -784,19 +789,7 @@ func TestKnownFront(t *testing.T) {
 	saA, saB, saC := maps.SA{SPI: a, Dst: dst4}, maps.SA{SPI: b, Dst: dst4}, maps.SA{SPI: c}
 	outcome := func(spi uint32) classify.Outcome {
 		t.Helper()
-		before, err := m.Counters(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		run(t, prog, v4Frame.ESP(spi, 1, 20))
-		after, _ := m.Counters(0)
-		for o := classify.Outcome(0); o < classify.NumOutcomes; o++ {
-			if after[classify.ClassESP][o].Packets != before[classify.ClassESP][o].Packets {
-				return o
-			}
-		}
-		t.Fatal("the frame was not counted as esp")
-		return 0
+		return espOutcome(t, m, prog, v4Frame.ESP(spi, 1, 20))
 	}
 	where := func(step string, spi uint32, front bool, flags uint32) {
 		t.Helper()
