@@ -866,3 +866,22 @@ func TestKnownFront(t *testing.T) {
 		t.Errorf("c: %d packets, want 1", got[saC].Packets)
 	}
 }
+
+// TestFrontSlots: the front is the largest power of two within the known-SA map
+// and the cap, and its shift gives slots within it.
+func TestFrontSlots(t *testing.T) {
+	for _, c := range []struct{ knownMax, want uint32 }{
+		{1, 1}, {2, 2}, {3, 2}, {1000, 512}, {4096, 4096}, {5000, 4096}, {65536, 4096}, {1 << 31, 4096},
+	} {
+		got := maps.FrontSlots(c.knownMax)
+		if got != c.want {
+			t.Errorf("FrontSlots(%d) = %d, want %d", c.knownMax, got, c.want)
+		}
+		shift := maps.FrontShift(got)
+		for _, spi := range []uint32{0, 1, 0xdeadbeef, 0xffffffff} {
+			if slot := uint32(uint64(spi*0x9e3779b1) >> shift); slot >= got {
+				t.Errorf("%d slots: SPI 0x%x in slot %d", got, spi, slot)
+			}
+		}
+	}
+}
