@@ -865,6 +865,18 @@ func TestKnownFront(t *testing.T) {
 	if got := wantSet(t, m, saC); got[saC].Packets != 1 {
 		t.Errorf("c: %d packets, want 1", got[saC].Packets)
 	}
+
+	// c's SA replaced by one for another destination: a new SA, in sw_known (the
+	// slot is in its grace), found through the mark.
+	cTo4 := maps.SA{SPI: c, Dst: dst4}
+	if err := m.ReplaceKnown([]maps.SA{cTo4}); err != nil {
+		t.Fatal(err)
+	}
+	where("c for another destination", c, false, maps.FrontOverflow)
+	known("c for another destination", c)
+	if got := wantSet(t, m, cTo4); got[cTo4].Packets != 1 {
+		t.Errorf("c for another destination: %d packets, want 1 (a new SA)", got[cTo4].Packets)
+	}
 }
 
 // TestFrontSlots: the front is the largest power of two within the known-SA map
