@@ -283,33 +283,14 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, __u
 	return parse_l4(data, data_end, nh, cur, l3_end, bad_len, first_frag, p);
 }
 
-/* classify_common decides the frames of the common shape, untagged IPv4 without
- * options or fragmentation whose IP packet lies in the first buffer, in a few
- * loads: other traffic, esp and esp-in-udp (filling p). Anything else gives
- * SW_PARSE_FULL, and classify() walks it. What it decides, classify() decides the
- * same (the differential tests hold both to the Go reference). */
-static __always_inline int classify_common(void *data, void *data_end, struct pkt *p)
+/* common_l4 is classify_common's transport: proto's header at l4, with plen bytes
+ * of IP payload, all in the first buffer (l4 + 2 words checked by the caller). */
+static __always_inline int common_l4(void *data_end, __u8 proto, __be32 *l4, __u32 plen, struct pkt *p)
 {
-	struct iphdr *ip = data + ETH_HLEN;
-	__be32 *l4 = (void *)(ip + 1); /* 8 bytes: ESP's SPI and sequence, or a UDP header */
-	if ((void *)(l4 + 2) > data_end)
-		return SW_PARSE_FULL;
-	/* Ethertype, version and header length in one load; fragment bits and
-	 * protocol in another (unaligned loads are fine where XDP runs natively). */
-	__u32 w12 = *(__u32 *)(data + 12), w20 = *(__u32 *)(data + 20);
-	if ((w12 & bpf_htonl(0xFFFFFF00)) != bpf_htonl(0x08004500) ||
-	    (w20 & bpf_htonl((IP_MF | IP_OFFSET) << 16)))
-		return SW_PARSE_FULL;
-	__u8 proto = bpf_ntohl(w20) & 0xFF;
-	__u32 tot = bpf_ntohs(ip->tot_len);
-	__u32 class = SW_CLASS_ESP;
-	__u16 sport = 0, dport = 0;
 	struct esp_hdr *esp = (void *)l4;
+	__u16 sport = 0, dport = 0;
+	__u32 class = SW_CLASS_ESP;
 	if (proto != IPPROTO_ESP) {
-		if (proto == IPPROTO_ICMP)
-			return SW_PARSE_FULL;
-		if (proto != IPPROTO_UDP)
-			return SW_CLASS_OTHER;
 		struct udphdr *udp = (void *)l4;
 		sport = bpf_ntohs(udp->source);
 		dport = bpf_ntohs(udp->dest);
@@ -320,19 +301,74 @@ static __always_inline int classify_common(void *data, void *data_end, struct pk
 		/* RFC 3948's test, with the UDP length inside the IP packet's */
 		__u32 ulen = bpf_ntohs(udp->len);
 		esp = (void *)(udp + 1);
-		if (ulen <= sizeof(*udp) + sizeof(*esp) || ulen > tot - sizeof(*ip) ||
-		    (void *)(esp + 1) > data_end || esp->spi == 0)
+		if (ulen <= sizeof(*udp) + sizeof(*esp) || ulen > plen || (void *)(esp + 1) > data_end ||
+		    esp->spi == 0)
 			return SW_PARSE_FULL;
 		class = SW_CLASS_ESP_IN_UDP;
 	}
-	if (tot < sizeof(*ip) + sizeof(*esp) || tot + ETH_HLEN > (__u32)(data_end - data))
-		return SW_PARSE_FULL; /* short, or longer than the first buffer */
+	if (plen < sizeof(*esp))
+		return SW_PARSE_FULL;
 	p->spi = bpf_ntohl(esp->spi);
 	p->seq = bpf_ntohl(esp->seq);
 	p->sport = sport;
 	p->dport = dport;
-	addr_v4mapped(p->saddr, ip->saddr);
-	addr_v4mapped(p->daddr, ip->daddr);
+	return class;
+}
+
+/* classify_common decides the frames of the common shape, untagged IPv4 without
+ * options or fragmentation and untagged IPv6 without extension headers, whose IP
+ * packet lies in the first buffer, in a few loads: other traffic, esp and
+ * esp-in-udp (filling p). Anything else gives SW_PARSE_FULL, and classify() walks
+ * it. What it decides, classify() decides the same (the differential tests hold
+ * both to the Go reference). */
+static __always_inline int classify_common(void *data, void *data_end, struct pkt *p)
+{
+	__u32 linear = data_end - data;
+	struct iphdr *ip = data + ETH_HLEN;
+	__be32 *l4 = (void *)(ip + 1); /* 8 bytes: ESP's SPI and sequence, or a UDP header */
+	if ((void *)(l4 + 2) > data_end)
+		return SW_PARSE_FULL;
+	/* Ethertype, version and header length in one load; fragment bits and
+	 * protocol in another (unaligned loads are fine where XDP runs natively). */
+	__u32 w12 = *(__u32 *)(data + 12);
+	if ((w12 & bpf_htonl(0xFFFFFF00)) == bpf_htonl(0x08004500)) {
+		__u32 w20 = *(__u32 *)(data + 20);
+		if (w20 & bpf_htonl((IP_MF | IP_OFFSET) << 16))
+			return SW_PARSE_FULL;
+		__u8 proto = bpf_ntohl(w20) & 0xFF;
+		if (proto == IPPROTO_ICMP)
+			return SW_PARSE_FULL;
+		if (proto != IPPROTO_ESP && proto != IPPROTO_UDP)
+			return SW_CLASS_OTHER;
+		__u32 tot = bpf_ntohs(ip->tot_len);
+		if (tot < sizeof(*ip) || tot + ETH_HLEN > linear) {
+			if (proto == IPPROTO_ESP)
+				return SW_PARSE_FULL; /* short, or longer than the first buffer */
+			tot = sizeof(*ip); /* UDP: only its ports may say other */
+		}
+		int class = common_l4(data_end, proto, l4, tot - sizeof(*ip), p);
+		if (class == SW_CLASS_OTHER || class == SW_PARSE_FULL)
+			return class;
+		addr_v4mapped(p->saddr, ip->saddr);
+		addr_v4mapped(p->daddr, ip->daddr);
+		return class;
+	}
+	/* IPv6: Ethertype and version in the same load */
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	l4 = (void *)(ip6 + 1);
+	if ((w12 & bpf_htonl(0xFFFFF000)) != bpf_htonl(0x86DD6000) || (void *)(l4 + 2) > data_end)
+		return SW_PARSE_FULL;
+	__u8 nh = ip6->nexthdr;
+	if (nh != IPPROTO_ESP && nh != IPPROTO_UDP)
+		return is_ipv6_ext(nh) || nh == IPPROTO_ICMPV6 ? SW_PARSE_FULL : SW_CLASS_OTHER;
+	__u32 plen = bpf_ntohs(ip6->payload_len);
+	if (ETH_HLEN + sizeof(*ip6) + plen > linear)
+		return SW_PARSE_FULL;
+	int class = common_l4(data_end, nh, l4, plen, p);
+	if (class == SW_CLASS_OTHER || class == SW_PARSE_FULL)
+		return class;
+	__builtin_memcpy(p->saddr, ip6->saddr, 16);
+	__builtin_memcpy(p->daddr, ip6->daddr, 16);
 	return class;
 }
 
