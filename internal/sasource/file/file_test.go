@@ -51,18 +51,27 @@ func (r *recorder) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s; sets %v, events %v", what, r.sets, r.events)
 }
 
-func TestFollowsFile(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "known")
-	os.WriteFile(path, []byte("0x1000\n0x2000@192.0.2.1\n"), 0o600)
+// startTwoSAs writes a known-SPI file of two SAs and starts a source following
+// it (polled every 10 ms), stopped when the test ends.
+func startTwoSAs(t *testing.T) (string, *Source, *recorder, chan struct{}) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "known")
+	if err := os.WriteFile(path, []byte("0x1000\n0x2000@192.0.2.1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	reload := make(chan struct{}, 1)
 	src := New(path, 10*time.Millisecond, reload)
 	rec := &recorder{}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	if err := src.Start(ctx, rec.sink, rec); err != nil {
 		t.Fatal(err)
 	}
+	return path, src, rec, reload
+}
+
+func TestFollowsFile(t *testing.T) {
+	path, src, rec, reload := startTwoSAs(t)
 	if len(rec.sets) != 1 || len(rec.sets[0]) != 2 {
 		t.Fatalf("initial set %v, want the file's 2 SAs", rec.sets)
 	}
@@ -159,16 +168,7 @@ func TestNotReadMidWrite(t *testing.T) {
 // stands at its path: EISDIR), keeps the previous set; the error names the path
 // and is counted, on every try, until the file is back.
 func TestUnreadableFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "known")
-	os.WriteFile(path, []byte("0x1000\n0x2000@192.0.2.1\n"), 0o600)
-	reload := make(chan struct{}, 1)
-	src := New(path, 10*time.Millisecond, reload)
-	rec := &recorder{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := src.Start(ctx, rec.sink, rec); err != nil {
-		t.Fatal(err)
-	}
+	path, src, rec, reload := startTwoSAs(t)
 
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
