@@ -283,35 +283,60 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, __u
 	return parse_l4(data, data_end, nh, cur, l3_end, bad_len, first_frag, p);
 }
 
-/* common_l4 is classify_common's transport: proto's header at l4, with plen bytes
- * of IP payload, all in the first buffer (l4 + 2 words checked by the caller). */
-static __always_inline int common_l4(void *data_end, __u8 proto, __be32 *l4, __u32 plen, struct pkt *p)
+/* natt_pair says whether either port (host order) is a NAT-T port: the list's
+ * length read once, each entry loaded once for both ports. */
+static __always_inline int natt_pair(__u16 sport, __u16 dport)
+{
+	__u32 n = natt_port_count;
+#pragma unroll
+	for (__u32 i = 0; i < MAX_NATT_PORTS; i++) {
+		if (i >= n)
+			break;
+		__u16 port = natt_ports[i];
+		if (port == sport || port == dport)
+			return 1;
+	}
+	return 0;
+}
+
+/* common_ports decides a UDP datagram of the common shape by its ports, before
+ * anything else is read: other, IKE (the full walk), or a NAT-T candidate
+ * (SW_CLASS_ESP_IN_UDP, ports in p). */
+static __always_inline int common_ports(struct udphdr *udp, struct pkt *p)
+{
+	__u16 sport = bpf_ntohs(udp->source);
+	__u16 dport = bpf_ntohs(udp->dest);
+	if (sport == IKE_PORT || dport == IKE_PORT)
+		return SW_PARSE_FULL;
+	if (!natt_pair(sport, dport))
+		return SW_CLASS_OTHER;
+	p->sport = sport;
+	p->dport = dport;
+	return SW_CLASS_ESP_IN_UDP;
+}
+
+/* common_spi reads the SPI and sequence of an esp frame, or of an esp-in-udp one
+ * whose ports common_ports passed, with plen bytes of IP payload at l4, all in
+ * the first buffer (l4 + 2 words checked by the caller). */
+static __always_inline int common_spi(void *data_end, __u32 class, __be32 *l4, __u32 plen, struct pkt *p)
 {
 	struct esp_hdr *esp = (void *)l4;
-	__u16 sport = 0, dport = 0;
-	__u32 class = SW_CLASS_ESP;
-	if (proto != IPPROTO_ESP) {
+	if (class == SW_CLASS_ESP_IN_UDP) {
 		struct udphdr *udp = (void *)l4;
-		sport = bpf_ntohs(udp->source);
-		dport = bpf_ntohs(udp->dest);
-		if (sport == IKE_PORT || dport == IKE_PORT)
-			return SW_PARSE_FULL;
-		if (!is_natt_port(dport) && !is_natt_port(sport))
-			return SW_CLASS_OTHER;
 		/* RFC 3948's test, with the UDP length inside the IP packet's */
 		__u32 ulen = bpf_ntohs(udp->len);
 		esp = (void *)(udp + 1);
 		if (ulen <= sizeof(*udp) + sizeof(*esp) || ulen > plen || (void *)(esp + 1) > data_end ||
 		    esp->spi == 0)
 			return SW_PARSE_FULL;
-		class = SW_CLASS_ESP_IN_UDP;
+	} else {
+		if (plen < sizeof(*esp))
+			return SW_PARSE_FULL;
+		p->sport = 0;
+		p->dport = 0;
 	}
-	if (plen < sizeof(*esp))
-		return SW_PARSE_FULL;
 	p->spi = bpf_ntohl(esp->spi);
 	p->seq = bpf_ntohl(esp->seq);
-	p->sport = sport;
-	p->dport = dport;
 	return class;
 }
 
@@ -331,23 +356,25 @@ static __always_inline int classify_common(void *data, void *data_end, struct pk
 	/* Ethertype, version and header length in one load; fragment bits and
 	 * protocol in another (unaligned loads are fine where XDP runs natively). */
 	__u32 w12 = *(__u32 *)(data + 12);
+	int class = SW_CLASS_ESP;
 	if ((w12 & bpf_htonl(0xFFFFFF00)) == bpf_htonl(0x08004500)) {
 		__u32 w20 = *(__u32 *)(data + 20);
 		if (w20 & bpf_htonl((IP_MF | IP_OFFSET) << 16))
 			return SW_PARSE_FULL;
 		__u8 proto = bpf_ntohl(w20) & 0xFF;
-		if (proto == IPPROTO_ICMP)
-			return SW_PARSE_FULL;
-		if (proto != IPPROTO_ESP && proto != IPPROTO_UDP)
-			return SW_CLASS_OTHER;
-		__u32 tot = bpf_ntohs(ip->tot_len);
-		if (tot < sizeof(*ip) || tot + ETH_HLEN > linear) {
-			if (proto == IPPROTO_ESP)
-				return SW_PARSE_FULL; /* short, or longer than the first buffer */
-			tot = sizeof(*ip); /* UDP: only its ports may say other */
+		if (proto == IPPROTO_UDP) {
+			/* other UDP by its ports alone: a bad length makes no difference */
+			class = common_ports((void *)l4, p);
+			if (class != SW_CLASS_ESP_IN_UDP)
+				return class;
+		} else if (proto != IPPROTO_ESP) {
+			return proto == IPPROTO_ICMP ? SW_PARSE_FULL : SW_CLASS_OTHER;
 		}
-		int class = common_l4(data_end, proto, l4, tot - sizeof(*ip), p);
-		if (class == SW_CLASS_OTHER || class == SW_PARSE_FULL)
+		__u32 tot = bpf_ntohs(ip->tot_len);
+		if (tot < sizeof(*ip) || tot + ETH_HLEN > linear)
+			return SW_PARSE_FULL; /* short, or longer than the first buffer */
+		class = common_spi(data_end, class, l4, tot - sizeof(*ip), p);
+		if (class == SW_PARSE_FULL)
 			return class;
 		addr_v4mapped(p->saddr, ip->saddr);
 		addr_v4mapped(p->daddr, ip->daddr);
@@ -359,13 +386,18 @@ static __always_inline int classify_common(void *data, void *data_end, struct pk
 	if ((w12 & bpf_htonl(0xFFFFF000)) != bpf_htonl(0x86DD6000) || (void *)(l4 + 2) > data_end)
 		return SW_PARSE_FULL;
 	__u8 nh = ip6->nexthdr;
-	if (nh != IPPROTO_ESP && nh != IPPROTO_UDP)
+	if (nh == IPPROTO_UDP) {
+		class = common_ports((void *)l4, p);
+		if (class != SW_CLASS_ESP_IN_UDP)
+			return class;
+	} else if (nh != IPPROTO_ESP) {
 		return is_ipv6_ext(nh) || nh == IPPROTO_ICMPV6 ? SW_PARSE_FULL : SW_CLASS_OTHER;
+	}
 	__u32 plen = bpf_ntohs(ip6->payload_len);
 	if (ETH_HLEN + sizeof(*ip6) + plen > linear)
 		return SW_PARSE_FULL;
-	int class = common_l4(data_end, nh, l4, plen, p);
-	if (class == SW_CLASS_OTHER || class == SW_PARSE_FULL)
+	class = common_spi(data_end, class, l4, plen, p);
+	if (class == SW_PARSE_FULL)
 		return class;
 	__builtin_memcpy(p->saddr, ip6->saddr, 16);
 	__builtin_memcpy(p->daddr, ip6->daddr, 16);
