@@ -21,6 +21,7 @@ import (
 
 type results struct {
 	repeat, rounds int
+	instances      int
 	perPacket      []perPacketRow
 	e2eFrames      int
 	e2eKnown       []vethRun // per receiver, its rounds summed
@@ -43,6 +44,7 @@ func main() {
 	only := flag.String("only", "", "comma-separated frame kinds to run (default: all)")
 	variants := flag.String("variant", "", "comma-separated BPF object files: other builds of the classifier to compare in the same run")
 	e2eFrames := flag.Int("e2e-frames", 10_000_000, "frames per receiver and round in the end-to-end veth runs")
+	flag.IntVar(&instances, "instances", 3, "loads of each program in the per-packet table, taken in turn round by round (averages where the JIT placed it)")
 	flag.IntVar(&e2eRounds, "e2e-rounds", 5, "rounds of the end-to-end veth runs, receivers alternating")
 	flag.BoolVar(&e2eOnly, "e2e-only", false, "run only the end-to-end veth runs and print them (for A/B work with -variant)")
 	floodFrames := flag.Int("flood-frames", 1_000_000, "frames of the unknown-SPI flood (distinct SPIs, 1,000 sources)")
@@ -54,6 +56,10 @@ func main() {
 	captureFrames := flag.Int("capture-frames", 5_000_000, "frames of the tcpdump + tshark versus spiwatch capture comparison")
 	captureOnly := flag.Bool("capture-only", false, "run only the capture comparison and print it")
 	flag.Parse()
+	if *repeat < 1 || *rounds < 1 || instances < 1 {
+		fmt.Fprintf(os.Stderr, "spiwatch-bench: -repeat, -rounds and -instances must be at least 1 (got %d, %d, %d)\n", *repeat, *rounds, instances)
+		os.Exit(2)
+	}
 	if *captureOnly {
 		r, err := captureBench(*spiwatchBin, *captureFrames)
 		if err != nil {
@@ -94,14 +100,15 @@ func main() {
 	}
 }
 
-// e2eRounds and e2eOnly are -e2e-rounds and -e2e-only.
+// instances, e2eRounds and e2eOnly are -instances, -e2e-rounds and -e2e-only.
 var (
+	instances int
 	e2eRounds int
 	e2eOnly   bool
 )
 
 func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, spiwatchBin, out string, quick bool) error {
-	r := &results{repeat: repeat, rounds: rounds, e2eFrames: e2eFrames, floodFrames: floodFrames, started: time.Now()}
+	r := &results{repeat: repeat, rounds: rounds, instances: instances, e2eFrames: e2eFrames, floodFrames: floodFrames, started: time.Now()}
 	var vfiles []string
 	if variants != "" {
 		vfiles = strings.Split(variants, ",")
@@ -125,8 +132,12 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 	if err := unix.SchedSetaffinity(0, &set); err != nil {
 		return fmt.Errorf("pinning to CPU 0: %w", err)
 	}
-	step("per-packet cost: %d frame kinds x 4 programs x %d rounds of %d runs", len(frameKinds()), rounds, repeat)
-	if r.perPacket, err = perPacket(repeat, rounds, only, vfiles); err != nil {
+	kinds := len(frameKinds())
+	if only != "" {
+		kinds = len(strings.Split(only, ","))
+	}
+	step("per-packet cost: %d frame kinds x %d programs (%d loads each) x %d rounds of %d runs", kinds, 5+len(vfiles), instances, rounds, repeat)
+	if r.perPacket, err = perPacket(repeat, rounds, instances, only, vfiles); err != nil {
 		return err
 	}
 	set.Set(1)
@@ -134,6 +145,8 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 	runtime.UnlockOSThread()
 	if quick {
 		printPerPacket(os.Stdout, r.perPacket)
+		typical, worst := kernelAgreement(r.perPacket)
+		fmt.Printf("thread CPU time less the kernel's whole-ns figure: %.2f ns in the median round, at most %.1f ns apart\n", typical, worst)
 		return nil
 	}
 

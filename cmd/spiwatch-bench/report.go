@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func ratio(a, b time.Duration) float64 { return float64(a) / float64(max(b, 1)) }
+func ratio(a, b float64) float64 { return a / max(b, 1e-9) }
 
 // roundRatio is the median over rounds of a's time over b's in that round: the two
 // ran within tens of milliseconds of each other, so the machine's slower and
@@ -30,6 +30,24 @@ func roundRatio(a, b progCost) float64 {
 	}
 	slices.Sort(rs)
 	return rs[n/2]
+}
+
+// kernelAgreement is the median and the largest gap, over every program and
+// round, between the CPU-time figure and the kernel's whole-ns one.
+func kernelAgreement(rows []perPacketRow) (typical, worst float64) {
+	var gaps []float64
+	for _, r := range rows {
+		for _, c := range append([]progCost{r.classifier, r.empty, r.counter, r.spi, r.other}, r.variants...) {
+			gaps = append(gaps, c.gaps...)
+		}
+	}
+	if len(gaps) == 0 {
+		return 0, 0
+	}
+	for _, g := range gaps {
+		worst = max(worst, g, -g)
+	}
+	return median(gaps), worst
 }
 
 func verdict(ok bool) string {
@@ -53,11 +71,11 @@ func printPerPacket(w io.Writer, rows []perPacketRow) {
 					roundRatio(r.other, r.empty), roundRatio(r.classifier, r.other))
 			}
 		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f× | %.2f× | %s |\n", r.kind.name, len(r.kind.frame),
-			ns(r.classifier.median), ns(r.empty.median), ns(r.counter.median), ns(r.spi.median), ns(r.other.median),
+		fmt.Fprintf(w, "| %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f× | %.2f× | %s |\n", r.kind.name, len(r.kind.frame),
+			r.classifier.median, r.empty.median, r.counter.median, r.spi.median, r.other.median,
 			roundRatio(r.classifier, r.empty), roundRatio(r.classifier, r.spi), target)
 		for i, v := range r.variants {
-			fmt.Fprintf(w, "| ↳ variant %d | | %.0f | | | | | %.2f× | %.2f× | |\n", i+1, ns(v.median),
+			fmt.Fprintf(w, "| ↳ variant %d | | %.1f | | | | | %.2f× | %.2f× | |\n", i+1, v.median,
 				roundRatio(v, r.empty), roundRatio(v, r.spi))
 		}
 	}
@@ -90,9 +108,14 @@ func writeReport(path string, r *results) error {
 		"numbers move by ±30%% from minute to minute.\n\n")
 
 	fmt.Fprintf(w, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n\n")
+	typical, worst := kernelAgreement(r.perPacket)
 	fmt.Fprintf(w, "Each program runs each frame %d times per round, %d rounds, programs interleaved\n"+
-		"round by round on one pinned CPU; the table gives the median round's ns per run,\n"+
-		"and each ratio is the median over rounds of the two programs' ratio in that round\n"+
+		"round by round on one pinned CPU. Each program is loaded %d times and the rounds\n"+
+		"take its loads in turn: where the JIT placed a program moves its cost by a few\n"+
+		"percent for as long as it stays loaded. The table gives the median round's ns per run,\n"+
+		"timed by the thread's CPU time around each test run (the kernel's own figure is in\n"+
+		"whole nanoseconds, steps of 5-12%% at these costs; CPU time was %.2f ns above it in\n"+
+		"the median round, at most %.1f ns apart), and each ratio is the median over rounds of the two programs' ratio in that round\n"+
 		"(they ran tens of milliseconds apart, so the machine's slow and fast minutes cancel).\n"+
 		"Baselines: an empty `XDP_PASS` program, one that bumps a per-CPU counter, a\n"+
 		"minimal SPI counter (IPv4 ESP or UDP 4500, one per-CPU hash lookup keyed by SPI,\n"+
@@ -102,7 +125,7 @@ func writeReport(path string, r *results) error {
 		"the SAs 0x1000 and 0x2000 at 203.0.113.1 and 0x3000 at 2001:db8::2; the minimal\n"+
 		"counter knows the same SPIs. The test-run loop itself is part of every figure.\n"+
 		"A test run repeats one frame, so the cost of a new unknown SPI in every packet\n"+
-		"(a row created each time) is measured end to end instead: section 2.\n\n", r.repeat, r.rounds)
+		"(a row created each time) is measured end to end instead: section 2.\n\n", r.repeat, r.rounds, r.instances, typical, worst)
 	printPerPacket(w, r.perPacket)
 	fmt.Fprintf(w, "\n")
 

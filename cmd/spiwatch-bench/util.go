@@ -4,10 +4,7 @@ package main
 
 import (
 	"net"
-	"time"
 )
-
-func ns(d time.Duration) float64 { return float64(d.Nanoseconds()) }
 
 func ifindexOf(name string) (int, error) {
 	ifc, err := net.InterfaceByName(name)
