@@ -175,8 +175,32 @@ func waitFor(r io.Reader, text string, timeout time.Duration) error {
 	}
 }
 
-// cpuTime is the process's user+system CPU time.
+// cpuTime is the process's CPU time (user + system): the sum of its threads'
+// run time in nanoseconds from /proc/PID/task/*/schedstat, where the kernel has
+// it, else /proc/PID/stat's in clock ticks (10 ms: coarser than an idle
+// second's use).
 func cpuTime(pid int) (time.Duration, error) {
+	if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err == nil {
+		var sum time.Duration
+		ok := true
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+			if err != nil {
+				ok = false
+				break
+			}
+			f := strings.Fields(string(b))
+			ns, err := strconv.ParseUint(f[0], 10, 64)
+			if err != nil {
+				ok = false
+				break
+			}
+			sum += time.Duration(ns)
+		}
+		if ok && len(tasks) > 0 {
+			return sum, nil
+		}
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err

@@ -154,7 +154,7 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 		return err
 	}
 	step("unknown-SPI flood: %d frames through spiwatch %s", floodFrames, spiwatchBin)
-	if r.flood, err = flood(spiwatchBin, floodFrames, 5*time.Second); err != nil {
+	if r.flood, err = flood(spiwatchBin, floodFrames, 10*time.Second+100*time.Millisecond); err != nil {
 		return err
 	}
 	r.reportEntries = 65536

@@ -153,17 +153,25 @@ func writeReport(path string, r *results) error {
 		verdict(f.evictions == actual && f.insertFailures == 0), f.evictions, actual, verdict(f.hwmKiB <= 64*1024), verdict(r.reportMedian <= 100*time.Millisecond))
 
 	fmt.Fprintf(w, "## 4. Loader cost\n\n")
-	fmt.Fprintf(w, "CPU time (user + system) of the spiwatch process per 1 s report interval, idle and during the flood:\n\n")
-	fmt.Fprintf(w, "| phase | intervals | CPU ms per interval (each) |\n|---|---:|---|\n")
+	fmt.Fprintf(w, "CPU time (user + system, the sum of its threads' run time from /proc/PID/task/*/schedstat)\n"+
+		"of the spiwatch process per 1 s report interval, idle (no traffic, default settings) and\n"+
+		"during the flood (section 3):\n\n")
+	fmt.Fprintf(w, "| phase | intervals | CPU ms per interval (each) | mean, %% of one CPU |\n|---|---:|---|---:|\n")
 	for _, x := range []struct {
 		name string
 		d    []time.Duration
 	}{{"idle", f.idleCPU}, {"flood", f.floodCPU}} {
 		var parts []string
+		var sum time.Duration
 		for _, d := range x.d {
-			parts = append(parts, fmt.Sprint(d.Milliseconds()))
+			parts = append(parts, fmt.Sprintf("%.1f", float64(d.Microseconds())/1000))
+			sum += d
 		}
-		fmt.Fprintf(w, "| %s | %d | %s |\n", x.name, len(x.d), strings.Join(parts, ", "))
+		mean := 0.0
+		if len(x.d) > 0 {
+			mean = 100 * sum.Seconds() / float64(len(x.d))
+		}
+		fmt.Fprintf(w, "| %s | %d | %s | %.2f%% |\n", x.name, len(x.d), strings.Join(parts, ", "), mean)
 	}
 	if r.capture != nil {
 		fmt.Fprintf(w, "\n## 5. Capture: tcpdump + tshark versus spiwatch capture\n\n")
