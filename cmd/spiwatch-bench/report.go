@@ -196,7 +196,9 @@ func writeE2E(w *strings.Builder, r *results) {
 		"%d rounds, the receivers' order reversed every other round; the tables sum the\n"+
 		"rounds. On this 2-CPU machine the sender and the receiver share the CPUs, so\n"+
 		"received Mpps is bounded by the generator, not by XDP.\n\n", r.e2eFrames, len(r.e2eKnownRounds))
-	e2eTable := func(title string, runs []vethRun, rounds [][]vethRun) {
+	// rateTarget: the issue's ≥ 90% is for the empty program against the
+	// classifier; the new-SPI-per-frame run is the worst case, shown without one.
+	e2eTable := func(title string, runs []vethRun, rounds [][]vethRun, rateTarget bool) {
 		fmt.Fprintf(w, "%s\n\n| receiver | frames sent | program runs | received Mpps | in-kernel ns/packet | counted by spiwatch | counted right |\n|---|---:|---:|---:|---:|---:|---:|\n", title)
 		for _, x := range runs {
 			counted, right := "—", "—"
@@ -218,8 +220,12 @@ func writeE2E(w *strings.Builder, r *results) {
 			for _, rr := range rounds {
 				per = append(per, fmt.Sprintf("%.1f%%", 100*rr[1].mpps()/rr[0].mpps()))
 			}
-			fmt.Fprintf(w, "\nReceived rate: %.1f%% of the baseline's over all rounds (each round: %s; target ≥ 90%%: %s). In-kernel cost: %.2f× the baseline's. Miscounted frames (of those the classifier ran on): %d (target 0: %s).\n",
-				100*cls.mpps()/base.mpps(), strings.Join(per, ", "), verdict(cls.mpps() >= 0.9*base.mpps()), cls.nsPerPkt()/base.nsPerPkt(),
+			target := "no target: every frame makes a new row, the worst case"
+			if rateTarget {
+				target = "target ≥ 90%: " + verdict(cls.mpps() >= 0.9*base.mpps())
+			}
+			fmt.Fprintf(w, "\nReceived rate: %.1f%% of the baseline's over all rounds (each round: %s; %s). In-kernel cost: %.2f× the baseline's. Miscounted frames (of those the classifier ran on): %d (target 0: %s).\n",
+				100*cls.mpps()/base.mpps(), strings.Join(per, ", "), target, cls.nsPerPkt()/base.nsPerPkt(),
 				miss, verdict(miss == 0 && cls.counted == cls.runs))
 			if base.frames > base.runs || cls.frames > cls.runs {
 				fmt.Fprintf(w, "Frames that never reached the receiving program: %d of the baseline's, %d of the classifier's (the veth's 256-frame ring was full: the generator outran the receiving side on the shared CPUs).\n",
@@ -228,6 +234,6 @@ func writeE2E(w *strings.Builder, r *results) {
 			fmt.Fprintln(w)
 		}
 	}
-	e2eTable("Known ESP (98-byte frames, SPI 0x1000), classifier against the empty program:", r.e2eKnown, r.e2eKnownRounds)
-	e2eTable("A new unknown SPI in every frame (1,000,000 SPIs from 1,000 sources, cycling), classifier against the minimal SPI counter:", r.e2eFlood, r.e2eFloodRounds)
+	e2eTable("Known ESP (98-byte frames, SPI 0x1000), classifier against the empty program:", r.e2eKnown, r.e2eKnownRounds, true)
+	e2eTable("A new unknown SPI in every frame (1,000,000 SPIs from 1,000 sources, cycling), classifier against the minimal SPI counter:", r.e2eFlood, r.e2eFloodRounds, false)
 }
