@@ -27,6 +27,8 @@ type results struct {
 	e2eKnown       []vethRun // per receiver, its rounds summed
 	e2eFlood       []vethRun
 	e2eKnownRounds [][]vethRun
+	e2eOther       []vethRun
+	e2eOtherRounds [][]vethRun
 	e2eFloodRounds [][]vethRun
 	flood          *floodResult
 	floodFrames    int
@@ -170,7 +172,7 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 	return writeReport(out, r)
 }
 
-// runE2E runs section 2: known ESP against the empty program, a new unknown SPI
+// runE2E runs section 2: known ESP and TCP against the empty program, a new unknown SPI
 // each frame against the minimal SPI counter, with any -variant builds beside.
 func runE2E(r *results, vfiles []string) error {
 	withVariants := func(rs []receiver, want classify.Class, outcome classify.Outcome) []receiver {
@@ -186,6 +188,16 @@ func runE2E(r *results, vfiles []string) error {
 		baselineReceiver("empty XDP program", emptyProg),
 		classifierReceiver(classify.ClassESP, classify.OutcomeKnown),
 	}, classify.ClassESP, classify.OutcomeKnown)); err != nil {
+		return err
+	}
+	step("end to end: %d frames of TCP into the empty program, then the classifier", r.e2eFrames)
+	tcp := "tcp src=198.51.100.1 dst=203.0.113.1 len=44"
+	if r.e2eOther, r.e2eOtherRounds, err = endToEnd(tcp, r.e2eFrames, e2eRounds, withVariants([]receiver{
+		baselineReceiver("empty XDP program", emptyProg),
+		classifierReceiver(classify.ClassOther, classify.OutcomeNone),
+		// what any program that reads the frame to count it pays on a cold frame
+		baselineReceiver("minimal other counter", otherProg),
+	}, classify.ClassOther, classify.OutcomeNone)); err != nil {
 		return err
 	}
 	step("end to end: %d frames, a new unknown SPI each, into the minimal SPI counter, then the classifier", r.e2eFrames)

@@ -24,7 +24,8 @@ type vethRun struct {
 	runs     uint64        // times the receiving program ran (bpf_stats)
 	elapsed  time.Duration // from the first frame sent to the last one received
 	progTime time.Duration // in-kernel run time of the receiving program (bpf_stats)
-	counted  uint64        // frames the classifier counted (0 for baselines)
+	counts   bool          // a classifier, whose counts follow (not a baseline)
+	counted  uint64        // frames the classifier counted
 	rightly  uint64        // of those, in the expected class and outcome
 }
 
@@ -80,6 +81,7 @@ func endToEnd(stream string, frames, rounds int, receivers []receiver) ([]vethRu
 			runs[i] = r
 			s := &sum[i]
 			s.name = r.name
+			s.counts = r.counts
 			s.frames += r.frames
 			s.runs += r.runs
 			s.elapsed += r.elapsed
@@ -147,6 +149,7 @@ func oneRun(lab *netlab.Lab, rc receiver, frame []byte, vary trafficgen.Vary, fr
 	}
 	r.progTime = after.Runtime - before.Runtime
 	if rc.check != nil {
+		r.counts = true
 		if r.counted, r.rightly, err = rc.check(); err != nil {
 			return r, err
 		}
@@ -229,3 +232,4 @@ func variantReceiver(name, path string, want classify.Class, outcome classify.Ou
 
 func emptyProg(o *bpf.BaselineObjects) *ebpf.Program { return o.BaseEmpty }
 func spiProg(o *bpf.BaselineObjects) *ebpf.Program   { return o.BaseSpi }
+func otherProg(o *bpf.BaselineObjects) *ebpf.Program { return o.BaseOther }
