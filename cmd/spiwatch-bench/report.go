@@ -112,11 +112,12 @@ func writeReport(path string, r *results) error {
 	fmt.Fprintf(w, "Each program runs each frame %d times per round, %d rounds, programs interleaved\n"+
 		"round by round on one pinned CPU. Each program is loaded %d times and the rounds\n"+
 		"take its loads in turn: where the JIT placed a program moves its cost by a few\n"+
-		"percent for as long as it stays loaded. The table gives the median round's ns per run,\n"+
-		"timed by the thread's CPU time around each test run (the kernel's own figure is in\n"+
-		"whole nanoseconds, steps of 5-12%% at these costs; CPU time was %.2f ns above it in\n"+
-		"the median round, at most %.1f ns apart), and each ratio is the median over rounds of the two programs' ratio in that round\n"+
-		"(they ran tens of milliseconds apart, so the machine's slow and fast minutes cancel).\n"+
+		"percent for as long as it stays loaded. The table gives the median round's ns\n"+
+		"per run, timed by the thread's CPU time around each test run (the kernel's own\n"+
+		"figure is in whole nanoseconds, steps of 5-12%% at these costs; CPU time was\n"+
+		"%.2f ns above it in the median round, at most %.1f ns apart). Each ratio is the\n"+
+		"median over rounds of the two programs' ratio in that round (they ran tens of\n"+
+		"milliseconds apart, so the machine's slow and fast minutes cancel).\n"+
 		"Baselines: an empty `XDP_PASS` program, one that bumps a per-CPU counter, a\n"+
 		"minimal SPI counter (IPv4 ESP or UDP 4500, one per-CPU hash lookup keyed by SPI,\n"+
 		"one add: the floor for any program that looks an SPI up), and a minimal other\n"+
