@@ -9,17 +9,17 @@ import (
 	"github.com/spiwatch/spiwatch/maps"
 )
 
-// TestDiagTableSizes: ICMPMax and IKEMax are the object's table sizes (spiwatch
+// TestDiagTableSizes: DefaultICMPMax and DefaultIKEMax are the object's table sizes (spiwatch
 // read reports them without loading the object).
 func TestDiagTableSizes(t *testing.T) {
 	spec, err := bpf.LoadSpiwatch()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := spec.Maps[maps.ICMPName].MaxEntries; got != ICMPMax {
-		t.Errorf("%s has %d entries, ICMPMax is %d", maps.ICMPName, got, ICMPMax)
+	if got := spec.Maps[maps.ICMPName].MaxEntries; got != DefaultICMPMax {
+		t.Errorf("%s has %d entries, DefaultICMPMax is %d", maps.ICMPName, got, DefaultICMPMax)
 	}
-	if got := spec.Maps[maps.IKEName].MaxEntries; got != IKEMax {
-		t.Errorf("%s has %d entries, IKEMax is %d", maps.IKEName, got, IKEMax)
+	if got := spec.Maps[maps.IKEName].MaxEntries; got != DefaultIKEMax {
+		t.Errorf("%s has %d entries, DefaultIKEMax is %d", maps.IKEName, got, DefaultIKEMax)
 	}
 }

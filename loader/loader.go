@@ -28,10 +28,10 @@ const (
 	MaxNATTPorts      = 8
 	DefaultKnownMax   = 65536
 	DefaultUnknownMax = 65536
-	// ICMPMax and IKEMax are the sizes of the ICMP-error and IKE tables
-	// (ICMP_MAX, IKE_MAX in bpf/spiwatch.c).
-	ICMPMax        = 4096
-	IKEMax         = 16384
+	// DefaultICMPMax and DefaultIKEMax are the sizes of the ICMP-error and IKE
+	// tables (ICMP_MAX, IKE_MAX in bpf/spiwatch.c).
+	DefaultICMPMax = 4096
+	DefaultIKEMax  = 16384
 	DefaultRateMax = 65536
 	MaxDropAbove   = 1_000_000_000 // packets per second: a 1 ns token cost
 	progName       = "spiwatch_xdp"
@@ -45,6 +45,10 @@ type Settings struct {
 	// only above this many per second (per CPU); 0 drops them all.
 	DropAbove  uint32
 	RateMax    uint32 // sources with a DropAbove bucket; 0: DefaultRateMax
+	// ICMPMax and IKEMax size the ICMP-error and IKE tables; 0: the defaults.
+	// Like the unknown-SPI table they keep an LRU per CPU, so a program run on
+	// one CPU (spiwatch read) needs them that many times larger.
+	ICMPMax, IKEMax uint32
 	KnownMax   uint32 // known-SA map size; 0: DefaultKnownMax
 	UnknownMax uint32 // unknown-SPI table size; 0: DefaultUnknownMax
 	// XfrmLookup: on a known-SA map miss, the program asks the kernel's own SA table
@@ -95,6 +99,12 @@ func (s Settings) withDefaults() Settings {
 	}
 	if s.RateMax == 0 {
 		s.RateMax = DefaultRateMax
+	}
+	if s.ICMPMax == 0 {
+		s.ICMPMax = DefaultICMPMax
+	}
+	if s.IKEMax == 0 {
+		s.IKEMax = DefaultIKEMax
 	}
 	return s
 }
@@ -199,6 +209,8 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	spec.Maps[maps.KnownMultiName].MaxEntries = knownMultiMax(s.KnownMax)
 	spec.Maps[maps.UnknownName].MaxEntries = s.UnknownMax
 	spec.Maps[maps.RateName].MaxEntries = s.RateMax
+	spec.Maps[maps.ICMPName].MaxEntries = s.ICMPMax
+	spec.Maps[maps.IKEName].MaxEntries = s.IKEMax
 
 	mbErr := dropMultiBuffer(spec)
 

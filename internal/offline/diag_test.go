@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiwatch/spiwatch/internal/frames"
 	"github.com/spiwatch/spiwatch/internal/testenv"
+	"github.com/spiwatch/spiwatch/loader"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -99,5 +100,47 @@ func TestReadDiagnosis(t *testing.T) {
 	jb, _ := json.Marshal(gm)
 	if !bytes.Equal(ja, jb) {
 		t.Fatalf("engines differ:\n bpf %s\n  go %s", ja, jb)
+	}
+}
+
+// TestReadDiagTablesOneCPU: spiwatch read runs the program on one CPU, and the
+// ICMP-error and IKE tables keep an LRU per CPU; each is loaded that many times
+// larger, so the one CPU gets the whole of its table. A capture with three
+// quarters of each table's rows (more than one CPU's share on 2 CPUs or more)
+// keeps them all in both engines, without evictions.
+func TestReadDiagTablesOneCPU(t *testing.T) {
+	gw := netip.MustParseAddr("203.0.113.1")
+	nICMP, nIKE := 3*loader.DefaultICMPMax/4, 3*loader.DefaultIKEMax/4
+	var fs [][]byte
+	for i := range max(nICMP, nIKE) {
+		peer := frames.Frame{Src: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), Dst: gw}
+		if i < nICMP { // a router on the path of our own ESP to it
+			out := frames.Frame{Src: gw, Dst: peer.Src}
+			fs = append(fs, peer.ICMP(3, 4, 1400, frames.Quote(out.ESP(0x1000, 1, 100), 8)))
+		}
+		if i < nIKE {
+			fs = append(fs, peer.IKE(500, 500, false, 40))
+		}
+	}
+	path := writePcap(t, fs)
+	for _, noBPF := range []bool{true, false} {
+		engine := map[bool]string{true: "reference", false: "bpf"}[noBPF]
+		if !noBPF {
+			testenv.RequireBPF(t)
+		}
+		s, err := Read(path, Options{NoBPF: noBPF})
+		if err != nil {
+			t.Fatalf("%s: %v", engine, err)
+		}
+		for _, c := range []struct {
+			name     string
+			ts       maps.TableStats
+			rows     int
+			capacity int
+		}{{"ICMP-error", s.ICMPTable, nICMP, loader.DefaultICMPMax}, {"IKE", s.IKETable, nIKE, loader.DefaultIKEMax}} {
+			if c.ts.Entries != c.rows || c.ts.Evictions != 0 || c.ts.Capacity != c.capacity || c.ts.InsertFails != 0 {
+				t.Errorf("%s: %s table %+v, want %d entries of %d, none evicted", engine, c.name, c.ts, c.rows, c.capacity)
+			}
+		}
 	}
 }

@@ -140,6 +140,8 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 			return nil, fmt.Errorf("an unknown-SPI table of %d rows on one of %d CPUs needs more than 2^32 entries", capacity, ncpu)
 		}
 		settings.UnknownMax = capacity * uint32(ncpu)
+		settings.ICMPMax = loader.DefaultICMPMax * uint32(ncpu) // the same for the diagnosis tables
+		settings.IKEMax = loader.DefaultIKEMax * uint32(ncpu)
 		if objs, err = loader.Load(settings); err != nil {
 			return nil, fmt.Errorf("%w (or use --no-bpf for the Go reference classifier)", err)
 		}
@@ -211,10 +213,11 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 		if s.ICMPTable, s.IKETable, err = objs.Maps.DiagTableStats(len(a.icmp), len(a.ike)); err != nil {
 			return nil, err
 		}
+		s.ICMPTable.Capacity, s.IKETable.Capacity = loader.DefaultICMPMax, loader.DefaultIKEMax // the one CPU's share
 	} else {
 		s.Table = maps.TableStats{Entries: len(a.rows), Capacity: int(capacity), Inserts: a.inserts, Evictions: a.inserts - uint64(len(a.rows))}
-		s.ICMPTable = maps.TableStats{Entries: len(a.icmp), Capacity: loader.ICMPMax, Inserts: uint64(len(a.icmp))}
-		s.IKETable = maps.TableStats{Entries: len(a.ike), Capacity: loader.IKEMax, Inserts: uint64(len(a.ike))}
+		s.ICMPTable = maps.TableStats{Entries: len(a.icmp), Capacity: loader.DefaultICMPMax, Inserts: uint64(len(a.icmp))}
+		s.IKETable = maps.TableStats{Entries: len(a.ike), Capacity: loader.DefaultIKEMax, Inserts: uint64(len(a.ike))}
 	}
 	return s, readErr
 }
