@@ -212,7 +212,7 @@ func (v *View) Render(w, h int) string {
 	}
 	if len(concerns) > 0 {
 		add("known SAs with concerns: %d", len(concerns))
-		add("%-26s %10s %8s %8s %8s %8s  %s", "SA", "packets", "lost", "replay", "restarts", "other", "concern / sources")
+		add("%-26s %10s %8s %8s %8s %8s  %-12s %s", "SA", "packets", "lost", "replay", "restarts", "other", "from", "concern / sources")
 		for i, k := range concerns {
 			if i == maxKnownRows {
 				add("... %d more (spiwatch --json lists all)", len(concerns)-i)
@@ -222,8 +222,8 @@ func (v *View) Render(w, h int) string {
 			if k.Collision {
 				srcs = k.ActiveSources
 			}
-			add("%-26s %10d %8s %8d %8d %8d  %s: %s", k.SA, k.Packets, report.Percent(k.LossRatio()), k.Seq.Replays, k.Seq.Restarts,
-				k.OtherPackets, report.KnownProblem(k), report.SourcesString(srcs))
+			add("%-26s %10d %8s %8d %8d %8d  %-12s %s: %s", k.SA, k.Packets, report.Percent(k.LossRatio()), k.Seq.Replays, k.Seq.Restarts,
+				k.OtherPackets, report.FromString(k.From), report.KnownProblem(k), report.SourcesString(srcs))
 		}
 		add("")
 	}

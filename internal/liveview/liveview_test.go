@@ -104,7 +104,7 @@ func TestRenderDiagnosis(t *testing.T) {
 	s.Known = []report.KnownRow{
 		{KnownSA: maps.KnownSA{SA: maps.SA{SPI: 0x1000}, Packets: 100, OtherPackets: 7, Sources: []maps.SASource{a, b}},
 			Collision: true, ActiveSources: []maps.SASource{a, b}},
-		{KnownSA: maps.KnownSA{SA: maps.SA{SPI: 0x2000}, Packets: 90, Seq: maps.SeqHealth{Lost: 10, Replays: 3}}},
+		{KnownSA: maps.KnownSA{SA: maps.SA{SPI: 0x2000}, Packets: 90, Seq: maps.SeqHealth{Lost: 10, Replays: 3}}, From: []string{"xfrm"}},
 		{KnownSA: maps.KnownSA{SA: maps.SA{SPI: 0x3000}, Packets: 50}},
 	}
 	v := &View{info: Info{Started: time.Now()}, last: s}
@@ -117,7 +117,7 @@ func TestRenderDiagnosis(t *testing.T) {
 	if lines[3] != want {
 		t.Errorf("line 4 %q, want %q\n%s", lines[3], want, screen)
 	}
-	for _, w := range []string{"known SAs with concerns: 2", "COLLISION: 198.51.100.1:4500", "10.0%", "replay-suspect,loss",
+	for _, w := range []string{"known SAs with concerns: 2", "COLLISION: 198.51.100.1:4500", "10.0%", "xfrm         replay-suspect,loss",
 		"esp            dropped", "esp            passed"} {
 		if !strings.Contains(screen, w) {
 			t.Errorf("no %q in\n%s", w, screen)
