@@ -69,13 +69,17 @@ static __always_inline __u32 walk_mask(__u32 off)
 	return off;
 }
 
-static __always_inline int is_natt_port(__u16 port)
+/* natt_pair says whether either port (host order) is a NAT-T port: the list's
+ * length read once, each entry loaded once for both ports. */
+static __always_inline int natt_pair(__u16 sport, __u16 dport)
 {
+	__u32 n = natt_port_count;
 #pragma unroll
 	for (__u32 i = 0; i < MAX_NATT_PORTS; i++) {
-		if (i >= natt_port_count)
+		if (i >= n)
 			break;
-		if (natt_ports[i] == port)
+		__u16 port = natt_ports[i];
+		if (port == sport || port == dport)
 			return 1;
 	}
 	return 0;
@@ -96,7 +100,7 @@ static __always_inline int udp_ports_ipsec(void *data, void *data_end, __u32 l4_
 	if (l4_off + sizeof(*udp) > l4_end || (void *)(udp + 1) > data_end)
 		return 1; /* let parse_l4 decide */
 	__u16 sport = bpf_ntohs(udp->source), dport = bpf_ntohs(udp->dest);
-	return sport == IKE_PORT || dport == IKE_PORT || is_natt_port(dport) || is_natt_port(sport);
+	return sport == IKE_PORT || dport == IKE_PORT || natt_pair(sport, dport);
 }
 
 /* Layer 4 of CLASSES.md: ESP over IP, or UDP towards IKE / NAT-T ports. l4_end is
@@ -131,7 +135,7 @@ static __always_inline int parse_l4(void *data, void *data_end, __u8 proto, __u3
 	__u16 sport = bpf_ntohs(udp->source);
 	__u16 dport = bpf_ntohs(udp->dest);
 	int ike = sport == IKE_PORT || dport == IKE_PORT;
-	if (!ike && !is_natt_port(dport) && !is_natt_port(sport))
+	if (!ike && !natt_pair(sport, dport))
 		return SW_CLASS_OTHER;
 	if (bad_len)
 		return SW_CLASS_MALFORMED;
@@ -283,22 +287,6 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, __u
 	return parse_l4(data, data_end, nh, cur, l3_end, bad_len, first_frag, p);
 }
 
-/* natt_pair says whether either port (host order) is a NAT-T port: the list's
- * length read once, each entry loaded once for both ports. */
-static __always_inline int natt_pair(__u16 sport, __u16 dport)
-{
-	__u32 n = natt_port_count;
-#pragma unroll
-	for (__u32 i = 0; i < MAX_NATT_PORTS; i++) {
-		if (i >= n)
-			break;
-		__u16 port = natt_ports[i];
-		if (port == sport || port == dport)
-			return 1;
-	}
-	return 0;
-}
-
 /* common_ports decides a UDP datagram of the common shape by its ports, before
  * anything else is read: other, IKE (the full walk), or a NAT-T candidate
  * (SW_CLASS_ESP_IN_UDP, ports in p). */
@@ -443,7 +431,7 @@ static __always_inline int quoted_udp(void *data, void *data_end, __u32 q, __u32
 	if (qavail < sizeof(*udp) || (void *)(udp + 1) > data_end)
 		return SW_CLASS_OTHER;
 	__u16 sport = bpf_ntohs(udp->source), dport = bpf_ntohs(udp->dest);
-	if (sport == IKE_PORT || dport == IKE_PORT || (!is_natt_port(sport) && !is_natt_port(dport)))
+	if (sport == IKE_PORT || dport == IKE_PORT || !natt_pair(sport, dport))
 		return SW_CLASS_OTHER;
 	k->qsport = sport;
 	k->qdport = dport;
