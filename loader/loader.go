@@ -381,6 +381,11 @@ func (o *Objects) Close() error {
 		}
 	}
 	o.progs = map[int]*ebpf.Program{}
+	if o.Maps != nil {
+		if err := o.Maps.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if o.coll != nil {
 		o.coll.Close()
 		o.coll = nil

@@ -2,7 +2,11 @@
 
 package maps
 
-import "github.com/cilium/ebpf"
+import (
+	"errors"
+
+	"github.com/cilium/ebpf"
+)
 
 // The external tests (package maps_test) load the maps through loader, which imports
 // this package: an internal test could not import loader without a cycle. This file
@@ -43,8 +47,35 @@ func (m *Maps) SetKnownStats(sa SA, stats []SAStats) error {
 
 // InFront says whether the known SA of spi is in the front (maps/front.go).
 func (m *Maps) InFront(spi uint32) bool {
+	m.knownMu.Lock()
+	defer m.knownMu.Unlock()
 	_, held, _ := m.frontLookup(spi)
 	return held
+}
+
+// SetFault makes f be asked before each write of the known set (nil: none).
+func (m *Maps) SetFault(f func() error) {
+	m.knownMu.Lock()
+	defer m.knownMu.Unlock()
+	m.fault = f
+}
+
+// RawKnownEntries counts the entries of sw_known and sw_known_multi as they are,
+// the ones the program never reaches included.
+func (m *Maps) RawKnownEntries() (known, multi int, err error) {
+	var spi uint32
+	vals := make([]knownSPI, m.ncpu)
+	it := m.known.Iterate()
+	for it.Next(&spi, &vals) {
+		known++
+	}
+	var k saKey
+	st := make([]saStats, m.ncpu)
+	it2 := m.knownMulti.Iterate()
+	for it2.Next(&k, &st) {
+		multi++
+	}
+	return known, multi, errors.Join(it.Err(), it2.Err())
 }
 
 // FrontFlags is the flags half of a front slot's word.

@@ -59,9 +59,10 @@ func (m *Maps) frontSlot(spi uint32) uint32 {
 	return uint32(uint64(spi*frontHash) >> FrontShift(m.knownSlot.MaxEntries()))
 }
 
-// withWords gives f sw_known_slot's words: to change, mapped into memory (then
-// unmapped), else a copy read in one batch (a read-only map, as spiwatch stats
-// opens the pins, cannot be mapped).
+// withWords gives f sw_known_slot's words: to change, mapped into memory (once,
+// and kept until Close: a mapping per change would cost two system calls and a
+// TLB flush while an SA moves), else a copy read in one batch (a read-only map,
+// as spiwatch stats opens the pins, cannot be mapped). Writers hold knownMu.
 func (m *Maps) withWords(write bool, f func(words []uint64) error) error {
 	n := int(m.knownSlot.MaxEntries())
 	if !write {
@@ -76,16 +77,31 @@ func (m *Maps) withWords(write bool, f func(words []uint64) error) error {
 		}
 		return f(words)
 	}
-	size := (n*8 + unix.Getpagesize() - 1) &^ (unix.Getpagesize() - 1)
-	mem, err := unix.Mmap(m.knownSlot.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("changing known SAs: map %s cannot be written here (open read-only?): %w", KnownSlotName, err)
+	if m.slotMem == nil {
+		size := (n*8 + unix.Getpagesize() - 1) &^ (unix.Getpagesize() - 1)
+		mem, err := unix.Mmap(m.knownSlot.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("changing known SAs: map %s cannot be written here (open read-only?): %w", KnownSlotName, err)
+			}
+			return fmt.Errorf("mapping %s into memory: %w", KnownSlotName, err)
 		}
-		return fmt.Errorf("mapping %s into memory: %w", KnownSlotName, err)
+		m.slotMem = mem
 	}
-	defer unix.Munmap(mem)
-	return f(unsafe.Slice((*uint64)(unsafe.Pointer(&mem[0])), n))
+	return f(unsafe.Slice((*uint64)(unsafe.Pointer(&m.slotMem[0])), n))
+}
+
+// Close gives back what the maps hold beside the kernel's maps: the memory
+// mapping of sw_known_slot. The maps are not to be changed after it.
+func (m *Maps) Close() error {
+	m.knownMu.Lock()
+	defer m.knownMu.Unlock()
+	if m.slotMem == nil {
+		return nil
+	}
+	err := unix.Munmap(m.slotMem)
+	m.slotMem = nil
+	return err
 }
 
 // frontWord is a slot's word, read atomically.
@@ -163,9 +179,12 @@ func (m *Maps) frontPut(k saKey) (bool, error) {
 		if flags&frontUsed != 0 {
 			return nil
 		}
+		if err := m.injected(); err != nil {
+			return err
+		}
 		vals := make([]knownSPI, m.ncpu)
-		for i := range vals {
-			vals[i].Daddr = k.Daddr
+		for i, st := range m.initial(k) {
+			vals[i] = knownSPI{St: st, Daddr: k.Daddr}
 		}
 		// No word leads here yet: the entry first, then the word.
 		if err := m.knownFront.Update(slot, vals, ebpf.UpdateAny); err != nil {
@@ -185,9 +204,10 @@ func (m *Maps) frontPut(k saKey) (bool, error) {
 	return put, err
 }
 
-// frontDrop takes spi's SA out of its slot (keeping the slot's overflow mark);
-// false if the slot does not hold it.
-func (m *Maps) frontDrop(spi uint32) (bool, error) {
+// frontDrop takes spi's SA out of its slot, keeping the slot's overflow mark or,
+// with overflow, setting it in the same store (lookups of spi then go on to
+// sw_known from that instant); false if the slot does not hold it.
+func (m *Maps) frontDrop(spi uint32, overflow bool) (bool, error) {
 	slot := m.frontSlot(spi)
 	dropped := false
 	err := m.withWords(true, func(words []uint64) error {
@@ -195,7 +215,14 @@ func (m *Maps) frontDrop(spi uint32) (bool, error) {
 		if flags&frontUsed == 0 || s != spi {
 			return nil
 		}
-		storeWord(words, slot, 0, flags&frontOverflow)
+		if err := m.injected(); err != nil {
+			return err
+		}
+		flags &= frontOverflow
+		if overflow {
+			flags = frontOverflow
+		}
+		storeWord(words, slot, 0, flags)
 		m.frontFreed[slot] = time.Now()
 		delete(m.frontHeld, slot)
 		dropped = true
@@ -204,16 +231,29 @@ func (m *Maps) frontDrop(spi uint32) (bool, error) {
 	return dropped, err
 }
 
+// frontRelease lets spi's SA go from its slot, which sends its lookups on to
+// sw_known from then on.
+func (m *Maps) frontRelease(spi uint32) error {
+	_, err := m.frontDrop(spi, true)
+	return err
+}
+
 // frontLookup returns the per-CPU counts of spi's SA if the front holds it.
 func (m *Maps) frontLookup(spi uint32) ([]saStats, bool, error) {
 	slot := m.frontSlot(spi)
 	var held bool
-	if err := m.withWords(false, func(words []uint64) error {
+	if m.frontHeld != nil { // under knownMu, as every change: no read of the words
+		k, ok := m.frontHeld[slot]
+		held = ok && k.SPI == spi
+	} else if err := m.withWords(false, func(words []uint64) error {
 		s, flags := frontWord(words, slot)
 		held = flags&frontUsed != 0 && s == spi
 		return nil
-	}); err != nil || !held {
+	}); err != nil {
 		return nil, false, err
+	}
+	if !held {
+		return nil, false, nil
 	}
 	vals := make([]knownSPI, m.ncpu)
 	if err := m.knownFront.Lookup(slot, &vals); err != nil {
@@ -224,19 +264,6 @@ func (m *Maps) frontLookup(spi uint32) ([]saStats, bool, error) {
 		st[i] = vals[i].St
 	}
 	return st, true, nil
-}
-
-// markOverflow marks spi's slot as overflowing at once (syncOverflow sets the
-// rest when a change is done).
-func (m *Maps) markOverflow(spi uint32) error {
-	slot := m.frontSlot(spi)
-	return m.withWords(true, func(words []uint64) error {
-		s, flags := frontWord(words, slot)
-		if flags&frontOverflow == 0 {
-			storeWord(words, slot, s, flags|frontOverflow)
-		}
-		return nil
-	})
 }
 
 // syncOverflow marks exactly the slots of the SPIs sw_known holds as

@@ -24,6 +24,13 @@ type Maps struct {
 	knownMu    sync.Mutex
 	frontFreed map[uint32]time.Time
 	frontHeld  map[uint32]saKey // the front's SAs by slot, once read (maps/front.go)
+	slotMem    []byte           // sw_known_slot mapped for writing, once written (maps/front.go)
+	// saved holds, while a change of the known set runs, the counts of the SAs
+	// it took out: putting the old set back after a failure gives them back.
+	saved map[saKey][]saStats
+	// fault, when set (tests, export_test.go), is asked before each write of
+	// the known set and fails it with its error.
+	fault func() error
 	// hot holds the counts last reported for rows the per-CPU front had counts
 	// for: a hand-over between reading the table and the front hides them for
 	// one read, and a row's counts must never go back (maps/unknown.go).
