@@ -105,7 +105,13 @@ func (m *Maps) CountersMap() *ebpf.Map { return m.counters }
 func (m *Maps) NCPU() int { return m.ncpu }
 
 // UnknownIterate reads the unknown table without batch operations.
-func (m *Maps) UnknownIterate() ([]Unknown, error) { return m.unknownIterate(nil) }
+func (m *Maps) UnknownIterate() ([]Unknown, error) {
+	rows, err := m.unknownIterate(nil)
+	for i := range rows {
+		rows[i].tick = 0
+	}
+	return rows, err
+}
 
 // RawKey is the map key of an SA.
 func (s SA) RawKey() SAKeyRaw { return s.key() }
@@ -128,19 +134,4 @@ func HotSlot(u Unknown) uint32 {
 	w7 := uint32(k.Daddr[12]) | uint32(k.Daddr[13])<<8 | uint32(k.Daddr[14])<<16 | uint32(k.Daddr[15])<<24
 	h := w3 ^ (w7 * 0x85ebca6b) ^ k.SPI ^ (uint32(k.Sport)<<16 | uint32(k.Dport))
 	return (h * 0x9e3779b1) >> (32 - 8)
-}
-
-// BareMaps is a Maps without kernel maps, for mergeHot.
-func BareMaps() *Maps { return &Maps{} }
-
-// MergeHot merges rows the front holds counts for (given as rows) into a table
-// snapshot, as UnknownSnapshot does.
-func (m *Maps) MergeHot(table, front []Unknown) []Unknown {
-	hot := map[unknownKey]*hotRow{}
-	for i := range front {
-		f := &front[i]
-		k := keyOf(f)
-		hot[k] = &hotRow{key: k, packets: f.Packets, bytes: f.Bytes, first: f.FirstSeenNs, last: f.LastSeenNs, lastSeq: f.LastSeq}
-	}
-	return m.mergeHot(table, hot)
 }

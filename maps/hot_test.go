@@ -169,33 +169,3 @@ func TestUnknownHotFront(t *testing.T) {
 		t.Fatalf("after ClearUnknown: %d rows (%v), want none", len(all), err)
 	}
 }
-
-// TestMergeHotNeverBack: counts the front handed over between the table read and
-// the front read are hidden for one snapshot; the row must not go back.
-func TestMergeHotNeverBack(t *testing.T) {
-	m := maps.BareMaps()
-	row := func(p uint64) maps.Unknown {
-		return maps.Unknown{SPI: 0x5000, Src: netip.MustParseAddr("192.0.2.9"), Dst: dst4, Ifindex: 1, Packets: p, Bytes: p * 100}
-	}
-	other := maps.Unknown{SPI: 0x5001, Src: netip.MustParseAddr("192.0.2.9"), Dst: dst4, Ifindex: 1, Packets: 7, Bytes: 700}
-	for i, step := range []struct {
-		table, front []maps.Unknown
-		want         uint64
-	}{
-		{[]maps.Unknown{row(90), other}, []maps.Unknown{row(10)}, 100}, // 90 in the table, 10 in the front
-		{[]maps.Unknown{row(90), other}, nil, 100},                     // the 10 in flight: held at 100
-		{[]maps.Unknown{row(100), other}, nil, 100},                    // arrived
-		{[]maps.Unknown{row(105), other}, nil, 105},
-		{[]maps.Unknown{row(104), other}, nil, 104}, // no front counts involved: the table's word
-	} {
-		got := m.MergeHot(step.table, step.front)
-		if len(got) != 2 || got[0].Packets != step.want || got[0].Bytes != step.want*100 || got[1].Packets != 7 {
-			t.Errorf("step %d: %+v, want the row at %d packets and the other row untouched", i, got, step.want)
-		}
-	}
-	// Counts of a row the table no longer has: a row of their own, Evicted.
-	got := m.MergeHot([]maps.Unknown{other}, []maps.Unknown{row(5)})
-	if len(got) != 2 || !got[1].Evicted || got[1].Packets != 5 || maps.TableRows(got) != 1 {
-		t.Errorf("front counts without a table row: %+v (table rows %d), want an Evicted row of 5", got, maps.TableRows(got))
-	}
-}

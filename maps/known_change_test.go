@@ -5,9 +5,9 @@ package maps_test
 import (
 	"errors"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"

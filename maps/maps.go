@@ -31,11 +31,8 @@ type Maps struct {
 	// fault, when set (tests, export_test.go), is asked before each write of
 	// the known set and fails it with its error.
 	fault func() error
-	// hot holds the counts last reported for rows the per-CPU front had counts
-	// for: a hand-over between reading the table and the front hides them for
-	// one read, and a row's counts must never go back (maps/unknown.go).
-	hotMu   sync.Mutex
-	hotLast map[unknownKey]Count
+	// hotMu makes the readers of the unknown table take turns (maps/unknown.go).
+	hotMu sync.Mutex
 	// deleted counts unknown-table entries removed by us, so that evictions stay
 	// exact: evictions = inserts - entries - deleted.
 	deleted atomic.Uint64

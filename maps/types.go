@@ -227,6 +227,7 @@ type Unknown struct {
 	// these are the packets since, which the kernel puts back in the table with
 	// the row's next packet. Not a table entry (TableRows).
 	Evicted bool
+	tick    uint64 // the tick of the table entry's last change, as read (maps/unknown.go)
 }
 
 // TableRows counts the rows of a snapshot that are unknown-table entries.
@@ -273,7 +274,7 @@ func (c *Counters) Total() Count {
 // Tally is the tables' bookkeeping.
 type Tally struct {
 	Inserts     uint64 // keys the program added to the unknown table
-	InsertFails uint64 // keys it could not add (table refused, or lost a race)
+	InsertFails uint64 // packets whose row could not be added (table refused, or lost a race)
 	RateInserts uint64 // sources added to the --drop-above buckets
 	RateFails   uint64 // sources it could not add (their packets were dropped)
 }

@@ -17,9 +17,8 @@ const batchSize = 4096
 // UnknownSnapshot reads the whole unknown-SPI table with batch lookups (one syscall
 // per batchSize entries); where the kernel lacks batch ops it falls back to
 // iterating. The table keeps changing while it is read, so a snapshot is
-// consistent per entry, not across entries. The counts the per-CPU front holds
-// for rows (sw_unknown_hot) are added in; a row's counts never go back between
-// snapshots.
+// consistent per row, not across rows. The counts the per-CPU front holds for
+// rows (sw_unknown_hot) are added in.
 func (m *Maps) UnknownSnapshot() ([]Unknown, error) {
 	return m.UnknownSnapshotInto(nil)
 }
@@ -28,18 +27,45 @@ func (m *Maps) UnknownSnapshot() ([]Unknown, error) {
 // reading a full table every interval reuses one buffer instead of growing a new
 // one (a 65,536-row table is 6 MiB of rows).
 func (m *Maps) UnknownSnapshotInto(buf []Unknown) ([]Unknown, error) {
+	rows, _, err := m.UnknownTable(buf)
+	return rows, err
+}
+
+// UnknownTable is UnknownSnapshotInto with the table's figures as of the same
+// read: the kernel's insert count is taken before the table, so a row inserted
+// while the table is read is not taken for an eviction (it may be missing from
+// both until the next read: evictions are then low by it, never high).
+func (m *Maps) UnknownTable(buf []Unknown) ([]Unknown, TableStats, error) {
+	m.hotMu.Lock() // one reader at a time: the reporter and the metrics share the maps
+	defer m.hotMu.Unlock()
+	t, err := m.Tally()
+	if err != nil {
+		return nil, TableStats{}, err
+	}
+	// The front before and after the table: a row's counts are consistent when
+	// no CPU handed its front to the table in between (a hand-over empties the
+	// front, then adds to the row: read across one, counts would be missed or
+	// seen twice). mergeHot reads the others again.
+	before, err := m.readHot()
+	if err != nil {
+		return nil, TableStats{}, err
+	}
 	out, err := m.readTable(buf[:0])
 	if err != nil {
-		return nil, err
+		return nil, TableStats{}, err
 	}
-	// The front after the table: a hand-over in between (the front emptied
-	// first, then the row added to) can hide counts for one read, never count
-	// them twice; mergeHot keeps the hidden ones from showing as a drop.
 	hot, err := m.readHot()
 	if err != nil {
-		return nil, err
+		return nil, TableStats{}, err
 	}
-	return m.mergeHot(out, hot), nil
+	out, err = m.mergeHot(out, before, hot)
+	if err != nil {
+		return nil, TableStats{}, err
+	}
+	for i := range out {
+		out[i].tick = 0 // the read's own: rows compare equal across reads
+	}
+	return out, m.tableStats(t, TableRows(out)), nil
 }
 
 func (m *Maps) readTable(out []Unknown) ([]Unknown, error) {
@@ -82,8 +108,14 @@ type hotRow struct {
 	packets, bytes uint64
 	first, last    uint64
 	lastSeq        uint32
-	found          bool
+	// ticks is, per CPU, the tick of the slot's last hand-over to the table (or
+	// of its taking the slot); 0 where the CPU's slot holds another row. Equal
+	// in two reads: no CPU handed the row over in between.
+	ticks []uint64
+	found bool
 }
+
+func (h *hotRow) sameTicks(o *hotRow) bool { return o != nil && slices.Equal(h.ticks, o.ticks) }
 
 // readHot sums the per-CPU front's counts by row: slots holding counts not yet
 // handed to their row.
@@ -94,84 +126,162 @@ func (m *Maps) readHot() (map[unknownKey]*hotRow, error) {
 		if err := m.unknownHot.Lookup(slot, vals); err != nil {
 			return nil, fmt.Errorf("reading the unknown-SPI table's per-CPU front, slot %d: %w", slot, err)
 		}
-		for _, v := range vals {
-			if v.Used == 0 || v.Packets == 0 {
-				continue
-			}
-			r := rows[v.Key]
-			if r == nil {
-				r = &hotRow{key: v.Key, first: v.FirstSeenNs}
-				rows[v.Key] = r
-			}
-			r.packets += v.Packets
-			r.bytes += v.Bytes
-			if v.FirstSeenNs != 0 && (r.first == 0 || v.FirstSeenNs < r.first) {
-				r.first = v.FirstSeenNs
-			}
-			if v.LastSeenNs >= r.last {
-				r.last, r.lastSeq = v.LastSeenNs, v.LastSeq
-			}
-		}
+		m.addHot(rows, vals)
 	}
 	return rows, nil
 }
 
-// mergeHot adds the fronts' counts to the table's rows (and appends rows the
-// table evicted meanwhile, marked Evicted), then keeps every row the fronts
-// counted for from going back below what the last snapshot said.
-func (m *Maps) mergeHot(out []Unknown, hot map[unknownKey]*hotRow) []Unknown {
-	m.hotMu.Lock()
-	defer m.hotMu.Unlock()
-	if len(hot) == 0 && len(m.hotLast) == 0 {
-		return out
+// readHotRow reads the front's slot of one row.
+func (m *Maps) readHotRow(k unknownKey) (*hotRow, error) {
+	vals := make([]unknownHot, m.ncpu)
+	slot := hotSlotOf(k)
+	if err := m.unknownHot.Lookup(slot, vals); err != nil {
+		return nil, fmt.Errorf("reading the unknown-SPI table's per-CPU front, slot %d: %w", slot, err)
 	}
-	// Rows to find: counted in a front now, or last time (their counts may be
-	// in flight). Matched by SPI first: a cheap test for 65,536 rows.
-	bySPI := map[uint32][]unknownKey{}
-	for k := range hot {
-		bySPI[k.SPI] = append(bySPI[k.SPI], k)
+	rows := map[unknownKey]*hotRow{}
+	m.addHot(rows, vals)
+	if h := rows[k]; h != nil {
+		return h, nil
 	}
-	for k := range m.hotLast {
-		if hot[k] == nil {
-			bySPI[k.SPI] = append(bySPI[k.SPI], k)
+	return &hotRow{key: k, ticks: make([]uint64, m.ncpu)}, nil
+}
+
+// addHot adds one slot's per-CPU values to rows.
+func (m *Maps) addHot(rows map[unknownKey]*hotRow, vals []unknownHot) {
+	for cpu, v := range vals {
+		if v.Used == 0 {
+			continue
+		}
+		r := rows[v.Key]
+		if r == nil {
+			r = &hotRow{key: v.Key, first: v.FirstSeenNs, ticks: make([]uint64, len(vals))}
+			rows[v.Key] = r
+		}
+		r.ticks[cpu] = v.LastJiffies
+		r.packets += v.Packets
+		r.bytes += v.Bytes
+		if v.FirstSeenNs != 0 && (r.first == 0 || v.FirstSeenNs < r.first) {
+			r.first = v.FirstSeenNs
+		}
+		if v.LastSeenNs >= r.last {
+			r.last, r.lastSeq = v.LastSeenNs, v.LastSeq
 		}
 	}
-	next := make(map[unknownKey]Count, len(hot))
+}
+
+// hotSlotOf is the front slot of a row: hot_slot() in bpf/spiwatch.c.
+func hotSlotOf(k unknownKey) uint32 {
+	le := func(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
+	h := le(k.Saddr[12:]) ^ (le(k.Daddr[12:]) * 0x85ebca6b) ^ k.SPI ^ (uint32(k.Sport)<<16 | uint32(k.Dport))
+	return (h * 0x9e3779b1) >> (32 - 8)
+}
+
+// mergeHot adds the fronts' counts (hot, read after the table) to the table's
+// rows. A row some CPU handed over between the two front reads (before, hot) is
+// read again, table and front, until no hand-over falls between; a row counted
+// in a front but not in the table as read is looked up (inserted since), else
+// appended as Evicted.
+func (m *Maps) mergeHot(out []Unknown, before, hot map[unknownKey]*hotRow) ([]Unknown, error) {
+	if len(hot) == 0 && len(before) == 0 {
+		return out, nil
+	}
+	bySPI := map[uint32]bool{} // a cheap first test for 65,536 rows
+	for k := range hot {
+		bySPI[k.SPI] = true
+	}
+	for k := range before {
+		bySPI[k.SPI] = true
+	}
 	for i := range out {
-		cands, ok := bySPI[out[i].SPI]
-		if !ok {
+		if !bySPI[out[i].SPI] {
 			continue
 		}
 		u := &out[i]
 		k := keyOf(u)
-		if !slices.Contains(cands, k) {
+		h, b := hot[k], before[k]
+		if h == nil && b == nil {
 			continue
 		}
-		if h := hot[k]; h != nil {
+		if h != nil {
 			h.found = true
-			u.Packets += h.packets
-			u.Bytes += h.bytes
-			if h.last >= u.LastSeenNs {
-				u.LastSeenNs, u.LastSeq = h.last, h.lastSeq
+		}
+		if h == nil || !h.sameTicks(b) {
+			var err error
+			if h, _, err = m.rereadRow(u); err != nil {
+				return nil, err
 			}
 		}
-		if prev, ok := m.hotLast[k]; ok && prev.Packets > u.Packets {
-			u.Packets, u.Bytes = prev.Packets, max(prev.Bytes, u.Bytes)
-			next[k] = prev // in flight: hold until the row has them
-		} else if hot[k] != nil {
-			next[k] = Count{Packets: u.Packets, Bytes: u.Bytes}
-		}
+		h.addTo(u)
 	}
 	for k, h := range hot {
-		if h.found {
+		if h.found || h.packets == 0 {
 			continue
 		}
-		u := unknownFrom(k, unknownStats{Packets: h.packets, Bytes: h.bytes, FirstSeenNs: h.first, LastSeenNs: h.last, LastSeq: h.lastSeq})
-		u.Evicted = true
-		out = append(out, u)
+		u := unknownFrom(k, unknownStats{})
+		h, found, err := m.rereadRow(&u)
+		if err != nil {
+			return nil, err
+		}
+		u.Evicted = !found
+		h.addTo(&u)
+		if u.Packets > 0 {
+			out = append(out, u)
+		}
 	}
-	m.hotLast = next
-	return out
+	return out, nil
+}
+
+// rereadRow reads u's table entry (into u; false if the table has none) and its
+// front slot until no hand-over falls between the two, at most a few times: a
+// CPU hands a row over once a tick.
+func (m *Maps) rereadRow(u *Unknown) (*hotRow, bool, error) {
+	k := keyOf(u)
+	h, err := m.readHotRow(k)
+	if err != nil {
+		return nil, false, err
+	}
+	for try := 0; ; try++ {
+		v := *u
+		found, err := m.lookupRow(&v)
+		if err != nil {
+			return nil, false, err
+		}
+		after, err := m.readHotRow(k)
+		if err != nil {
+			return nil, false, err
+		}
+		if after.sameTicks(h) || try == 3 {
+			if found {
+				*u = v
+			}
+			return after, found, nil
+		}
+		h = after
+	}
+}
+
+func (h *hotRow) addTo(u *Unknown) {
+	u.Packets += h.packets
+	u.Bytes += h.bytes
+	if h.first != 0 && (u.FirstSeenNs == 0 || h.first < u.FirstSeenNs) {
+		u.FirstSeenNs = h.first
+	}
+	if h.last >= u.LastSeenNs {
+		u.LastSeenNs, u.LastSeq = h.last, h.lastSeq
+	}
+}
+
+// lookupRow reads u's table entry into u; false if the table has none.
+func (m *Maps) lookupRow(u *Unknown) (bool, error) {
+	var v unknownStats
+	if err := m.unknown.Lookup(keyOf(u), &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("reading unknown-SPI row 0x%08x from %s: %w", u.SPI, u.Src, err)
+	}
+	*u = unknownFrom(keyOf(u), v)
+	return true, nil
 }
 
 // keyOf is the table key of a row.
@@ -185,6 +295,7 @@ func unknownFrom(k unknownKey, v unknownStats) Unknown {
 		SrcPort: k.Sport, DstPort: k.Dport, Ifindex: k.Ifindex,
 		Packets: v.Packets, Bytes: v.Bytes,
 		FirstSeenNs: v.FirstSeenNs, LastSeenNs: v.LastSeenNs, LastSeq: v.LastSeq,
+		tick: v.LastJiffies,
 	}
 }
 
@@ -216,9 +327,6 @@ func (m *Maps) ClearUnknown() error {
 			return fmt.Errorf("clearing unknown-SPI table: %w", err)
 		}
 	}
-	m.hotMu.Lock()
-	m.hotLast = nil
-	m.hotMu.Unlock()
 	return nil
 }
 
@@ -231,17 +339,23 @@ type TableStats struct {
 	Evictions   uint64 // inserts - entries - deleted by us
 }
 
-// UnknownTableStats combines a snapshot's length with the kernel's tallies.
+// UnknownTableStats combines a snapshot's length with the kernel's tallies read
+// now: exact while nothing is inserted (a capture read offline, a table at rest);
+// UnknownTable gives the figures of a table in use.
 func (m *Maps) UnknownTableStats(entries int) (TableStats, error) {
 	t, err := m.Tally()
 	if err != nil {
 		return TableStats{}, err
 	}
+	return m.tableStats(t, entries), nil
+}
+
+func (m *Maps) tableStats(t Tally, entries int) TableStats {
 	s := TableStats{Entries: entries, Capacity: m.UnknownCapacity(), Inserts: t.Inserts, InsertFails: t.InsertFails}
 	if gone := uint64(entries) + m.deleted.Load(); t.Inserts > gone {
 		s.Evictions = t.Inserts - gone
 	}
-	return s, nil
+	return s
 }
 
 func isE2BIG(err error) bool { return errors.Is(err, syscall.E2BIG) }

@@ -302,17 +302,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 	c.bufMu.Lock()
 	defer c.bufMu.Unlock()
-	snap, err := c.src.UnknownSnapshotInto(c.buf)
+	snap, ts, err := c.src.UnknownTable(c.buf)
 	if err != nil {
 		fail(err)
 		return
 	}
 	c.buf = snap
-	ts, err := c.src.UnknownTableStats(maps.TableRows(snap))
-	if err != nil {
-		fail(err)
-		return
-	}
 	ch <- prometheus.MustNewConstMetric(entriesDesc, prometheus.GaugeValue, float64(ts.Entries))
 	ch <- prometheus.MustNewConstMetric(capacityDesc, prometheus.GaugeValue, float64(ts.Capacity))
 	ch <- prometheus.MustNewConstMetric(insertsDesc, prometheus.CounterValue, float64(ts.Inserts))

@@ -23,11 +23,9 @@ type fakeSource struct {
 }
 
 func (f *fakeSource) Counters(int) (maps.Counters, error) { return maps.Counters{}, nil }
-func (f *fakeSource) UnknownSnapshotInto(buf []maps.Unknown) ([]maps.Unknown, error) {
-	return append(buf[:0], f.unknown...), nil
-}
-func (f *fakeSource) UnknownTableStats(entries int) (maps.TableStats, error) {
-	return maps.TableStats{Entries: entries, Capacity: 1024}, nil
+func (f *fakeSource) UnknownTable(buf []maps.Unknown) ([]maps.Unknown, maps.TableStats, error) {
+	rows := append(buf[:0], f.unknown...)
+	return rows, maps.TableStats{Entries: maps.TableRows(rows), Capacity: 1024}, nil
 }
 func (f *fakeSource) ListKnown() ([]maps.KnownSA, error) { return slices.Clone(f.known), nil }
 func (f *fakeSource) KnownCapacity() int                 { return 1024 }

@@ -22,8 +22,9 @@ import (
 // Source is what a Reporter reads: *maps.Maps.
 type Source interface {
 	Counters(slot int) (maps.Counters, error)
-	UnknownSnapshotInto(buf []maps.Unknown) ([]maps.Unknown, error)
-	UnknownTableStats(entries int) (maps.TableStats, error)
+	// UnknownTable reads the unknown-SPI table into buf[:0], with its figures
+	// as of that read.
+	UnknownTable(buf []maps.Unknown) ([]maps.Unknown, maps.TableStats, error)
 	ListKnown() ([]maps.KnownSA, error)
 }
 
@@ -234,7 +235,7 @@ func New(src Source, ifaces []Iface) (*Reporter, error) {
 			return nil, err
 		}
 	}
-	snap, err := src.UnknownSnapshotInto(nil)
+	snap, _, err := src.UnknownTable(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -370,14 +371,12 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		s.Total.Delta = add(s.Total.Delta, ic.Delta)
 	}
 
-	snap, err := r.src.UnknownSnapshotInto(r.snapBuf)
+	snap, table, err := r.src.UnknownTable(r.snapBuf)
 	if err != nil {
 		return nil, err
 	}
 	r.snapBuf = snap
-	if s.Table, err = r.src.UnknownTableStats(maps.TableRows(snap)); err != nil {
-		return nil, err
-	}
+	s.Table = table
 	if rl, ok := r.src.(RateLimited); ok && r.DropAbove > 0 {
 		rs, err := rl.RateTableStats()
 		if err != nil {
