@@ -6,7 +6,9 @@
 // kernel-netlink, libreswan and `ip xfrm` install SAs: a full dump of the ESP states
 // at start, then the NETLINK_XFRM multicast events (new, update, delete, hard
 // expire, flush) keep the known-SA set equal to the inbound states, within a few
-// milliseconds. A lost event (ENOBUFS) triggers a full re-dump, counted and reported.
+// milliseconds. A lost event (ENOBUFS) triggers a full re-dump, counted and reported;
+// the event socket is emptied first, so no event older than that dump is applied on
+// top of it.
 //
 // Privileges: Start needs CAP_NET_ADMIN (joining the xfrm groups and dumping the
 // states). Afterwards the event socket needs nothing, but a resync after lost events
@@ -68,8 +70,8 @@ type Source struct {
 	table  *Table
 	last   []maps.SA // the set last handed on; nil before the first
 
-	addrChanged atomic.Bool   // an address of the namespace came or went
-	addrDone    chan struct{} // ends the address subscription
+	addrChanged atomic.Bool   // an address of the namespace came or went, or changes were lost
+	addrDone    chan struct{} // ends address following
 	stopping    atomic.Bool   // set before addrDone closes: its socket error is expected
 
 	beforeReceive func() // tests: stall the event loop so the socket overruns
@@ -107,27 +109,13 @@ func (s *Source) Start(ctx context.Context, sink sasource.Sink, r sasource.Repor
 	}
 	// Which states are inbound depends on the local addresses: follow them too (a
 	// VIP moving to this node on failover makes its SAs inbound).
-	addrs := make(chan netlink.AddrUpdate, 64)
 	s.addrDone = make(chan struct{})
-	ao := netlink.AddrSubscribeOptions{ErrorCallback: func(err error) {
-		if s.stopping.Load() {
-			return
-		}
-		r.Notice(s.Name(), "following address changes failed, inbound states are re-checked at the next SA change: "+err.Error())
-	}}
-	if s.opts.NetNS.IsOpen() {
-		ns := s.opts.NetNS
-		ao.Namespace = &ns
-	}
-	if err := netlink.AddrSubscribeWithOptions(addrs, s.addrDone, ao); err != nil {
+	sub, err := s.subscribeAddrs(r)
+	if err != nil {
 		route.Close()
-		return fmt.Errorf("xfrm: following address changes: %w", err)
+		return err
 	}
-	go func() {
-		for range addrs {
-			s.addrChanged.Store(true)
-		}
-	}()
+	go s.followAddrs(sub, r)
 	events, err := s.subscribe()
 	if err != nil {
 		s.stopAddrs()
@@ -243,6 +231,46 @@ func dumpOnce(sock *nl.NetlinkSocket) (states []State, interrupted bool, err err
 	}
 }
 
+// maxDrain bounds how many queued events a resync discards: more means events
+// come faster than they are read, and the resync is tried again later.
+const maxDrain = 1 << 20
+
+// resync makes the table the kernel's states again after events were lost or
+// unreadable. It empties the event socket before it dumps: the events queued there
+// are older than the dump, and applied on top of it they would bring back states
+// whose removal was lost. Emptying it also ends the kernel's overrun state, in which
+// it drops every event without a further ENOBUFS; the events that come after are
+// read once the dump is in, in order, and being newer they are right on top of it.
+func (s *Source) resync(events *nl.NetlinkSocket) error {
+	if err := drain(events); err != nil {
+		return err
+	}
+	states, err := s.dump()
+	if err != nil {
+		return err
+	}
+	s.table.Reset(states)
+	return nil
+}
+
+// drain reads and discards what sock holds, without waiting for more.
+func drain(sock *nl.NetlinkSocket) error {
+	buf := make([]byte, 4096) // a longer message is cut short, and gone all the same
+	for range maxDrain {
+		_, _, err := unix.Recvfrom(sock.GetFd(), buf, unix.MSG_DONTWAIT)
+		switch {
+		case err == nil, errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.ENOBUFS):
+			// overrun again while emptying: what was dropped is in the dump to come
+		case errors.Is(err, unix.EAGAIN):
+			return nil
+		default:
+			return fmt.Errorf("xfrm: emptying the event socket before a resync: %w", err)
+		}
+	}
+	return fmt.Errorf("xfrm: emptying the event socket before a resync: still not empty after %d events", maxDrain)
+}
+
 // apply hands the inbound states to sink, unless they are the ones it has.
 func (s *Source) apply(route *netlink.Handle, sink sasource.Sink) (handed bool, err error) {
 	local, err := localAddrs(route)
@@ -351,16 +379,14 @@ func (s *Source) follow(ctx context.Context, sink sasource.Sink, r sasource.Repo
 		}
 		due := retryAt.IsZero() || !now.Before(retryAt)
 		if needResync && due {
-			s.health.Resynced()
 			r.Notice(s.Name(), "resyncing with a full dump: "+resyncWhy)
-			states, err := s.dump()
-			if err != nil {
+			if err := s.resync(events); err != nil {
 				s.health.Failed(err)
 				r.Failed(s.Name(), err)
 				retryAt = now.Add(retryAfter)
 				continue
 			}
-			s.table.Reset(states)
+			s.health.Resynced()
 			needResync, retryAt = false, time.Time{}
 			dirty, first, last = true, time.Time{}, time.Time{} // hand on at once
 		}
