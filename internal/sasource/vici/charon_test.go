@@ -70,9 +70,10 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 // TestCharon runs two real charons joined by a veth, the responder's veth end
 // watched by the classifier whose known SAs come from the responder's charon over
 // VICI: the tunnel's traffic counts as known ESP-in-UDP on the SPI VICI reported,
-// rekeyings (by either side) leave no unknown SPI beyond rekey races, and after
-// the responder's charon is killed and restarted, the initiator's traffic on the
-// SA it forgot is stale, and the source has reconnected and said so. Over IPv4
+// rekeyings (by either side) leave no unknown SPI beyond rekey races. When the
+// responder's charon is killed, its SA (still in the kernel) stays known, the loss
+// counted and said; after the restart the source reconnects and says so, and the
+// initiator's traffic on the SA the new charon does not list is stale. Over IPv4
 // and over IPv6.
 func TestCharon(t *testing.T) {
 	testenv.RequireNetns(t)
@@ -233,8 +234,11 @@ func testCharon(t *testing.T, addrs charonlab.Addrs) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the source did not notice charon going away", func() bool { return !src.Stats().Connected })
-	if isKnown(prev) {
-		t.Errorf("SA 0x%08x still known after its charon died", prev)
+	if !isKnown(prev) {
+		t.Errorf("SA 0x%08x forgotten when its charon died, want it kept until a charon lists the SAs again", prev)
+	}
+	if st := src.Stats(); st.SAs != 1 || st.Errors == 0 || !strings.Contains(st.LastError, "charon closed the connection") {
+		t.Errorf("charon gone: %+v, want its SA kept and the loss counted and shown", st)
 	}
 	if err := tun.Responder.Restart(); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ package vici
 
 import (
 	"context"
+	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -67,5 +68,28 @@ func TestNoCharon(t *testing.T) {
 	}
 	if st.Errors != 2 || !strings.Contains(st.LastError, "subscribing to charon's events") {
 		t.Errorf("errors: %+v, want the missing socket and then the closed connection, once each", st)
+	}
+}
+
+// TestUnreadableOnce reports a CHILD_SA that cannot be read once while it stays
+// so, however often it is read again, and again if it comes back after a list
+// without it.
+func TestUnreadableOnce(t *testing.T) {
+	src := New(filepath.Join(t.TempDir(), "charon.vici"))
+	rec := &recorder{}
+	src.r = rec
+	bad := errors.New(`IKE_SA gw #1, CHILD_SA a-1: spi-in "xyz" is not a 32-bit hexadecimal SPI`)
+	other := errors.New(`IKE_SA gw #2, CHILD_SA b-2: IKE_SA local-host "x" is not an IP address`)
+	src.reportUnreadable([]error{bad}, false) // an event
+	src.reportUnreadable([]error{bad}, true)  // the re-read after it
+	src.reportUnreadable([]error{bad, other}, true)
+	src.reportUnreadable([]error{bad, other}, true)
+	if n := rec.count("failed: "); n != 2 || src.Stats().Errors != 2 {
+		t.Errorf("%d reported, %d counted, want 2 (each SA once):\n%s", n, src.Stats().Errors, rec)
+	}
+	src.reportUnreadable(nil, true) // both gone
+	src.reportUnreadable([]error{bad}, true)
+	if n := rec.count("failed: " + bad.Error()); n != 2 {
+		t.Errorf("an SA unreadable again after a list without it: reported %d times in all, want 2", n)
 	}
 }

@@ -14,9 +14,14 @@
 // event harmless. Re-reads are spaced so that they take at most a tenth of the
 // time, however many SAs charon has.
 //
-// When charon goes away (restart, crash) the source drops the SAs of that
-// connection, so traffic that goes on using them shows as stale, and reconnects
-// with exponential backoff until charon is back.
+// When the connection fails (charon restarting, crashed, stopped, or too slow to
+// answer) the source keeps the set it last applied, counts and reports the error,
+// and reconnects with exponential backoff: a charon that does not answer says
+// nothing about the SAs in the kernel (a killed or stopped charon leaves them
+// installed), and an empty set would turn all their traffic unknown. Only a
+// complete list-sas after reconnecting replaces the set; SAs a restarted charon no
+// longer has go then, and traffic that goes on using them shows as stale. A set
+// the sink refused is offered again every pollInterval until it is taken.
 package vici
 
 import (
@@ -44,7 +49,7 @@ const (
 	MinBackoff   = 250 * time.Millisecond // first retry after a failed connection
 	MaxBackoff   = 4 * time.Second        // retries never wait longer
 	rereadDelay  = 100 * time.Millisecond // list-sas this long after the first event of a burst
-	pollInterval = time.Second            // list-sas this often while an SA will leave silently
+	pollInterval = time.Second            // list-sas this often while an SA will leave silently; retry a refused set as often
 	callTimeout  = 10 * time.Second       // a VICI request or subscription taking longer means charon is stuck
 	listAttempts = 3                      // list-sas tries when charon's count says IKE_SAs were missed
 )
@@ -55,8 +60,9 @@ type Source struct {
 	health *sasource.Health
 	dialer net.Dialer
 
-	connects int               // successful connections so far (owned by the running loop)
-	r        sasource.Reporter // set by Start
+	connects   int               // successful connections so far (owned by the running loop)
+	unreadable map[string]bool   // errors of the CHILD_SAs reported unreadable and still so (owned by the running loop)
+	r          sasource.Reporter // set by Start
 }
 
 // New follows the charon listening on socket ("" for sasource.DefaultVICISocket).
@@ -64,7 +70,7 @@ func New(socket string) *Source {
 	if socket == "" {
 		socket = sasource.DefaultVICISocket
 	}
-	s := &Source{socket: socket, dialer: net.Dialer{Timeout: callTimeout}}
+	s := &Source{socket: socket, dialer: net.Dialer{Timeout: callTimeout}, unreadable: map[string]bool{}}
 	s.health = sasource.NewHealth(s.Name())
 	return s
 }
@@ -131,22 +137,10 @@ func (s *Source) Start(ctx context.Context, sink sasource.Sink, r sasource.Repor
 }
 
 // run follows charon until ctx ends: over c while it lasts, then reconnecting.
+// A lost connection leaves the applied set in force until the next connection's
+// list-sas replaces it.
 func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA, sink sasource.Sink, r sasource.Reporter) {
-	// push applies the state's SAs if they changed, or anyway when forced (a
-	// new connection: the sync also clears the last error).
-	push := func(force bool) {
-		sas := st.sas()
-		if !force && slices.Equal(sas, applied) && applied != nil {
-			return
-		}
-		if err := sink(sas); err != nil {
-			s.failed(fmt.Errorf("applying %d SAs: %w", len(sas), err))
-			return // applied stays as it was: the next change tries again
-		}
-		applied = sas
-		s.health.Synced(len(sas))
-		r.Synced(s.Name(), len(sas))
-	}
+	p := &pusher{s: s, st: st, sink: sink, applied: applied}
 	backoff := MinBackoff
 	lastErr := "" // the kind of the last error reported
 	if !s.health.Stats().Connected {
@@ -154,19 +148,14 @@ func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA,
 	}
 	for {
 		if c != nil {
-			backoff, lastErr = MinBackoff, ""
-			err := s.follow(ctx, c, st, push)
+			backoff = MinBackoff
+			err := s.follow(ctx, c, st, p)
 			c.close()
 			if ctx.Err() != nil {
 				return
 			}
-			s.health.SetConnected(false)
-			// The SAs of a lost charon are gone with it (a restarted charon
-			// starts empty): traffic still using them is stale.
-			r.Notice(s.Name(), fmt.Sprintf("lost (%v), retrying in %v", err, backoff))
-			st.replace(nil)
-			push(false)
-			s.health.Failed(err) // after the sync, which clears the last error
+			s.lost(err, len(p.applied), backoff)
+			lastErr = errKind(err) // a reconnection failing the same way is not counted again
 		}
 		select {
 		case <-ctx.Done():
@@ -193,8 +182,54 @@ func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA,
 		s.health.SetConnected(true)
 		r.Notice(s.Name(), "connected")
 		st.replace(list)
-		push(true)
+		p.push(true)
 	}
+}
+
+// lost reports a connection that ended. The applied SAs stay: charon may be slow
+// or stopped with all of them installed, and even a crashed one leaves them in the
+// kernel; a restarted charon's list-sas will say which are gone.
+func (s *Source) lost(err error, kept int, backoff time.Duration) {
+	s.health.SetConnected(false)
+	s.r.Notice(s.Name(), fmt.Sprintf("lost (%v), keeping its %d SAs until charon lists them again, retrying in %v", err, kept, backoff))
+	s.failed(err)
+}
+
+// pusher hands the state's set to the sink.
+type pusher struct {
+	s       *Source
+	st      *state
+	sink    sasource.Sink
+	applied []maps.SA // the set in force; nil before the first
+	refused bool      // the sink refused the last set
+}
+
+// push applies the state's SAs if they changed or the last set was refused, or
+// anyway when forced (a new connection: the sync also clears the last error).
+func (p *pusher) push(force bool) {
+	sas := p.st.sas()
+	if !force && !p.refused && p.applied != nil && slices.Equal(sas, p.applied) {
+		return
+	}
+	if err := p.sink(sas); err != nil {
+		p.refused = true
+		p.s.failed(fmt.Errorf("applying %d SAs: %w", len(sas), err))
+		return // applied stays in force; retried (see retry)
+	}
+	p.applied, p.refused = sas, false
+	p.s.health.Synced(len(sas))
+	p.s.r.Synced(p.s.Name(), len(sas))
+}
+
+// retry fires when a refused set is due again, every pollInterval: what made the
+// sink refuse (the known-SA map full with another source's SAs, a map error) can
+// go away while charon changes nothing. Nil, never firing, while the set is in
+// force.
+func (p *pusher) retry() <-chan time.Time {
+	if !p.refused {
+		return nil
+	}
+	return time.After(pollInterval)
 }
 
 // connect opens both sessions, subscribes to the events and lists the SAs.
@@ -312,9 +347,7 @@ func (s *Source) list(ctx context.Context, c *conn) ([]childSA, error) {
 		s.health.Resynced() // IKE_SAs went away meanwhile, or some list-sa messages were lost
 	}
 	sas, errs := listed(msgs)
-	for _, e := range errs {
-		s.failed(e)
-	}
+	s.reportUnreadable(errs, true)
 	return sas, nil
 }
 
@@ -356,15 +389,32 @@ func (c *conn) listSAs(ctx context.Context) ([]*govici.Message, error) {
 	return msgs, err
 }
 
-// failed counts and reports an error that does not end the connection.
+// failed counts and reports an error.
 func (s *Source) failed(err error) {
 	s.health.Failed(err)
 	s.r.Failed(s.Name(), err)
 }
 
+// reportUnreadable reports CHILD_SAs that could not be read, each once for as
+// long as it stays unreadable: the re-read after every change and the polling
+// would otherwise count the same SA again at each pass. A list-sas (all) says
+// which are still unreadable; an event only adds.
+func (s *Source) reportUnreadable(errs []error, all bool) {
+	before := s.unreadable
+	if all {
+		s.unreadable = make(map[string]bool, len(errs))
+	}
+	for _, e := range errs {
+		if !before[e.Error()] {
+			s.failed(e)
+		}
+		s.unreadable[e.Error()] = true
+	}
+}
+
 // follow applies charon's events and re-reads until the connection fails or ctx
-// ends.
-func (s *Source) follow(ctx context.Context, c *conn, st *state, push func(force bool)) error {
+// ends, and retries a refused set meanwhile.
+func (s *Source) follow(ctx context.Context, c *conn, st *state, p *pusher) error {
 	stop := context.AfterFunc(ctx, c.close)
 	defer stop()
 	timer := time.NewTimer(time.Hour)
@@ -393,9 +443,7 @@ func (s *Source) follow(ctx context.Context, c *conn, st *state, push func(force
 	drain := func() error {
 		evs, lost := c.queue.take()
 		for _, ev := range evs {
-			for _, e := range st.apply(ev) {
-				s.failed(e)
-			}
+			s.reportUnreadable(st.apply(ev), false)
 		}
 		if len(evs) > 0 {
 			schedule(rereadDelay)
@@ -406,7 +454,7 @@ func (s *Source) follow(ctx context.Context, c *conn, st *state, push func(force
 		select {
 		case <-c.queue.ready:
 			lost := drain()
-			push(false)
+			p.push(false)
 			if lost != nil {
 				return lost
 			}
@@ -421,13 +469,15 @@ func (s *Source) follow(ctx context.Context, c *conn, st *state, push func(force
 			st.replace(list)
 			// Events that came during the list are newer than it.
 			lost := drain()
-			push(false)
+			p.push(false)
 			if lost != nil {
 				return lost
 			}
 			if st.transient() {
 				schedule(pollInterval)
 			}
+		case <-p.retry():
+			p.push(false)
 		}
 	}
 }
