@@ -302,7 +302,7 @@ func parseNATTPorts(in []string) ([]uint16, error) {
 // knownFrom checks the --known-from values (with --known-file as one more file)
 // and fills in the default; noXfrm says why the default has no xfrm.
 func knownFrom(values []string, knownFile string) (specs []sasource.Spec, noXfrm, err error) {
-	seen := map[sasource.Spec]bool{}
+	seen := map[sasource.Spec]sasource.Spec{} // by sameSource: as first given
 	none := false
 	for _, val := range values {
 		s, err := sasource.ParseSpec(val)
@@ -313,10 +313,13 @@ func knownFrom(values []string, knownFile string) (specs []sasource.Spec, noXfrm
 			none = true
 			continue
 		}
-		if seen[s] {
-			return nil, nil, fmt.Errorf("--known-from %s: given twice", s)
+		if first, dup := seen[sameSource(s)]; dup {
+			if first == s {
+				return nil, nil, fmt.Errorf("--known-from %s: given twice", s)
+			}
+			return nil, nil, fmt.Errorf("--known-from %s and --known-from %s: the same source given twice", first, s)
 		}
-		seen[s] = true
+		seen[sameSource(s)] = s
 		specs = append(specs, s)
 	}
 	if none && len(specs) > 0 {
@@ -327,12 +330,22 @@ func knownFrom(values []string, knownFile string) (specs []sasource.Spec, noXfrm
 	}
 	if knownFile != "" {
 		s := sasource.Spec{Kind: "file", Arg: knownFile}
-		if seen[s] {
-			return nil, nil, fmt.Errorf("--known-file %s: also given as --known-from %s", knownFile, s)
+		if first, dup := seen[sameSource(s)]; dup {
+			return nil, nil, fmt.Errorf("--known-file %s: also given as --known-from %s", knownFile, first)
 		}
 		specs = append(specs, s)
 	}
 	return specs, noXfrm, nil
+}
+
+// sameSource is spec with its defaults filled in, so that two specs of one
+// source compare equal: sources are told apart in the known set by name, and
+// two of one name would each replace the other's SAs.
+func sameSource(spec sasource.Spec) sasource.Spec {
+	if spec.Kind == "vici" && spec.Arg == "" {
+		spec.Arg = sasource.DefaultVICISocket
+	}
+	return spec
 }
 
 // readKnown gathers the known SAs of --known-spi and the known-SPI files.

@@ -137,6 +137,12 @@ func TestUsageErrors(t *testing.T) {
 		{"known-from file", append(lo, "--known-from", "file"), `--known-from "file": want file=PATH`},
 		{"known-from vici=", append(lo, "--known-from", "vici="), `--known-from "vici=": empty socket path (leave out =SOCKET for /var/run/charon.vici)`},
 		{"known-from twice", append(lo, "--known-from", "file="+goodFile, "--known-from", "file="+goodFile), "--known-from file=" + goodFile + ": given twice"},
+		// vici is vici=/var/run/charon.vici: both would have one name, the key of
+		// their SAs in the known set, and each would replace the other's SAs.
+		{"known-from vici twice", append(lo, "--known-from", "vici", "--known-from", "vici=/var/run/charon.vici"),
+			"--known-from vici and --known-from vici=/var/run/charon.vici: the same source given twice"},
+		{"known-from vici twice, socket first", append(lo, "--known-from", "vici=/var/run/charon.vici", "--known-from", "xfrm", "--known-from", "vici"),
+			"--known-from vici=/var/run/charon.vici and --known-from vici: the same source given twice"},
 		{"known-from none and file", append(lo, "--known-from", "none", "--known-from", "file="+goodFile), "--known-from none: cannot be combined with --known-from file=" + goodFile},
 		{"known-from and known-file", append(lo, "--known-from", "file="+goodFile, "--known-file", goodFile), "--known-file " + goodFile + ": also given as --known-from file=" + goodFile},
 		{"known-from bad file", append(lo, "--known-from", "file="+badFile), badFile + ":2: SPI 0x20 is reserved (0-255 never name an SA, RFC 4303)"},

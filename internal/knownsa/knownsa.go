@@ -31,7 +31,8 @@ func Parse(s string) (maps.SA, error) {
 		if err != nil || dst.Zone() != "" {
 			return maps.SA{}, fmt.Errorf("%q is not an IP address (want SPI@192.0.2.1 or SPI@2001:db8::1)", dstStr)
 		}
-		if dst.IsUnspecified() {
+		// Unmapped first: ::ffff:0.0.0.0 is 0.0.0.0, which no packet is sent to.
+		if dst.Unmap().IsUnspecified() {
 			return maps.SA{}, fmt.Errorf("destination %s is unspecified: leave out @DESTINATION to match any destination", dst)
 		}
 		sa.Dst = dst.Unmap()

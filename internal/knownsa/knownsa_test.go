@@ -30,18 +30,20 @@ func TestParse(t *testing.T) {
 		}
 	}
 	bad := map[string]string{
-		"":                    "missing SPI",
-		"0x":                  "not an SPI",
-		"0xZZ":                "not an SPI",
-		"-5":                  "not an SPI",
-		"0x100000000":         "does not fit",
-		"255":                 "reserved",
-		"0":                   "reserved",
-		"0x1000@":             "not an IP address",
-		"0x1000@host":         "not an IP address",
-		"0x1000@fe80::1%eth0": "not an IP address",
-		"0x1000@0.0.0.0":      "unspecified",
-		"@10.0.0.1":           "missing SPI",
+		"":                      "missing SPI",
+		"0x":                    "not an SPI",
+		"0xZZ":                  "not an SPI",
+		"-5":                    "not an SPI",
+		"0x100000000":           "does not fit",
+		"255":                   "reserved",
+		"0":                     "reserved",
+		"0x1000@":               "not an IP address",
+		"0x1000@host":           "not an IP address",
+		"0x1000@fe80::1%eth0":   "not an IP address",
+		"0x1000@0.0.0.0":        "unspecified",
+		"0x1000@::":             "unspecified",
+		"0x1000@::ffff:0.0.0.0": "destination ::ffff:0.0.0.0 is unspecified",
+		"@10.0.0.1":             "missing SPI",
 	}
 	for in, want := range bad {
 		_, err := Parse(in)

@@ -164,6 +164,66 @@ func TestNotReadMidWrite(t *testing.T) {
 	}
 }
 
+// TestNotReadMidLine: a writer that stalls longer than a poll in the middle of
+// a line (a block-buffered program redirected to the file writes 4 KiB chunks
+// wherever lines end) must not have the cut file applied: the SAs after the cut
+// would go and the cut line would be another, wrong, SPI. A last line that stays
+// without a newline for EmptySettle is applied.
+func TestNotReadMidLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "known")
+	os.WriteFile(path, []byte("0x1000\n0xc0ffee01\n0x3000\n"), 0o600)
+	rec := &recorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := New(path, 10*time.Millisecond, nil).Start(ctx, rec.sink, rec); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("0x1000\n0xc0ff") // the first chunk
+	time.Sleep(100 * time.Millisecond)
+	f.WriteString("ee01\n0x3000") // the rest, but for the last newline
+	f.Close()
+	written := time.Now()
+	rec.waitFor(t, "the file without its last newline", func() bool { return len(rec.sets) == 2 })
+	if d := time.Since(written); d < EmptySettle {
+		t.Errorf("a file ending mid-line was applied after %v, want at least %v", d, EmptySettle)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for i, set := range rec.sets {
+		if len(set) != 3 || set[1].SPI != 0xc0ffee01 {
+			t.Errorf("set %d handed on: %v, want the file's 3 SAs (a half-written line applied); events %v", i, set, rec.events)
+		}
+	}
+}
+
+// TestReloadNotReadMidWrite: a reload (SIGHUP) that comes while the file is
+// truncated, before it is written again, keeps to the same rules as a change:
+// the empty file is not applied.
+func TestReloadNotReadMidWrite(t *testing.T) {
+	path, _, rec, reload := startTwoSAs(t)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reload <- struct{}{}
+	time.Sleep(200 * time.Millisecond)
+	f.WriteString("0x1000\n0x2000@192.0.2.1\n")
+	f.Close()
+	rec.waitFor(t, "the rewritten file", func() bool { return len(rec.sets) == 2 })
+	time.Sleep(50 * time.Millisecond)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for i, set := range rec.sets {
+		if len(set) != 2 {
+			t.Errorf("set %d handed on has %d SAs, want 2 (the truncated file read on reload); events %v", i, len(set), rec.events)
+		}
+	}
+}
+
 // TestUnreadableFile: a file that cannot be read, even by root (a directory now
 // stands at its path: EISDIR), keeps the previous set; the error names the path
 // and is counted, on every try, until the file is back.
