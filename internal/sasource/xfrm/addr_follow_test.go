@@ -91,7 +91,7 @@ func TestAddressFollowingSurvivesOverrun(t *testing.T) {
 	}
 	time.Sleep(100 * time.Millisecond)
 	// A burst of address changes overruns its socket.
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE) // that family alone: a small kernel may lack others
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestAddressArrivalMakesSAsInbound(t *testing.T) {
 	vip := netip.MustParseAddr("192.0.2.50")
 	fakeSAEvent(t, xs, msgNewSA, newSA(msgNewSA, netip.MustParseAddr("192.0.2.9"), vip, 0x7000, crypt))
 	time.Sleep(100 * time.Millisecond)
-	h, _ := netlink.NewHandleAt(ns)
+	h, _ := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	defer h.Close()
 	lo, _ := h.LinkByName("lo")
 	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: vip.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {

@@ -39,7 +39,7 @@ func emptyNS(t *testing.T) netns.NsHandle {
 	runtime.UnlockOSThread()
 	orig.Close()
 	t.Cleanup(func() { ns.Close() })
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE) // that family alone: a small kernel may lack others
 	if err != nil {
 		t.Fatal(err)
 	}
