@@ -43,14 +43,14 @@ type Settings struct {
 	DropUnknown bool     // XDP_DROP packets with an unknown SPI
 	// DropAbove, with DropUnknown, drops a source address's unknown-SPI packets
 	// only above this many per second (per CPU); 0 drops them all.
-	DropAbove  uint32
-	RateMax    uint32 // sources with a DropAbove bucket; 0: DefaultRateMax
+	DropAbove uint32
+	RateMax   uint32 // sources with a DropAbove bucket; 0: DefaultRateMax
 	// ICMPMax and IKEMax size the ICMP-error and IKE tables; 0: the defaults.
 	// Like the unknown-SPI table they keep an LRU per CPU, so a program run on
 	// one CPU (spiwatch read) needs them that many times larger.
 	ICMPMax, IKEMax uint32
-	KnownMax   uint32 // known-SA map size; 0: DefaultKnownMax
-	UnknownMax uint32 // unknown-SPI table size; 0: DefaultUnknownMax
+	KnownMax        uint32 // known-SA map size; 0: DefaultKnownMax
+	UnknownMax      uint32 // unknown-SPI table size; 0: DefaultUnknownMax
 	// XfrmLookup: on a known-SA map miss, the program asks the kernel's own SA table
 	// (kfunc bpf_xdp_get_xfrm_state, Linux 6.8+), so an SA the kernel has just
 	// installed counts as known before its event reaches the xfrm source. Where the

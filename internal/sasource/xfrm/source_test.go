@@ -6,13 +6,11 @@ package xfrm
 
 import (
 	"context"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink/nl"
-	"github.com/vishvananda/netns"
 
 	"github.com/spiwatch/spiwatch/internal/testenv"
 	"github.com/spiwatch/spiwatch/maps"
@@ -67,24 +65,7 @@ func (r *Recorder) Notice(_, msg string) {
 // the VM test, make test-vm, does that.)
 func TestStartEmptyNamespace(t *testing.T) {
 	testenv.RequireBPF(t) // root
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	if err := netns.Set(orig); err != nil {
-		t.Fatal(err)
-	}
-	runtime.UnlockOSThread()
-	defer ns.Close()
-	defer orig.Close()
-
-	src := New(Options{NetNS: ns})
+	src := New(Options{NetNS: emptyNS(t)})
 	rec := &Recorder{}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := src.Start(ctx, rec.Sink, rec); err != nil {
