@@ -63,11 +63,7 @@ func TestAddressFollowingSurvivesOverrun(t *testing.T) {
 		}
 	}
 	defer release()
-	xs, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_XFRM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer xs.Close()
+	xs := xfrmSender(t, ns)
 	vip := netip.MustParseAddr("192.0.2.50")
 	lostVIP := netip.MustParseAddr("192.0.2.51") // comes while the reader is stalled
 	peer := netip.MustParseAddr("192.0.2.9")
@@ -161,11 +157,7 @@ func TestAddressArrivalMakesSAsInbound(t *testing.T) {
 	if err := src.Start(ctx, rec.Sink, rec); err != nil {
 		t.Fatal(err)
 	}
-	xs, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_XFRM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer xs.Close()
+	xs := xfrmSender(t, ns)
 	vip := netip.MustParseAddr("192.0.2.50")
 	fakeSAEvent(t, xs, msgNewSA, newSA(msgNewSA, netip.MustParseAddr("192.0.2.9"), vip, 0x7000, crypt))
 	time.Sleep(100 * time.Millisecond)

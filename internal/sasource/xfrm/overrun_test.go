@@ -54,6 +54,17 @@ func emptyNS(t *testing.T) netns.NsHandle {
 	return ns
 }
 
+// xfrmSender opens a NETLINK_XFRM socket in ns to fake the kernel's events with.
+func xfrmSender(t *testing.T, ns netns.NsHandle) *nl.NetlinkSocket {
+	t.Helper()
+	sock, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_XFRM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sock.Close)
+	return sock
+}
+
 // fakeSAEvent sends one xfrm message to XFRMNLGRP_SA of sock's namespace the way
 // the kernel would (as root, a process may multicast on NETLINK_XFRM): events for
 // states this kernel, without ESP, cannot hold. The destination port is one nobody
@@ -87,12 +98,7 @@ func TestResyncDiscardsEventsQueuedBeforeIt(t *testing.T) {
 		close(release)
 		t.Fatal(err)
 	}
-	sender, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_XFRM)
-	if err != nil {
-		close(release)
-		t.Fatal(err)
-	}
-	defer sender.Close()
+	sender := xfrmSender(t, ns)
 	local := netip.MustParseAddr("127.0.0.1")
 	peer := netip.MustParseAddr("192.0.2.9")
 	// The states are installed (the first ones' NEWSA fit in the buffer) ...
@@ -132,11 +138,7 @@ func TestEventsAppliedInOrder(t *testing.T) {
 	if err := src.Start(ctx, rec.Sink, rec); err != nil {
 		t.Fatal(err)
 	}
-	sender, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_XFRM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sender.Close()
+	sender := xfrmSender(t, ns)
 	local := netip.MustParseAddr("127.0.0.1")
 	peer := netip.MustParseAddr("192.0.2.9")
 	for i := range 50 {
@@ -188,12 +190,7 @@ func TestEventsAfterResyncDumpApplied(t *testing.T) {
 		close(release1)
 		t.Fatal(err)
 	}
-	sender, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_XFRM)
-	if err != nil {
-		close(release1)
-		t.Fatal(err)
-	}
-	defer sender.Close()
+	sender := xfrmSender(t, ns)
 	local := netip.MustParseAddr("127.0.0.1")
 	peer := netip.MustParseAddr("192.0.2.9")
 	for i := range 50 { // overrun; the states are then deleted again
