@@ -625,6 +625,17 @@ static __noinline __u64 row_total(struct unknown_key *k, __u32 slot, __u64 n)
 	return n + s.packets;
 }
 
+/* handing_over marks a front slot as handing its counts to the table, before
+ * they leave it: Go reads a slot's tick after its counts (fields in address
+ * order), so a read that sees them gone also sees the new tick, and reads the
+ * row again (maps/unknown.go). The barrier keeps clang from moving the store
+ * after the ones that empty the slot; x86 keeps stores in order. */
+static __always_inline void handing_over(struct unknown_hot *h, __u64 j)
+{
+	h->last_jiffies = j;
+	asm volatile("" ::: "memory");
+}
+
 /* Returns the row's packet count including this one (0 if no row could be made),
  * which the capture's first-N rule reads; exact while a capture runs (every
  * packet then goes to the row), else only non-zero. */
@@ -657,6 +668,7 @@ static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, _
 		a.packets += h->packets;
 		a.bytes += h->bytes;
 		a.first_seen_ns = h->first_seen_ns; /* if the LRU evicted the row meanwhile */
+		handing_over(h, j);
 		h->packets = 0; /* before the row has them: Go may miss them, never see them twice */
 		h->bytes = 0;
 	}
@@ -674,6 +686,7 @@ static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, _
 			.last_jiffies = h->last_jiffies,
 			.last_seq = h->last_seq,
 		};
+		handing_over(h, j);
 		h->packets = 0;
 		h->bytes = 0;
 		row_add(&h->key, &o);
