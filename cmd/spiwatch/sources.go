@@ -65,41 +65,48 @@ func newSource(spec sasource.Spec, reload <-chan struct{}) (sasource.Source, err
 // startSources starts every known-SA source, each feeding its SAs into known.
 // SIGHUP makes the file sources read their files again.
 func startSources(ctx context.Context, specs []sasource.Spec, known *knownset.Set, rep sasource.Reporter) ([]sasource.Source, error) {
+	if len(specs) == 0 {
+		return nil, nil
+	}
+	// Caught before the sources start: a start can take long (a VICI socket that
+	// does not answer holds it for 10 s), and SIGHUP's default ends the process.
+	// One sent meanwhile reloads once they have started.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
 	var sources []sasource.Source
 	var reloads []chan struct{}
 	for _, spec := range specs {
 		reload := make(chan struct{}, 1)
 		src, err := newSource(spec, reload)
-		if err != nil {
-			return nil, err
+		if err == nil {
+			name := src.Name()
+			if err = src.Start(ctx, func(sas []maps.SA) error { return known.Update(name, sas) }, rep); err != nil {
+				err = fmt.Errorf("known SAs from %s: %w", name, err)
+			}
 		}
-		name := src.Name()
-		if err := src.Start(ctx, func(sas []maps.SA) error { return known.Update(name, sas) }, rep); err != nil {
-			return nil, fmt.Errorf("known SAs from %s: %w", name, err)
+		if err != nil {
+			signal.Stop(hup)
+			return nil, err
 		}
 		sources = append(sources, src)
 		reloads = append(reloads, reload)
 	}
-	if len(reloads) > 0 {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		go func() {
-			defer signal.Stop(hup)
-			for {
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			for _, r := range reloads {
 				select {
-				case <-ctx.Done():
-					return
-				case <-hup:
-				}
-				for _, r := range reloads {
-					select {
-					case r <- struct{}{}:
-					default: // one already pending
-					}
+				case r <- struct{}{}:
+				default: // one already pending
 				}
 			}
-		}()
-	}
+		}
+	}()
 	return sources, nil
 }
 
