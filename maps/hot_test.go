@@ -18,6 +18,21 @@ import (
 // new tick, so a row's front hands its counts to the table.
 const tick = 25 * time.Millisecond
 
+// rowSnap reads the row of spi as a snapshot gives it (table and fronts) and as
+// the table alone holds it.
+func rowSnap(t *testing.T, m *maps.Maps, spi uint32) (merged, table maps.Unknown) {
+	t.Helper()
+	all, err := m.UnknownSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := m.TableSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rowOf(t, all, spi), rowOf(t, tab, spi)
+}
+
 // rowOf finds the one row of spi in rows.
 func rowOf(t *testing.T, rows []maps.Unknown, spi uint32) maps.Unknown {
 	t.Helper()
@@ -43,18 +58,7 @@ func TestUnknownHotFront(t *testing.T) {
 	src := netip.MustParseAddr("198.51.100.7")
 	frameA := frames.Frame{Src: src, Dst: dst4}.ESP(0x5000, 1, 40)
 	size := uint64(len(frameA))
-	snap := func() (merged, table maps.Unknown) {
-		t.Helper()
-		all, err := m.UnknownSnapshot()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tab, err := m.TableSnapshot()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rowOf(t, all, 0x5000), rowOf(t, tab, 0x5000)
-	}
+	snap := func() (merged, table maps.Unknown) { return rowSnap(t, m, 0x5000) }
 	repeat := func(frame []byte, n uint32) {
 		t.Helper()
 		if _, err := prog.Run(&ebpf.RunOptions{Data: frame, Repeat: n}); err != nil {

@@ -36,18 +36,7 @@ func TestUnknownEvictedRowRestarts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	snap := func() (merged, table maps.Unknown) {
-		t.Helper()
-		all, err := m.UnknownSnapshot()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tab, err := m.TableSnapshot()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rowOf(t, all, spi), rowOf(t, tab, spi)
-	}
+	snap := func() (merged, table maps.Unknown) { return rowSnap(t, m, spi) }
 	onCPU(t, 0, func() {
 		// 2001 packets in the table.
 		repeat(2000)

@@ -150,13 +150,7 @@ func eventuallyKnown(rec *stallingRecorder, spi uint32, d time.Duration) bool {
 func TestAddressArrivalMakesSAsInbound(t *testing.T) {
 	testenv.RequireBPF(t)
 	ns := emptyNS(t)
-	src := New(Options{NetNS: ns})
-	rec := &Recorder{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := src.Start(ctx, rec.Sink, rec); err != nil {
-		t.Fatal(err)
-	}
+	_, rec := startRecorded(t, ns)
 	xs := xfrmSender(t, ns)
 	vip := netip.MustParseAddr("192.0.2.50")
 	fakeSAEvent(t, xs, msgNewSA, newSA(msgNewSA, netip.MustParseAddr("192.0.2.9"), vip, 0x7000, crypt))

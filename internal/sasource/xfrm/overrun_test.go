@@ -54,6 +54,20 @@ func emptyNS(t *testing.T) netns.NsHandle {
 	return ns
 }
 
+// startRecorded starts a source on ns that hands its sets to a Recorder, stopped
+// when the test ends.
+func startRecorded(t *testing.T, ns netns.NsHandle) (*Source, *Recorder) {
+	t.Helper()
+	src := New(Options{NetNS: ns})
+	rec := &Recorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := src.Start(ctx, rec.Sink, rec); err != nil {
+		t.Fatal(err)
+	}
+	return src, rec
+}
+
 // xfrmSender opens a NETLINK_XFRM socket in ns to fake the kernel's events with.
 func xfrmSender(t *testing.T, ns netns.NsHandle) *nl.NetlinkSocket {
 	t.Helper()
@@ -131,13 +145,7 @@ func TestResyncDiscardsEventsQueuedBeforeIt(t *testing.T) {
 func TestEventsAppliedInOrder(t *testing.T) {
 	testenv.RequireBPF(t)
 	ns := emptyNS(t)
-	src := New(Options{NetNS: ns})
-	rec := &Recorder{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := src.Start(ctx, rec.Sink, rec); err != nil {
-		t.Fatal(err)
-	}
+	src, rec := startRecorded(t, ns)
 	sender := xfrmSender(t, ns)
 	local := netip.MustParseAddr("127.0.0.1")
 	peer := netip.MustParseAddr("192.0.2.9")
