@@ -636,9 +636,9 @@ static __always_inline void handing_over(struct unknown_hot *h, __u64 j)
 	asm volatile("" ::: "memory");
 }
 
-/* Returns the row's packet count including this one (0 if no row could be made),
- * which the capture's first-N rule reads; exact while a capture runs (every
- * packet then goes to the row), else only non-zero. */
+/* Returns the row's packet count including this one, which the capture's
+ * first-N rule reads: exact while a capture runs (every packet then goes to the
+ * row); 0 if no row could be made, or on the front's hot path (no capture). */
 static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, __u32 len)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
@@ -652,7 +652,10 @@ static __always_inline __u64 record_unknown(struct xdp_md *ctx, struct pkt *p, _
 		h->packets++; /* the hot path: this CPU's slot, plain adds */
 		h->bytes += len;
 		h->last_seq = p->seq;
-		return 1;
+		/* The row's total is not known here: 0 says so. The caller reads
+		 * capture_on again, and a capture that starts in between must not
+		 * take this packet for one of the row's first. */
+		return 0;
 	}
 
 	struct unknown_key k = {
@@ -882,9 +885,6 @@ static __noinline int sample(struct xdp_md *ctx, __u32 what, __u32 spi, __u64 ro
 		cap = len;
 	if (cap > SW_SNAP_MAX)
 		cap = SW_SNAP_MAX;
-	/* Never 0 (frames have at least a byte; Go refuses snap length 0): Linux 6.1's
-	 * verifier does not carry a "cap > 0" test over to the register copy passed to
-	 * bpf_xdp_load_bytes, so the length must be non-zero on every path by itself. */
 	/* Linux 6.1's verifier needs the length it checks bpf_xdp_load_bytes against to
 	 * be within 1..SW_SNAP_MAX on the very register passed, upper half included;
 	 * clang moves C checks to copies and drops a zero-extension as redundant. So the
