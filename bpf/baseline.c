@@ -107,3 +107,55 @@ int base_other(struct xdp_md *ctx)
 	}
 	return XDP_PASS;
 }
+
+/* A new unknown SPI in every frame, for BPF_PROG_TEST_RUN, which repeats one
+ * frame: a program in front rewrites the frame's SPI and source to the next of
+ * NEWSPI_SPIS SPIs from NEWSPI_SOURCES sources (the veth flood's cycle), then
+ * tail-calls the program measured, whose ProgramArray base_next holds it (the
+ * bench gives each wrapped program its own). Its own cost is measured the same
+ * way, with the empty program behind it. The frame must be untagged IPv4 ESP
+ * without options. */
+#define NEWSPI_SPIS 1000000
+#define NEWSPI_SOURCES 1000
+#define NEWSPI_FIRST 0x10000000
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} base_next SEC(".maps");
+
+__u32 newspi_next = 0; /* one test run's CPU at a time: a plain counter */
+
+static __always_inline int newspi(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__be32 *spi = (void *)(ip + 1);
+	if ((void *)(spi + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
+	    ip->ver_ihl != 0x45 || ip->protocol != IPPROTO_ESP)
+		return XDP_ABORTED; /* the bench's frame is wrong */
+	__u32 i = newspi_next;
+	newspi_next = i + 1 == NEWSPI_SPIS ? 0 : i + 1;
+	*spi = bpf_htonl(NEWSPI_FIRST + i);
+	ip->saddr = bpf_htonl(0x0a000000 + i % NEWSPI_SOURCES); /* 10.0.x.y */
+	bpf_tail_call(ctx, &base_next, 0);
+	return XDP_ABORTED; /* no program behind it */
+}
+
+/* Two builds: the kernel tail-calls only into programs that take multi-buffer
+ * frames exactly when the caller does (the classifier does, the baselines not). */
+SEC("xdp.frags")
+int base_newspi_frags(struct xdp_md *ctx)
+{
+	return newspi(ctx);
+}
+
+SEC("xdp")
+int base_newspi(struct xdp_md *ctx)
+{
+	return newspi(ctx);
+}

@@ -23,13 +23,17 @@ type BaselineBaseCount struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BaselineMapBaseClasses  = "base_classes"
-	BaselineMapBaseCount    = "base_count"
-	BaselineMapBaseSpis     = "base_spis"
-	BaselineProgBaseCounter = "base_counter"
-	BaselineProgBaseEmpty   = "base_empty"
-	BaselineProgBaseOther   = "base_other"
-	BaselineProgBaseSpi     = "base_spi"
+	BaselineMapBaseClasses      = "base_classes"
+	BaselineMapBaseCount        = "base_count"
+	BaselineMapBaseNext         = "base_next"
+	BaselineMapBaseSpis         = "base_spis"
+	BaselineProgBaseCounter     = "base_counter"
+	BaselineProgBaseEmpty       = "base_empty"
+	BaselineProgBaseNewspi      = "base_newspi"
+	BaselineProgBaseNewspiFrags = "base_newspi_frags"
+	BaselineProgBaseOther       = "base_other"
+	BaselineProgBaseSpi         = "base_spi"
+	BaselineVarNewspiNext       = "newspi_next"
 )
 
 // LoadBaseline returns the embedded CollectionSpec for Baseline.
@@ -74,10 +78,12 @@ type BaselineSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BaselineProgramSpecs struct {
-	BaseCounter *ebpf.ProgramSpec `ebpf:"base_counter"`
-	BaseEmpty   *ebpf.ProgramSpec `ebpf:"base_empty"`
-	BaseOther   *ebpf.ProgramSpec `ebpf:"base_other"`
-	BaseSpi     *ebpf.ProgramSpec `ebpf:"base_spi"`
+	BaseCounter     *ebpf.ProgramSpec `ebpf:"base_counter"`
+	BaseEmpty       *ebpf.ProgramSpec `ebpf:"base_empty"`
+	BaseNewspi      *ebpf.ProgramSpec `ebpf:"base_newspi"`
+	BaseNewspiFrags *ebpf.ProgramSpec `ebpf:"base_newspi_frags"`
+	BaseOther       *ebpf.ProgramSpec `ebpf:"base_other"`
+	BaseSpi         *ebpf.ProgramSpec `ebpf:"base_spi"`
 }
 
 // BaselineMapSpecs contains maps before they are loaded into the kernel.
@@ -86,6 +92,7 @@ type BaselineProgramSpecs struct {
 type BaselineMapSpecs struct {
 	BaseClasses *ebpf.MapSpec `ebpf:"base_classes"`
 	BaseCount   *ebpf.MapSpec `ebpf:"base_count"`
+	BaseNext    *ebpf.MapSpec `ebpf:"base_next"`
 	BaseSpis    *ebpf.MapSpec `ebpf:"base_spis"`
 }
 
@@ -93,6 +100,7 @@ type BaselineMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BaselineVariableSpecs struct {
+	NewspiNext *ebpf.VariableSpec `ebpf:"newspi_next"`
 }
 
 // BaselineObjects contains all objects after they have been loaded into the kernel.
@@ -117,6 +125,7 @@ func (o *BaselineObjects) Close() error {
 type BaselineMaps struct {
 	BaseClasses *ebpf.Map `ebpf:"base_classes"`
 	BaseCount   *ebpf.Map `ebpf:"base_count"`
+	BaseNext    *ebpf.Map `ebpf:"base_next"`
 	BaseSpis    *ebpf.Map `ebpf:"base_spis"`
 }
 
@@ -124,6 +133,7 @@ func (m *BaselineMaps) Close() error {
 	return _BaselineClose(
 		m.BaseClasses,
 		m.BaseCount,
+		m.BaseNext,
 		m.BaseSpis,
 	)
 }
@@ -132,22 +142,27 @@ func (m *BaselineMaps) Close() error {
 //
 // It can be passed to LoadBaselineObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BaselineVariables struct {
+	NewspiNext *ebpf.Variable `ebpf:"newspi_next"`
 }
 
 // BaselinePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadBaselineObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BaselinePrograms struct {
-	BaseCounter *ebpf.Program `ebpf:"base_counter"`
-	BaseEmpty   *ebpf.Program `ebpf:"base_empty"`
-	BaseOther   *ebpf.Program `ebpf:"base_other"`
-	BaseSpi     *ebpf.Program `ebpf:"base_spi"`
+	BaseCounter     *ebpf.Program `ebpf:"base_counter"`
+	BaseEmpty       *ebpf.Program `ebpf:"base_empty"`
+	BaseNewspi      *ebpf.Program `ebpf:"base_newspi"`
+	BaseNewspiFrags *ebpf.Program `ebpf:"base_newspi_frags"`
+	BaseOther       *ebpf.Program `ebpf:"base_other"`
+	BaseSpi         *ebpf.Program `ebpf:"base_spi"`
 }
 
 func (p *BaselinePrograms) Close() error {
 	return _BaselineClose(
 		p.BaseCounter,
 		p.BaseEmpty,
+		p.BaseNewspi,
+		p.BaseNewspiFrags,
 		p.BaseOther,
 		p.BaseSpi,
 	)

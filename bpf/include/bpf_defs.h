@@ -35,6 +35,7 @@ enum xdp_action {
 enum {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PROG_ARRAY = 3,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
@@ -57,6 +58,7 @@ enum {
 /* BTF-style map definitions, as libbpf and cilium/ebpf read them. */
 #define __uint(name, val) int (*name)[val]
 #define __type(name, val) typeof(val) *name
+#define __array(name, val) typeof(val) *name[]
 #define SEC(name) __attribute__((section(name), used))
 #ifndef __noinline
 #define __noinline __attribute__((noinline))
@@ -76,6 +78,7 @@ static long (*bpf_xdp_load_bytes)(struct xdp_md *xdp_md, __u32 offset, void *buf
 static __u64 (*bpf_jiffies64)(void) = (void *)118; /* inlined by the verifier */
 static __u64 (*bpf_xdp_get_buff_len)(struct xdp_md *ctx) = (void *)188;
 static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *)181;
+static long (*bpf_tail_call)(void *ctx, void *prog_array, __u32 index) = (void *)12;
 static void *(*bpf_map_lookup_percpu_elem)(void *map, const void *key, __u32 cpu) = (void *)195;
 
 /* Byte order: convert on the BPF target's own endianness; constants fold at compile

@@ -11,7 +11,6 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/spiwatch/spiwatch/bpf"
 	"github.com/spiwatch/spiwatch/internal/frames"
 	"github.com/spiwatch/spiwatch/loader"
 	"github.com/spiwatch/spiwatch/maps"
@@ -32,6 +31,10 @@ var benchKnown = []maps.SA{
 	{SPI: 0x3000, Dst: netip.MustParseAddr("2001:db8::2")},
 }
 
+// newSPIKind is the row whose every run has a new unknown SPI: each program runs
+// behind one that rewrites the frame (wrapNewSPI).
+const newSPIKind = "esp unknown (new SPI each time)"
+
 // frameKind is one row of the per-packet table. ESP frames are 98 bytes on the
 // wire like the reference measurement (14 + 20 + 8 + 56).
 type frameKind struct {
@@ -48,6 +51,8 @@ func frameKinds() []frameKind {
 	return []frameKind{
 		{"esp known", benchV4.ESP(0x1000, 1, 56), "spi", 1.25},
 		{"esp unknown (existing entry)", benchV4.ESP(0xdead, 1, 56), "spi", 1.6},
+		// Each run rewritten to a new SPI from one of 1,000 sources (wrapNewSPI).
+		{newSPIKind, benchV4.ESP(newSPIFirst, 1, 56), "", 0},
 		{"esp-in-udp known", benchV4.ESPInUDP(4500, 4500, 0x2000, 1, 48), "spi", 1.25},
 		{"esp-in-udp unknown (existing entry)", benchV4.ESPInUDP(4500, 4500, 0xbeef, 1, 48), "spi", 1.6},
 		{"esp reserved (spi 7)", benchV4.ESP(7, 1, 56), "", 0},
@@ -160,10 +165,30 @@ func perPacket(repeat, rounds, instances int, only string, variantFiles []string
 		}
 	}
 
+	kinds := slices.DeleteFunc(frameKinds(), func(k frameKind) bool {
+		return only != "" && !slices.Contains(strings.Split(only, ","), k.name)
+	})
+	var wrapped [][]*ebpf.Program // loads behind the rewriting program, for newSPIKind
+	if slices.ContainsFunc(kinds, func(k frameKind) bool { return k.name == newSPIKind }) {
+		for _, ps := range loads {
+			var ws []*ebpf.Program
+			for _, p := range ps {
+				w, c, err := wrapNewSPI(p)
+				if err != nil {
+					return nil, err
+				}
+				closers = append(closers, c)
+				ws = append(ws, w)
+			}
+			wrapped = append(wrapped, ws)
+		}
+	}
+
 	var rows []perPacketRow
-	for _, k := range frameKinds() {
-		if only != "" && !slices.Contains(strings.Split(only, ","), k.name) {
-			continue
+	for _, k := range kinds {
+		progs := loads
+		if k.name == newSPIKind {
+			progs = wrapped
 		}
 		row := perPacketRow{kind: k, variants: make([]progCost, len(variantFiles))}
 		outs := []*progCost{&row.classifier, &row.empty, &row.counter, &row.spi, &row.other}
@@ -174,7 +199,7 @@ func perPacket(repeat, rounds, instances int, only string, variantFiles []string
 		// all of them alike, and the medians compare.
 		for r := 0; r < rounds; r++ {
 			for i, out := range outs {
-				d, kernel, err := timedRun(loads[i][r%instances], k.frame, repeat)
+				d, kernel, err := timedRun(progs[i][r%instances], k.frame, repeat)
 				if err != nil {
 					return nil, fmt.Errorf("%s: test run: %w", k.name, err)
 				}
@@ -192,9 +217,9 @@ func perPacket(repeat, rounds, instances int, only string, variantFiles []string
 
 // loadBaselines loads the baseline programs, the minimal SPI counter knowing the
 // classifier's SPIs.
-func loadBaselines() (*bpf.BaselineObjects, func(), error) {
-	var base bpf.BaselineObjects
-	if err := bpf.LoadBaselineObjects(&base, nil); err != nil {
+func loadBaselines() (*baselines, func(), error) {
+	base, err := loadBaselineSet()
+	if err != nil {
 		return nil, nil, fmt.Errorf("loading baselines: %w", err)
 	}
 	for _, sa := range benchKnown {
@@ -204,7 +229,7 @@ func loadBaselines() (*bpf.BaselineObjects, func(), error) {
 			return nil, nil, fmt.Errorf("baseline SPIs: %w", err)
 		}
 	}
-	return &base, func() { base.Close() }, nil
+	return base, func() { base.Close() }, nil
 }
 
 func mustCPUs() int {

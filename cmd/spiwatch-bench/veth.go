@@ -10,7 +10,6 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/spiwatch/spiwatch/bpf"
 	"github.com/spiwatch/spiwatch/internal/classify"
 	"github.com/spiwatch/spiwatch/internal/netlab"
 	"github.com/spiwatch/spiwatch/internal/trafficgen"
@@ -157,20 +156,21 @@ func oneRun(lab *netlab.Lab, rc receiver, frame []byte, vary trafficgen.Vary, fr
 	return r, nil
 }
 
-// emptyReceiver attaches the empty baseline natively.
-func baselineReceiver(name string, pick func(*bpf.BaselineObjects) *ebpf.Program) receiver {
-	var objs bpf.BaselineObjects
+// baselineReceiver attaches the baseline pick chooses natively.
+func baselineReceiver(name string, pick func(*baselines) *ebpf.Program) receiver {
 	return receiver{
 		name: name,
 		attach: func(lab *netlab.Lab) (*ebpf.Program, func(), error) {
-			if err := bpf.LoadBaselineObjects(&objs, nil); err != nil {
+			objs, err := loadBaselineSet()
+			if err != nil {
 				return nil, nil, err
 			}
 			ifindex, err := ifindexOf(lab.Receiver)
 			if err != nil {
+				objs.Close()
 				return nil, nil, err
 			}
-			p := pick(&objs)
+			p := pick(objs)
 			l, err := link.AttachXDP(link.XDPOptions{Program: p, Interface: ifindex, Flags: link.XDPDriverMode})
 			if err != nil {
 				objs.Close()
@@ -230,6 +230,6 @@ func variantReceiver(name, path string, want classify.Class, outcome classify.Ou
 	}
 }
 
-func emptyProg(o *bpf.BaselineObjects) *ebpf.Program { return o.BaseEmpty }
-func spiProg(o *bpf.BaselineObjects) *ebpf.Program   { return o.BaseSpi }
-func otherProg(o *bpf.BaselineObjects) *ebpf.Program { return o.BaseOther }
+func emptyProg(o *baselines) *ebpf.Program { return o.BaseEmpty }
+func spiProg(o *baselines) *ebpf.Program   { return o.BaseSpi }
+func otherProg(o *baselines) *ebpf.Program { return o.BaseOther }
