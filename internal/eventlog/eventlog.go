@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/spiwatch/spiwatch/internal/classify"
 	"github.com/spiwatch/spiwatch/internal/report"
@@ -37,6 +38,7 @@ type Logger struct {
 	lastLine time.Time
 	evicting bool // the unknown table was evicting at the last check
 	lastEv   uint64
+	tableSet bool // lastEv is a read: evictions before the first (pinned maps) are not news
 
 	lastReplay map[maps.SA]time.Time // replay-suspect lines, at most one per SA every `every`
 	heldReplay map[maps.SA]uint64    // replay suspects not yet written
@@ -90,9 +92,10 @@ func (l *Logger) write(level, event, msg string, fields ...kv) {
 	l.lastLine = l.now()
 }
 
-// logfmtValue quotes a value when it holds spaces, quotes or equals signs.
+// logfmtValue quotes a value when it holds spaces, quotes, equals signs or
+// anything unprintable (escaped then: no forged line, no terminal escape).
 func logfmtValue(s string) string {
-	if s == "" || strings.ContainsAny(s, " \"=\t\n") {
+	if s == "" || strings.ContainsAny(s, " \"=") || strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
 		return strconv.Quote(s)
 	}
 	return s
@@ -156,6 +159,9 @@ func (l *Logger) Table(t maps.TableStats) {
 	if l.held > 0 && l.now().Sub(l.lastLine) >= l.every {
 		l.write("info", "lines_held_back", "Unknown-SPI lines held back by the rate limit (--log-every)", kv{"held_back", l.held})
 		l.held = 0
+	}
+	if !l.tableSet {
+		l.tableSet, l.lastEv = true, t.Evictions
 	}
 	evicting := t.Evictions > l.lastEv
 	if evicting && !l.evicting {

@@ -132,6 +132,9 @@ func (v *View) Render(w, h int) string {
 	if s == nil {
 		return "spiwatch: waiting for the first snapshot\n"
 	}
+	if w <= 0 || h <= 0 { // some ttys report 0×0 without an error
+		w, h = 80, 24
+	}
 	var lines []string
 	add := func(format string, a ...any) { lines = append(lines, fmt.Sprintf(format, a...)) }
 
@@ -257,14 +260,24 @@ func (v *View) Render(w, h int) string {
 	}
 	lines = append(lines, extra...)
 	for i, l := range lines {
-		if len(l) > w {
-			lines[i] = l[:w]
-		}
+		lines[i] = cut(l, w)
 	}
 	if len(lines) > h {
 		lines = lines[:h]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// cut shortens l to w columns, on a rune boundary (counting a rune a column).
+func cut(l string, w int) string {
+	n := 0
+	for i := range l {
+		if n == w {
+			return l[:i]
+		}
+		n++
+	}
+	return l
 }
 
 func (v *View) sortRows(rows []report.UnknownRow) {

@@ -5,6 +5,7 @@ package metrics
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 
@@ -80,7 +81,7 @@ func (c *Collector) collectDiag(ch chan<- prometheus.Metric, names map[uint32]st
 		ch <- prometheus.MustNewConstMetric(diagEntriesDesc, prometheus.GaugeValue, float64(t.s.Entries), t.name)
 		ch <- prometheus.MustNewConstMetric(diagCapDesc, prometheus.GaugeValue, float64(t.s.Capacity), t.name)
 		ch <- prometheus.MustNewConstMetric(diagInsertsDesc, prometheus.CounterValue, float64(t.s.Inserts), t.name)
-		ch <- prometheus.MustNewConstMetric(diagEvictionsDesc, prometheus.CounterValue, float64(t.s.Evictions), t.name)
+		ch <- prometheus.MustNewConstMetric(diagEvictionsDesc, prometheus.CounterValue, c.atLeast("evictions/"+t.name, float64(t.s.Evictions)), t.name)
 		ch <- prometheus.MustNewConstMetric(diagFailsDesc, prometheus.CounterValue, float64(t.s.InsertFails), t.name)
 	}
 	iface := func(ifindex uint32) string {
@@ -92,7 +93,9 @@ func (c *Collector) collectDiag(ch chan<- prometheus.Metric, names map[uint32]st
 
 	slices.SortFunc(icmp, func(a, b maps.ICMPRow) int {
 		return cmp.Or(cmp.Compare(b.Packets, a.Packets), cmp.Compare(a.SPI, b.SPI), a.Reporter.Compare(b.Reporter),
-			a.Dst.Compare(b.Dst), a.Src.Compare(b.Src), cmp.Compare(a.Type, b.Type), cmp.Compare(a.Code, b.Code))
+			a.Dst.Compare(b.Dst), a.Src.Compare(b.Src), cmp.Compare(a.Type, b.Type), cmp.Compare(a.Code, b.Code),
+			cmp.Compare(a.Family, b.Family), cmp.Compare(a.Quote, b.Quote), cmp.Compare(a.SrcPort, b.SrcPort),
+			cmp.Compare(a.DstPort, b.DstPort), cmp.Compare(a.Ifindex, b.Ifindex)) // the whole key: ties at the cap
 	})
 	shown := min(len(icmp), MaxDiagSeries)
 	type mtuKey struct{ reporter, family, spi, src, dst, iface string }
@@ -111,13 +114,7 @@ func (c *Collector) collectDiag(ch chan<- prometheus.Metric, names map[uint32]st
 	}
 	ch <- prometheus.MustNewConstMetric(icmpDroppedDesc, prometheus.GaugeValue, float64(len(icmp)-shown))
 
-	type aggKey struct {
-		iface, version, exchange, dir string
-	}
-	agg := map[aggKey]uint64{}
-	for _, x := range ike {
-		agg[aggKey{iface(x.Ifindex), ikeVersion(x), x.Exchange.Name(x.Version), x.Dir.String()}] += x.Packets
-	}
+	agg := c.ikeTotals(ike, iface)
 	for k, n := range agg {
 		ch <- prometheus.MustNewConstMetric(ikeDesc, prometheus.CounterValue, float64(n), k.iface, k.version, k.exchange, k.dir)
 	}
@@ -131,6 +128,61 @@ func (c *Collector) collectDiag(ch chan<- prometheus.Metric, names map[uint32]st
 			x.Peer.String(), iface(x.Ifindex), ikeVersion(x), x.Exchange.Name(x.Version), x.Dir.String())
 	}
 	ch <- prometheus.MustNewConstMetric(ikeDroppedDesc, prometheus.GaugeValue, float64(len(ike)-shown))
+}
+
+// ikeRowKey is an IKE table row's identity; ikeAggKey its series of
+// spiwatch_ike_messages_total.
+type ikeRowKey struct {
+	peer                   netip.Addr
+	ifindex                uint32
+	version, exchange, dir uint8
+}
+
+type ikeAggKey struct {
+	iface, version, exchange, dir string
+}
+
+// ikeTotals sums the IKE rows per series, plus the packets of rows evicted
+// since start (as of the last scrape that saw them): the sum is a counter, and a
+// row leaving the table must not lower it. A row counting less than at the
+// previous scrape was evicted and made again.
+func (c *Collector) ikeTotals(ike []maps.IKERow, iface func(uint32) string) map[ikeAggKey]uint64 {
+	c.floorMu.Lock()
+	defer c.floorMu.Unlock()
+	if c.ikeGone == nil {
+		c.ikeGone = map[ikeAggKey]uint64{}
+	}
+	aggOf := func(k ikeRowKey) ikeAggKey {
+		x := maps.IKERow{Version: k.version, Exchange: classify.IKEExchange(k.exchange), Dir: classify.IKEDir(k.dir)}
+		return ikeAggKey{iface(k.ifindex), ikeVersion(x), x.Exchange.Name(x.Version), x.Dir.String()}
+	}
+	cur := make(map[ikeRowKey]ikeSeen, len(ike))
+	for _, x := range ike {
+		k := ikeRowKey{x.Peer, x.Ifindex, x.Version, uint8(x.Exchange), uint8(x.Dir)}
+		cur[k] = ikeSeen{x.Packets, aggOf(k)}
+	}
+	// A row renamed (its interface renamed or re-created) leaves its old series
+	// too: that one keeps the row's packets.
+	for k, prev := range c.ikeRows {
+		if now, ok := cur[k]; !ok || now.packets < prev.packets || now.agg != prev.agg {
+			c.ikeGone[prev.agg] += prev.packets
+		}
+	}
+	c.ikeRows = cur
+	agg := make(map[ikeAggKey]uint64, len(c.ikeGone))
+	for k, n := range c.ikeGone {
+		agg[k] = n
+	}
+	for _, x := range cur {
+		agg[x.agg] += x.packets
+	}
+	return agg
+}
+
+// ikeSeen is an IKE row as the last scrape counted it.
+type ikeSeen struct {
+	packets uint64
+	agg     ikeAggKey
 }
 
 // ikeVersion is the version label: "1", "2", ..., "-" for malformed messages.

@@ -129,6 +129,12 @@ type Collector struct {
 	errors     atomic.Uint64 // scrapes with a failed map read
 	bufMu      sync.Mutex
 	buf        []maps.Unknown // the unknown table as last read, reused across scrapes
+	// floorMu guards what keeps derived counters from going down between scrapes
+	// (Prometheus takes any drop for a reset and counts the whole value again).
+	floorMu sync.Mutex
+	floor   map[string]float64 // highest value exported per derived counter series
+	ikeRows map[ikeRowKey]ikeSeen
+	ikeGone map[ikeAggKey]uint64 // packets of IKE rows evicted since start
 	// Verdict diagnoses a row (nil: by its SPI alone), as in the reports.
 	Verdict func(spi uint32, firstSeen, lastSeen time.Time) string
 	// Sources returns the known-SA sources' health (nil: none).
@@ -155,6 +161,9 @@ func (c *Collector) SetIface(i report.Iface) {
 	defer c.ifMu.Unlock()
 	for k := range c.ifaces {
 		if c.ifaces[k].Slot == i.Slot {
+			// A re-created interface's old rows keep its old ifindex: named alike,
+			// a row of each would be two series with the same labels.
+			delete(c.names, uint32(c.ifaces[k].Ifindex))
 			c.ifaces[k] = i
 			c.names[uint32(i.Ifindex)] = i.Name
 		}
@@ -225,15 +234,23 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		var dropped [classify.NumClasses]maps.Count
+		droppedOK := true
 		if d, ok := c.src.(report.Dropper); ok {
 			if dropped, err = d.Dropped(i.Slot); err != nil {
 				fail(fmt.Errorf("reading drop counts of %s: %w", i.Name, err))
+				droppedOK = false // not 0: a counter that drops reads as a reset
 			}
 		}
 		for _, cl := range []classify.Class{classify.ClassESP, classify.ClassESPInUDP} {
+			if !droppedOK {
+				break
+			}
 			u := cnt[cl][classify.OutcomeUnknown].Packets
+			// Read after the class counters, dropped may hold packets u does not yet:
+			// passed is kept from going back by that.
+			passed := c.atLeast("passed/"+i.Name+"/"+cl.String(), float64(u-min(u, dropped[cl].Packets)))
 			ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(dropped[cl].Packets), i.Name, cl.String())
-			ch <- prometheus.MustNewConstMetric(passedDesc, prometheus.CounterValue, float64(u-min(u, dropped[cl].Packets)), i.Name, cl.String())
+			ch <- prometheus.MustNewConstMetric(passedDesc, prometheus.CounterValue, passed, i.Name, cl.String())
 		}
 		for cl := classify.Class(0); cl < classify.NumClasses; cl++ {
 			for o := classify.Outcome(0); o < classify.NumOutcomes; o++ {
@@ -311,7 +328,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(entriesDesc, prometheus.GaugeValue, float64(ts.Entries))
 	ch <- prometheus.MustNewConstMetric(capacityDesc, prometheus.GaugeValue, float64(ts.Capacity))
 	ch <- prometheus.MustNewConstMetric(insertsDesc, prometheus.CounterValue, float64(ts.Inserts))
-	ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(ts.Evictions))
+	ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, c.atLeast("evictions/unknown", float64(ts.Evictions)))
 	ch <- prometheus.MustNewConstMetric(insertFailsDesc, prometheus.CounterValue, float64(ts.InsertFails))
 
 	// Collisions before the rows are sorted: the result is by row index.
@@ -348,7 +365,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 	// The rows with the most packets: a stable choice between scrapes, unlike rates.
 	slices.SortFunc(snap, func(a, b maps.Unknown) int {
-		return cmp.Or(cmp.Compare(b.Packets, a.Packets), cmp.Compare(a.SPI, b.SPI), a.Src.Compare(b.Src), a.Dst.Compare(b.Dst))
+		return cmp.Or(cmp.Compare(b.Packets, a.Packets), cmp.Compare(a.SPI, b.SPI), a.Src.Compare(b.Src), a.Dst.Compare(b.Dst),
+			cmp.Compare(a.SrcPort, b.SrcPort), cmp.Compare(a.DstPort, b.DstPort), cmp.Compare(a.Ifindex, b.Ifindex)) // the whole key: ties at the cap
 	})
 	shown := min(len(snap), c.topUnknown)
 	for _, u := range snap[:shown] {
@@ -365,6 +383,22 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			iface, verdict)
 	}
 	ch <- prometheus.MustNewConstMetric(unknownShownDesc, prometheus.GaugeValue, float64(len(snap)-shown))
+}
+
+// atLeast returns v, or the highest value returned before for series key: for
+// counters derived from several reads (a difference of two counters, inserts −
+// entries), which can come out a little lower when packets arrive between them.
+func (c *Collector) atLeast(key string, v float64) float64 {
+	c.floorMu.Lock()
+	defer c.floorMu.Unlock()
+	if c.floor == nil {
+		c.floor = map[string]float64{}
+	}
+	if f := c.floor[key]; f > v {
+		return f
+	}
+	c.floor[key] = v
+	return v
 }
 
 // ListenAddr completes ADDR: a port alone (":9101" or "9101") binds 127.0.0.1, so

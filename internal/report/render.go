@@ -188,10 +188,10 @@ func subCount(a, b maps.Count) maps.Count {
 	return maps.Count{Packets: a.Packets - min(a.Packets, b.Packets), Bytes: a.Bytes - min(a.Bytes, b.Bytes)}
 }
 
-func sourcesJSON(srcs []maps.SASource) []jsonSASource {
+func sourcesJSON(s *Snapshot, srcs []maps.SASource) []jsonSASource {
 	out := []jsonSASource{}
 	for _, x := range srcs {
-		out = append(out, jsonSASource{Addr: addrString(x.Addr), Port: x.Port, LastSeen: stamp(MonoToWall(x.LastSeenNs))})
+		out = append(out, jsonSASource{Addr: addrString(x.Addr), Port: x.Port, LastSeen: stamp(s.WallOf(x.LastSeenNs))})
 	}
 	return out
 }
@@ -250,7 +250,7 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 			FirstSeen: stamp(u.FirstSeen), LastSeen: stamp(u.LastSeen), LastSeq: u.LastSeq, Verdict: u.Verdict,
 		}
 		if len(u.Sources) > 0 {
-			ju.Sources = sourcesJSON(u.Sources)
+			ju.Sources = sourcesJSON(s, u.Sources)
 		}
 		js.UnknownSPIs = append(js.UnknownSPIs, ju)
 	}
@@ -259,7 +259,7 @@ func WriteJSON(w io.Writer, s *Snapshot, top int) error {
 			Packets: k.Packets, Bytes: k.Bytes, LastSeen: stamp(k.LastSeen), HighestSeq: k.MaxSeq,
 			Lost: k.Seq.Lost, LossRatio: k.LossRatio(), Late: k.Seq.Late, Duplicates: k.Seq.Dups, ReplaySuspect: k.Seq.Replays,
 			Restarts: k.Seq.Restarts, ESNWraps: k.Seq.Wraps, SpreadCPUs: k.Seq.Spread,
-			Collision: k.Collision, Sources: sourcesJSON(k.Sources), OtherSourcePackets: k.OtherPackets,
+			Collision: k.Collision, Sources: sourcesJSON(s, k.Sources), OtherSourcePackets: k.OtherPackets,
 			From: append([]string{}, k.From...)}) // [] rather than null
 	}
 	for _, src := range s.Sources {

@@ -80,6 +80,7 @@ type KnownRow struct {
 // Snapshot is everything one report shows.
 type Snapshot struct {
 	Time     time.Time
+	Mono     uint64        // CLOCK_MONOTONIC at Time: BPF stamps convert against it (0: the clock now)
 	Interval time.Duration // since the previous snapshot (or the start)
 	Action   string        // "pass" or "drop" (unknown-SPI packets)
 	Source   string        // a capture file, for spiwatch read; empty when live
@@ -206,6 +207,8 @@ type Reporter struct {
 func (r *Reporter) SetIface(i Iface) {
 	for k := range r.ifaces {
 		if r.ifaces[k].Slot == i.Slot {
+			// Rows of a re-created interface's old ifindex are not its: "ifN".
+			delete(r.names, uint32(r.ifaces[k].Ifindex))
 			r.ifaces[k] = i
 			r.names[uint32(i.Ifindex)] = i.Name
 		}
@@ -243,6 +246,15 @@ func New(src Source, ifaces []Iface) (*Reporter, error) {
 	for _, u := range snap {
 		r.prevUnk[r.keyOf(u)] = rowState{packets: u.Packets}
 	}
+	// Pinned maps keep a previous run's restarts and replays: not news. A
+	// collision still is, so it is not remembered.
+	known, err := src.ListKnown()
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range known {
+		r.prevKnown[k.SA] = knownState{restarts: k.Seq.Restarts, replays: k.Seq.Replays}
+	}
 	return r, nil
 }
 
@@ -253,6 +265,18 @@ func MonoToWall(ns uint64) time.Time {
 		return time.Time{}
 	}
 	return wall.Add(-time.Duration(int64(mono - ns)))
+}
+
+// WallOf turns a BPF timestamp into wall-clock time as of the snapshot, as its
+// rows were: the same stamp gives the same time wherever it is shown.
+func (s *Snapshot) WallOf(ns uint64) time.Time {
+	if s.Mono == 0 {
+		return MonoToWall(ns)
+	}
+	if ns == 0 {
+		return time.Time{}
+	}
+	return s.Time.Add(-time.Duration(int64(s.Mono - ns)))
 }
 
 // MonoNow is CLOCK_MONOTONIC in ns, the clock of the BPF timestamps.
@@ -340,7 +364,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	if window <= 0 {
 		window = DefaultCollisionWindow
 	}
-	s := &Snapshot{Time: wall, Interval: wall.Sub(r.prevTime), Action: r.Action, CollisionWindow: window, DropAbove: r.DropAbove}
+	s := &Snapshot{Time: wall, Mono: mono, Interval: wall.Sub(r.prevTime), Action: r.Action, CollisionWindow: window, DropAbove: r.DropAbove}
 	if r.Sources != nil {
 		s.Sources = r.Sources()
 	}
