@@ -60,6 +60,9 @@ type Attachment struct {
 	Fallback error
 	link     link.Link
 	pinned   string // path of the pinned link, if pinned
+	// prev is the program a pinned link ran before this run took it over, put
+	// back by Abort.
+	prev *ebpf.Program
 }
 
 // Attach attaches a program instance to iface. With force, an XDP program already
@@ -81,9 +84,11 @@ func (o *Objects) Attach(iface string, mode Mode, force bool) (*Attachment, erro
 		return nil, fmt.Errorf("looking up interface %s: %w", iface, err)
 	}
 	ifindex := nl.Attrs().Index
+	reuse := -1
 	if o.Settings.PinPath != "" {
 		// Our own link from an earlier run: take it over, counting without a gap.
-		if a, err := o.attachPinned(iface, ifindex, mode); a != nil || err != nil {
+		var a *Attachment
+		if a, reuse, err = o.attachPinned(iface, ifindex, mode); a != nil || err != nil {
 			return a, err
 		}
 	}
@@ -97,13 +102,16 @@ func (o *Objects) Attach(iface string, mode Mode, force bool) (*Attachment, erro
 		}
 	}
 
-	slot := o.freeSlot()
+	slot := reuse // the slot of a pinned link whose interface came back: counts go on
+	if slot < 0 {
+		slot = o.freeSlot()
+		// The slot may have counted for an interface detached earlier.
+		if err := o.Maps.ResetCounters(slot); err != nil {
+			return nil, err
+		}
+	}
 	prog, err := o.programLocked(slot)
 	if err != nil {
-		return nil, err
-	}
-	// The slot may have counted for an interface detached earlier.
-	if err := o.Maps.ResetCounters(slot); err != nil {
 		return nil, err
 	}
 	a := &Attachment{Iface: iface, Ifindex: ifindex, Slot: slot}
@@ -181,11 +189,11 @@ func (o *Objects) Reattach(a *Attachment, mode Mode) error {
 }
 
 // Rename records that a's interface now has another name (its ifindex, program
-// and counts are unchanged). Pinned links keep the name they were pinned under.
+// and counts are unchanged); a pinned link's pin follows the name.
 func (o *Objects) Rename(a *Attachment, name string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	a.Iface = name
+	o.repin(a, name)
 }
 
 func (o *Objects) freeSlot() int {
@@ -227,6 +235,7 @@ func (a *Attachment) detach() error {
 		if err := a.link.Unpin(); err != nil {
 			return fmt.Errorf("unpinning the link of %s: %w", a.Iface, err)
 		}
+		a.pinned = "" // a link made again (Reattach) is pinned anew
 	}
 	err := a.link.Close()
 	a.link = nil

@@ -126,6 +126,9 @@ type Objects struct {
 	progs    map[int]*ebpf.Program // by interface slot
 	attached []*Attachment
 	pinLock  *os.File // held while loaded with a pin path (see lockPins)
+	// freshPins: the pin directory held no maps before this load, so Abort
+	// removes the ones it made.
+	freshPins bool
 }
 
 // Load loads the BPF object with its settings: maps and the program instance of slot 0.
@@ -216,6 +219,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 
 	var opts ebpf.CollectionOptions
 	var pinLock *os.File
+	fresh := false
 	if s.PinPath != "" {
 		if err := prepareBPFFS(s.PinPath); err != nil {
 			return nil, err
@@ -224,6 +228,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		if pinLock, err = lockPins(s.PinPath); err != nil {
 			return nil, err
 		}
+		fresh = !anyPinned(s.PinPath)
 		if err := usePinLayout(spec, s.PinPath); err != nil {
 			pinLock.Close()
 			return nil, err
@@ -256,7 +261,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	}
 	return &Objects{
 		Settings: s, Maps: m, spec: spec, coll: coll, MultiBuffer: mbErr, XfrmLookupOff: lookupOff,
-		progs: map[int]*ebpf.Program{0: coll.Programs[progName]}, pinLock: pinLock,
+		progs: map[int]*ebpf.Program{0: coll.Programs[progName]}, pinLock: pinLock, freshPins: fresh,
 	}, nil
 }
 
@@ -366,7 +371,9 @@ func (o *Objects) Close() error {
 	defer o.mu.Unlock()
 	var errs []error
 	for _, a := range o.attached {
-		if a.pinned != "" {
+		closeProg(a.prev)
+		a.prev = nil
+		if a.pinned != "" && a.link != nil {
 			a.link.Close() // the pin keeps it attached
 			continue
 		}
@@ -392,6 +399,39 @@ func (o *Objects) Close() error {
 	}
 	closeLock(o.pinLock) // last: the links are back in the pins' hands
 	o.pinLock = nil
+	return errors.Join(errs...)
+}
+
+// Abort undoes a start that failed midway, so that no interface is left half
+// watched: links this run made are detached and unpinned, pinned links it took
+// over get their previous program back, and maps it pinned in a directory that
+// had none are removed. Then it closes like Close.
+func (o *Objects) Abort() error {
+	o.mu.Lock()
+	var errs []error
+	for _, a := range o.attached {
+		if a.prev != nil && a.link != nil {
+			if err := a.link.Update(a.prev); err != nil {
+				errs = append(errs, fmt.Errorf("giving %s back its previous program: %w", a.Iface, err))
+			}
+			a.link.Close() // stays pinned, as before this run
+			closeProg(a.prev)
+			a.link, a.prev = nil, nil
+			continue
+		}
+		if err := a.detach(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	o.attached = nil
+	if dir := o.Settings.PinPath; dir != "" && o.freshPins {
+		// Still under the pin lock: no other run --pin uses dir meanwhile.
+		if pins, err := PinnedLinks(dir); err == nil && len(pins) == 0 {
+			errs = append(errs, Unpin(dir))
+		}
+	}
+	o.mu.Unlock()
+	errs = append(errs, o.Close())
 	return errors.Join(errs...)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/bpf"
@@ -27,9 +28,11 @@ const DefaultPinPath = "/sys/fs/bpf/spiwatch"
 var pinnedMaps = maps.Names
 
 // linkPin names the pinned link of iface in slot: the slot must survive restarts,
-// since each program instance has its slot built in.
+// since each program instance has its slot built in. The BPF filesystem refuses
+// dots in names, common in interface names (eth0.100): they become colons, which
+// no interface name has.
 func linkPin(dir string, slot int, iface string) string {
-	return filepath.Join(dir, fmt.Sprintf("link_%d_%s", slot, iface))
+	return filepath.Join(dir, fmt.Sprintf("link_%d_%s", slot, strings.ReplaceAll(iface, ".", ":")))
 }
 
 // PinnedLink is an interface spiwatch left attached under a pin directory.
@@ -56,6 +59,7 @@ func PinnedLinks(dir string) ([]PinnedLink, error) {
 		if !ok || err != nil || slot < 0 || slot >= maps.MaxIfaces {
 			continue
 		}
+		iface = strings.ReplaceAll(iface, ":", ".") // see linkPin
 		out = append(out, PinnedLink{Iface: iface, Slot: slot, Path: filepath.Join(dir, e.Name())})
 	}
 	return out, nil
@@ -101,13 +105,19 @@ func pinError(dir string, err error) error {
 }
 
 // attachPinned attaches through the link pinned for iface if there is one (the
-// program is swapped in place, so no packet goes uncounted), else attaches anew and
-// pins the link.
-func (o *Objects) attachPinned(iface string, ifindex int, mode Mode) (*Attachment, error) {
+// program is swapped in place, so no packet goes uncounted). The link is found by
+// the interface it is on, so a renamed interface is still ours. A pinned link
+// whose interface was deleted since is unpinned, and its slot returned for a new
+// link (the counts go on); reuse is -1 otherwise.
+func (o *Objects) attachPinned(iface string, ifindex int, mode Mode) (a *Attachment, reuse int, err error) {
 	dir := o.Settings.PinPath
 	pins, err := PinnedLinks(dir)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
+	}
+	if p, l := pinnedOn(pins, ifindex); l != nil {
+		a, err := o.takeOver(p, l, iface, ifindex)
+		return a, -1, err
 	}
 	for _, p := range pins {
 		if p.Iface != iface {
@@ -115,25 +125,134 @@ func (o *Objects) attachPinned(iface string, ifindex int, mode Mode) (*Attachmen
 		}
 		l, err := link.LoadPinnedLink(p.Path, nil)
 		if err != nil {
-			return nil, fmt.Errorf("opening pinned link %s: %w", p.Path, err)
+			return nil, -1, fmt.Errorf("opening pinned link %s: %w", p.Path, err)
 		}
-		prog, err := o.programLocked(p.Slot)
-		if err != nil {
-			l.Close()
-			return nil, err
+		defer l.Close()
+		if on := linkIfindex(l); on != 0 {
+			return nil, -1, fmt.Errorf("the link pinned for %s in %s is on another interface now (%s): it was renamed, and %s is a new one; "+
+				"spiwatch detach -i %s --pin-path %s removes that link", iface, dir, ifaceName(on), iface, iface, dir)
 		}
-		if err := l.Update(prog); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("updating the program of pinned link %s: %w", p.Path, err)
+		// Severed: its interface was deleted.
+		if err := l.Unpin(); err != nil {
+			return nil, -1, fmt.Errorf("removing pinned link %s of a deleted interface: %w", p.Path, err)
 		}
-		a := &Attachment{Iface: iface, Ifindex: ifindex, Slot: p.Slot, link: l, pinned: p.Path, Mode: attachedMode(ifindex)}
-		if info, err := prog.Info(); err == nil {
-			a.ProgID, _ = info.ID()
-		}
-		o.attached = append(o.attached, a)
-		return a, nil
+		return nil, p.Slot, nil
 	}
-	return nil, nil
+	return nil, -1, nil
+}
+
+// pinnedOn finds the pinned link attached to ifindex in this network namespace
+// (an ifindex alone may be another namespace's: the program must be the one
+// netlink shows there too).
+func pinnedOn(pins []PinnedLink, ifindex int) (PinnedLink, link.Link) {
+	x := xdpState(ifindex)
+	if x == nil {
+		return PinnedLink{}, nil
+	}
+	for _, p := range pins {
+		l, err := link.LoadPinnedLink(p.Path, nil)
+		if err != nil {
+			continue
+		}
+		if info, err := l.Info(); err == nil && linkIfindex(l) == ifindex && uint32(info.Program) == x.ProgId {
+			return p, l
+		}
+		l.Close()
+	}
+	return PinnedLink{}, nil
+}
+
+// takeOver swaps this run's program into pinned link l of p, renaming the pin
+// if the interface was renamed since.
+func (o *Objects) takeOver(p PinnedLink, l link.Link, iface string, ifindex int) (*Attachment, error) {
+	prog, err := o.programLocked(p.Slot)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	prev := linkProgram(l) // for Abort to put back
+	if err := l.Update(prog); err != nil {
+		l.Close()
+		closeProg(prev)
+		return nil, fmt.Errorf("updating the program of pinned link %s: %w", p.Path, err)
+	}
+	a := &Attachment{Iface: p.Iface, Ifindex: ifindex, Slot: p.Slot, link: l, pinned: p.Path, Mode: attachedMode(ifindex), prev: prev}
+	if info, err := prog.Info(); err == nil {
+		a.ProgID, _ = info.ID()
+	}
+	o.repin(a, iface)
+	o.attached = append(o.attached, a)
+	return a, nil
+}
+
+// repin gives a's pinned link the name of its interface now, so that detach -i
+// and status find it by that name. Best effort: the next run finds the link by
+// its interface anyway.
+func (o *Objects) repin(a *Attachment, name string) {
+	a.Iface = name
+	if a.pinned == "" {
+		return
+	}
+	path := linkPin(o.Settings.PinPath, a.Slot, name)
+	if path == a.pinned {
+		return
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return // never replace another pin
+	}
+	if os.Rename(a.pinned, path) == nil {
+		a.pinned = path
+	}
+}
+
+// linkIfindex is the interface an XDP link is attached to; 0 once severed (the
+// interface was deleted) or when the kernel does not say.
+func linkIfindex(l link.Link) int {
+	info, err := l.Info()
+	if err != nil {
+		return 0
+	}
+	if x := info.XDP(); x != nil {
+		return int(x.Ifindex)
+	}
+	return 0
+}
+
+// linkProgram opens the program a link runs; nil if it cannot be had.
+func linkProgram(l link.Link) *ebpf.Program {
+	info, err := l.Info()
+	if err != nil {
+		return nil
+	}
+	p, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		return nil
+	}
+	return p
+}
+
+func closeProg(p *ebpf.Program) {
+	if p != nil {
+		p.Close()
+	}
+}
+
+// anyPinned says whether one of spiwatch's maps is pinned in dir.
+func anyPinned(dir string) bool {
+	for _, name := range pinnedMaps {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// ifaceName names an interface by index for messages.
+func ifaceName(ifindex int) string {
+	if l, err := netlink.LinkByIndex(ifindex); err == nil {
+		return fmt.Sprintf("%s, ifindex %d", l.Attrs().Name, ifindex)
+	}
+	return fmt.Sprintf("ifindex %d", ifindex)
 }
 
 // attachedMode reads from netlink which mode the interface's XDP program runs in.

@@ -175,7 +175,19 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	defer objs.Close() // detaches every interface not pinned
+	// Until reporting starts, an error undoes the start (pins included): no
+	// interface is left half watched. After that, pinned links stay.
+	started := false
+	defer func() {
+		if !started {
+			objs.Abort()
+			return
+		}
+		objs.Close() // detaches every interface not pinned
+		if v.Settings.PinPath != "" {
+			fmt.Fprintf(stderr, "spiwatch: left attached and counting, pinned in %s (spiwatch stats reads it, spiwatch detach removes it)\n", v.Settings.PinPath)
+		}
+	}()
 	if objs.XfrmLookupOff != nil {
 		fmt.Fprintf(stderr, "spiwatch: --xfrm-lookup is off: %v\n", objs.XfrmLookupOff)
 	} else if v.Settings.XfrmLookup {
@@ -183,9 +195,6 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	}
 	if objs.MultiBuffer != nil {
 		fmt.Fprintf(stderr, "spiwatch: %v\n", objs.MultiBuffer)
-	}
-	if v.Settings.PinPath != "" {
-		defer fmt.Fprintf(stderr, "spiwatch: left attached and counting, pinned in %s (spiwatch stats reads it, spiwatch detach removes it)\n", v.Settings.PinPath)
 	}
 	if v.NoXfrm != nil {
 		fmt.Fprint(stderr, noXfrmNotice(v.NoXfrm))
@@ -231,10 +240,11 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		fmt.Fprintf(stderr, "spiwatch: Prometheus metrics at http://%s/metrics\n", metricsLn.Addr())
 	}
 	// From here on the maps are used through descriptors we hold, which needs no
-	// capability: give up what re-attaching (--wait-iface) does not need.
+	// capability: give up what re-attaching (--wait-iface) does not need. It
+	// links a program already loaded, so CAP_PERFMON (loading) goes.
 	var keep []int
 	if cfg.WaitIface {
-		keep = []int{privdrop.CapBPF, privdrop.CapPerfmon, privdrop.CapNetAdmin}
+		keep = []int{privdrop.CapBPF, privdrop.CapNetAdmin}
 	} else if followsXfrm(v.Sources) {
 		keep = []int{privdrop.CapNetAdmin} // the xfrm source dumps again after lost events
 	}
@@ -260,6 +270,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if len(sources) > 0 {
 		rep.Sources = sourceStats(sources)
 	}
+	started = true
 	// lost remembers interfaces that stopped being watched (by counter slot), to say
 	// so once on stderr and in every report; with none left, spiwatch ends. down
 	// remembers links that are down, which are still watched.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os/user"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -82,9 +83,9 @@ func Drop(userName string, keep ...int) error {
 	return nil
 }
 
-// switchUser makes every thread run as the named user and its primary group, with
-// no supplementary groups; the kernel clears the capabilities of a process that
-// leaves uid 0.
+// switchUser makes every thread run as the named user with its groups (as login
+// would: the VICI socket is reached through a group the user is added to); the
+// kernel clears the capabilities of a process that leaves uid 0.
 func switchUser(name string) error {
 	u, err := user.Lookup(name)
 	if err != nil {
@@ -92,8 +93,18 @@ func switchUser(name string) error {
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
-	if err := allThreads(unix.SYS_SETGROUPS, 0, 0, 0); err != nil {
-		return fmt.Errorf("--user %s: clearing groups: %w", name, err)
+	groups, err := groupIDs(u)
+	if err != nil {
+		return fmt.Errorf("--user %s: reading its groups: %w", name, err)
+	}
+	var list uintptr
+	if len(groups) > 0 {
+		list = uintptr(unsafe.Pointer(&groups[0]))
+	}
+	err = allThreads(unix.SYS_SETGROUPS, uintptr(len(groups)), list, 0)
+	runtime.KeepAlive(groups) // list is a bare address
+	if err != nil {
+		return fmt.Errorf("--user %s: setting its groups %v: %w", name, groups, err)
 	}
 	if err := allThreads(unix.SYS_SETRESGID, uintptr(gid), uintptr(gid), uintptr(gid)); err != nil {
 		return fmt.Errorf("--user %s: setting group %d: %w", name, gid, err)
@@ -102,6 +113,23 @@ func switchUser(name string) error {
 		return fmt.Errorf("--user %s: setting user %d: %w", name, uid, err)
 	}
 	return nil
+}
+
+// groupIDs lists the user's groups, primary first, as the kernel takes them.
+func groupIDs(u *user.User) ([]uint32, error) {
+	ids, err := u.GroupIds()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint32, 0, len(ids))
+	for _, id := range ids {
+		n, err := strconv.ParseUint(id, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("group id %q: %w", id, err)
+		}
+		out = append(out, uint32(n))
+	}
+	return out, nil
 }
 
 // Names spells capabilities the way capabilities(7) does.
