@@ -261,7 +261,11 @@ func runCapture(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "spiwatch capture: %v\n", err)
 		return exitUsage
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
+	if !signal.Ignored(syscall.SIGHUP) { // a dropped ssh session ends it as Ctrl-C; nohup still works
+		sigs = append(sigs, syscall.SIGHUP)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), sigs...)
 	defer stop()
 	passSIGPIPE()
 	code, err := capture(ctx, &f, s, stdout, stderr)
@@ -571,10 +575,11 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 				writeErr = nil // the reader went away (| tshark ended): stop quietly
 				break
 			}
+			// Packets, not written: the buffered packets the error cut off are not in the file.
 			if t.beside != "" {
-				return exitError, fmt.Errorf("%v: capture stopped after %d packets; spiwatch run goes on counting", writeErr, written)
+				return exitError, fmt.Errorf("%v: capture stopped after %d packets; spiwatch run goes on counting", writeErr, w.Packets())
 			}
-			fmt.Fprintf(stderr, "spiwatch capture: %v: capture stopped after %d packets; counting goes on until Ctrl-C or --duration, then the per-SPI counts\n", writeErr, written)
+			fmt.Fprintf(stderr, "spiwatch capture: %v: capture stopped after %d packets; counting goes on until Ctrl-C or --duration, then the per-SPI counts\n", writeErr, w.Packets())
 		}
 		if f.count > 0 && written >= f.count {
 			break
@@ -582,6 +587,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	}
 	// Samples already in the ring buffer when sampling stops are written too.
 	stopSampling()
+	failed := writeErr != nil // said when it happened
 	for rd.SetDeadline(time.Now().Add(20 * time.Millisecond)); writeErr == nil && (f.count == 0 || written < f.count) && rd.ReadInto(&rec) == nil; {
 		pkt, ok, err := packetOf(rec.RawSample)
 		if err != nil {
@@ -596,6 +602,9 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	if writeErr == nil {
 		writeErr = w.Close()
 	}
+	if writeErr != nil && !failed && !errors.Is(writeErr, syscall.EPIPE) {
+		fmt.Fprintf(stderr, "spiwatch capture: %v: the file holds %d of the %d packets kept\n", writeErr, w.Packets(), written)
+	}
 	after, err := t.cap.Stats()
 	if err != nil {
 		return exitError, err
@@ -606,12 +615,12 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 		files = fmt.Sprintf(" (%d files started, the last %d kept)", w.Files(), min(w.Files(), f.rotateKeep))
 	}
 	fmt.Fprintf(stderr, "spiwatch capture: %d packets written to %s%s in %s; kernel: %d samples, %d lost (ring buffer full), %d over the rate\n",
-		written, w.Path(), files, time.Since(started).Round(time.Millisecond), d.Samples, d.RingFull, d.RateRefused)
+		w.Packets(), w.Path(), files, time.Since(started).Round(time.Millisecond), d.Samples, d.RingFull, d.RateRefused)
 	if err := printUnknown(stderr, t); err != nil {
 		return exitError, err
 	}
 	if writeErr != nil && !errors.Is(writeErr, syscall.EPIPE) {
-		return exitError, nil // said when it happened
+		return exitError, nil // said above
 	}
 	return exitOK, nil
 }

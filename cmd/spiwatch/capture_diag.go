@@ -111,8 +111,14 @@ func (d *captureDiag) comment(h maps.SampleHeader, frame []byte, perSPI uint32) 
 		}
 		fmt.Fprintf(&b, " spi=0x%08x verdict=%s", h.SPI, verdict)
 		if len(srcs) >= 2 {
-			// one word: the comment is key=value words
-			fmt.Fprintf(&b, " sources=%s", strings.ReplaceAll(report.SourcesString(srcs), ", ", ","))
+			// one word: the comment is key=value words; a flood's thousands of
+			// sources would make every comment kilobytes long
+			more := ""
+			if len(srcs) > maxCommentSources {
+				more = fmt.Sprintf(",+%d", len(srcs)-maxCommentSources)
+				srcs = srcs[:maxCommentSources]
+			}
+			fmt.Fprintf(&b, " sources=%s%s", strings.ReplaceAll(report.SourcesString(srcs), ", ", ","), more)
 		}
 	case cl == classify.ClassICMPESP && r.Class == classify.ClassICMPESP:
 		e := r.ICMP
@@ -144,6 +150,10 @@ func (d *captureDiag) comment(h maps.SampleHeader, frame []byte, perSPI uint32) 
 	}
 	return b.String()
 }
+
+// maxCommentSources is how many collision sources a comment names; +N says how
+// many more there are.
+const maxCommentSources = 8
 
 // unmapped is how the maps give addresses: IPv4 as IPv4.
 func unmapped(a netip.Addr) netip.Addr { return a.Unmap() }

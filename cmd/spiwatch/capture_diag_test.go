@@ -96,3 +96,22 @@ func TestCaptureCommentsSharedSPI(t *testing.T) {
 		}
 	}
 }
+
+// TestCaptureCommentManySources: an SPI seen from thousands of sources (a flood,
+// a big NAT) gives a comment of a bounded size, naming how many are left out.
+func TestCaptureCommentManySources(t *testing.T) {
+	d := newCaptureDiag(nil, nil, report.DefaultCollisionWindow)
+	d.read = time.Now()
+	gw := frames.DefaultDst4
+	var srcs []maps.SASource
+	for i := range 5000 {
+		srcs = append(srcs, maps.SASource{Addr: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})})
+	}
+	d.unknown = map[report.SPIDst][]maps.SASource{{SPI: 0xc011, Dst: gw}: srcs}
+	h := maps.SampleHeader{Class: uint8(classify.ClassESP), Outcome: uint8(classify.OutcomeUnknown), SPI: 0xc011, Action: 2, Reason: maps.ReasonRate}
+	got := d.comment(h, frames.Frame{Src: srcs[0].Addr}.ESP(0xc011, 1, 20), 3)
+	want := "spiwatch: class=esp spi=0x0000c011 verdict=unknown,collision sources=10.0.0.0,10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,+4992 action=pass kept=rate"
+	if got != want {
+		t.Errorf("comment of %d bytes:\n got %.300s\nwant %s", len(got), got, want)
+	}
+}

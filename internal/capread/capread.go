@@ -70,6 +70,11 @@ func (e *capError) Unwrap() []error { return e.errs }
 
 func newError(kind, cause error, format string, args ...any) error {
 	e := &capError{msg: fmt.Sprintf(format, args...)}
+	if errors.Is(cause, io.EOF) {
+		// pcapgo says io.EOF when a block is cut: wrapped, it would read as the
+		// clean end callers stop at (errors.Is(err, io.EOF)), hiding the cut.
+		cause = nil
+	}
 	for _, err := range []error{kind, cause} {
 		if err != nil {
 			e.errs = append(e.errs, err)

@@ -19,6 +19,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/gopacket/layers"
@@ -63,6 +64,8 @@ type Writer struct {
 	ng     *pcapgo.NgWriter
 	files  int // files started
 	buf    []byte
+	// packets that reached files already closed (rotated) whole
+	packets uint64
 }
 
 // blockWriter buffers whole blocks (one per Write) and writes them out together.
@@ -74,9 +77,17 @@ type blockWriter struct {
 	buf     []byte
 	ends    []int // where each block in buf ends
 	flushed int64
+	whole   uint64 // blocks that reached out whole
 }
 
 const flushAt = 256 << 10
+
+// maxComment is the longest opt_comment (a 16-bit length); longer ones are cut
+// and end in cut.
+const (
+	maxComment = 0xffff
+	cut        = "..."
+)
 
 func (b *blockWriter) Write(p []byte) (int, error) {
 	b.buf = append(b.buf, p...)
@@ -105,11 +116,17 @@ func (b *blockWriter) Flush() error {
 			_ = b.f.Truncate(b.flushed + int64(whole))
 			_, _ = b.f.Seek(b.flushed+int64(whole), io.SeekStart)
 		}
+		for _, e := range b.ends {
+			if e <= whole {
+				b.whole++
+			}
+		}
 		b.flushed += int64(whole)
 		b.buf, b.ends = b.buf[:0], b.ends[:0]
 		return err
 	}
 	b.flushed += int64(n)
+	b.whole += uint64(len(b.ends))
 	b.buf, b.ends = b.buf[:0], b.ends[:0]
 	return nil
 }
@@ -150,7 +167,20 @@ func (w *Writer) Path() string {
 // Files is how many files were started (1 without rotation).
 func (w *Writer) Files() int { return w.files }
 
+// Packets is how many packets reached the files (or the stream) whole: after a
+// write error, fewer than were written, since the buffered ones are gone.
+func (w *Writer) Packets() uint64 {
+	if w.bw == nil {
+		return w.packets
+	}
+	return w.packets + w.bw.whole
+}
+
 func (w *Writer) open() error {
+	if w.bw != nil { // the packets of the file rotated out
+		w.packets += w.bw.whole
+		w.bw = nil
+	}
 	out := w.stream
 	if w.path != "" {
 		f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -181,6 +211,7 @@ func (w *Writer) open() error {
 	if err == nil {
 		err = w.bw.Flush() // a file that exists is a valid pcapng file
 	}
+	w.bw.whole = 0 // header blocks; only packets are counted
 	if err != nil {
 		w.closeFile()
 		return w.fileError(err)
@@ -215,6 +246,10 @@ func (w *Writer) Write(p Packet) error {
 	}
 	if p.Length < len(p.Data) {
 		p.Length = len(p.Data)
+	}
+	// An option's length is 16 bits: a longer comment would corrupt the block.
+	if len(p.Comment) > maxComment {
+		p.Comment = strings.ToValidUTF8(p.Comment[:maxComment-len(cut)], "") + cut
 	}
 	if w.opts.RotateBytes > 0 && w.bw.size() >= w.opts.RotateBytes {
 		if err := w.rotate(); err != nil {
@@ -310,6 +345,9 @@ func (w *Writer) Close() error {
 	err := w.Flush()
 	if cerr := w.closeFile(); err == nil && cerr != nil {
 		err = w.fileError(cerr)
+	}
+	if w.bw != nil {
+		w.packets += w.bw.whole
 	}
 	w.bw = nil
 	return err

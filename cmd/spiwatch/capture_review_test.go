@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiwatch/spiwatch/internal/testenv"
+)
+
+// TestCaptureTimesAndLengths: a frame cut to --snaplen keeps its real length in
+// the file, and its time is the wall-clock time it arrived (ns, Unix epoch).
+func TestCaptureTimesAndLengths(t *testing.T) {
+	testenv.RequireNetns(t)
+	tshark := testenv.RequireTool(t, "tshark", "tshark")
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swcapl")
+	file := filepath.Join(t.TempDir(), "len.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "esp", "--snaplen", "64", "--rate", "1000")
+	c.waitFor(t, "to "+file)
+	before := time.Now()
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x1234 len=1000 count=5"})
+	after := time.Now()
+	time.Sleep(300 * time.Millisecond)
+	if code := c.stop(t); code != 0 {
+		t.Fatalf("capture exited %d: %s", code, c.stderr)
+	}
+	out, err := exec.Command(tshark, "-r", file, "-T", "fields", "-E", "separator=|", "-e", "frame.time_epoch", "-e", "frame.len", "-e", "frame.cap_len").Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("tshark reads %d packets, want 5: %q", len(lines), out)
+	}
+	for i, l := range lines {
+		f := strings.Split(l, "|")
+		secs, _ := strconv.ParseFloat(f[0], 64)
+		ts := time.Unix(0, int64(secs*1e9))
+		if ts.Before(before.Add(-time.Second)) || ts.After(after.Add(time.Second)) {
+			t.Errorf("packet %d at %s, sent between %s and %s", i, ts, before, after)
+		}
+		if n, _ := strconv.Atoi(f[1]); n < 1000 || f[2] != "64" {
+			t.Errorf("packet %d: length %s, captured %s; want 1000+ and 64", i, f[1], f[2])
+		}
+	}
+}
+
+// TestCaptureDiskFullCount: when the disk fills, the packets capture says it
+// wrote are the packets the file holds.
+func TestCaptureDiskFullCount(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	dir := testenv.SmallTmpfs(t, 48<<10)
+	lab := newLab(t, "swcapn")
+	file := filepath.Join(dir, "full.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "esp", "--snaplen", "0", "--rate", "1000000")
+	c.waitFor(t, "to "+file)
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x1234 len=1000 count=300"})
+	c.waitFor(t, "no space left on device: capture stopped after")
+	if code := c.stop(t); code != 1 {
+		t.Errorf("capture exited %d after a full disk, want 1", code)
+	}
+	inFile := len(readTshark(t, file, nil))
+	m := regexp.MustCompile(`capture stopped after (\d+) packets`).FindStringSubmatch(c.stderr.String())
+	if n, _ := strconv.Atoi(m[1]); n != inFile {
+		t.Errorf("capture says it stopped after %d packets, the file holds %d", n, inFile)
+	}
+	m = regexp.MustCompile(`(\d+) packets written to`).FindStringSubmatch(c.stderr.String())
+	if m == nil {
+		t.Fatalf("no summary: %s", c.stderr)
+	}
+	if n, _ := strconv.Atoi(m[1]); n != inFile {
+		t.Errorf("summary says %d packets written, the file holds %d", n, inFile)
+	}
+	t.Logf("capture said:\n%s", c.stderr)
+}
+
+// TestCaptureDiskFullAtExit: the disk fills while the last packets are written
+// out as capture ends (here at --count): capture says so (not only exit 1), and
+// does not count the lost packets as written.
+func TestCaptureDiskFullAtExit(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	dir := testenv.SmallTmpfs(t, 48<<10)
+	lab := newLab(t, "swcape")
+	file := filepath.Join(dir, "exit.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "esp", "--snaplen", "0", "--rate", "1000000", "--count", "100")
+	c.waitFor(t, "to "+file)
+	// The samples wait in the ring buffer: capture reads them all at once, within
+	// one flush interval, and ends at --count with them buffered.
+	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x1234 len=1000 count=150"})
+	if err := c.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	code := c.waitExit(t, 20*time.Second)
+	out := c.stderr.String()
+	t.Logf("capture said:\n%s", out)
+	if code != 1 || !strings.Contains(out, "no space left on device") {
+		t.Errorf("capture exited %d, want 1 and a message saying the disk is full", code)
+	}
+	inFile := len(readTshark(t, file, nil))
+	m := regexp.MustCompile(`(\d+) packets written to`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no summary: %s", out)
+	}
+	if n, _ := strconv.Atoi(m[1]); n != inFile {
+		t.Errorf("summary says %d packets written, the file holds %d", n, inFile)
+	}
+}
+
+// TestCaptureSIGHUP: the terminal going away (ssh dropped) ends a capture like
+// Ctrl-C: the packets it holds reach the file and sampling is turned off.
+func TestCaptureSIGHUP(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swcaph")
+	file := filepath.Join(t.TempDir(), "hup.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "esp", "--rate", "1000")
+	c.waitFor(t, "to "+file)
+	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x1234 count=20"})
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGCONT} {
+		if err := c.cmd.Process.Signal(sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code := c.waitExit(t, 20*time.Second)
+	out := c.stderr.String()
+	if code != 0 || !strings.Contains(out, "20 packets written") {
+		t.Errorf("capture exited %d on SIGHUP, want 0 and its summary: %s", code, out)
+	}
+	if n := len(readTshark(t, file, nil)); n != 20 {
+		t.Errorf("the file holds %d packets, 20 were sampled", n)
+	}
+}

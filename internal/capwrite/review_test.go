@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package capwrite
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/spiwatch/spiwatch/internal/testenv"
+)
+
+// TestPacketsOnFullDisk: Packets is what the file holds, not what was handed to
+// Write, once the disk fills with packets still buffered.
+func TestPacketsOnFullDisk(t *testing.T) {
+	dir := testenv.SmallTmpfs(t, 64<<10)
+	path := filepath.Join(dir, "c.pcapng")
+	w, err := Create(path, nil, Options{Interfaces: twoIfaces})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var werr error
+	for _, p := range packets(2000) {
+		if werr = w.Write(p); werr != nil {
+			break
+		}
+	}
+	if werr == nil {
+		werr = w.Close()
+	}
+	if !errors.Is(werr, syscall.ENOSPC) {
+		t.Fatalf("error %v, want ENOSPC", werr)
+	}
+	w.Close()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, got := readBack(t, data); uint64(len(got)) != w.Packets() {
+		t.Errorf("Packets() = %d, the file holds %d", w.Packets(), len(got))
+	}
+}
+
+// TestPacketsRotated: Packets counts the packets of every file started.
+func TestPacketsRotated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.pcapng")
+	w, err := Create(path, nil, Options{Interfaces: twoIfaces, RotateBytes: 2000, Keep: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range packets(60) {
+		if err := w.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if w.Packets() != 60 || w.Files() < 2 {
+		t.Errorf("Packets() = %d in %d files, want 60 in several", w.Packets(), w.Files())
+	}
+}
+
+// TestLongComment: a comment longer than a pcapng option holds (65535 bytes)
+// must not make the file unreadable.
+func TestLongComment(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.pcapng")
+	w, err := Create(path, nil, Options{Interfaces: twoIfaces})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := packets(2)
+	ps[0].Comment = "spiwatch: sources=" + strings.Repeat("198.51.100.77,", 5000)
+	for _, p := range ps {
+		if err := w.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, got := readBack(t, data); len(got) != 2 {
+		t.Errorf("%d packets read back, want 2", len(got))
+	}
+	tshark := testenv.RequireTool(t, "tshark", "tshark")
+	out, err := exec.Command(tshark, "-r", path, "-T", "fields", "-e", "esp.spi").Output()
+	if err != nil || len(strings.Fields(string(out))) != 2 {
+		t.Errorf("tshark: %v: %s", err, out)
+	}
+}
