@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -60,9 +61,10 @@ func pinnedIfaces(dir string) ([]report.Iface, []loader.PinnedLink, error) {
 	}
 	var ifs []report.Iface
 	for _, p := range pins {
-		i := report.Iface{Name: p.Iface, Slot: p.Slot, Mode: "pinned"}
+		i := report.Iface{Name: p.Iface, Slot: p.Slot, Mode: "-"}
 		if ifc, err := net.InterfaceByName(p.Iface); err == nil {
 			i.Ifindex = ifc.Index
+			i.Mode, _ = loader.DescribeAttachment(ifc.Index)
 		} else {
 			i.Problem = "interface not found"
 		}
@@ -85,13 +87,21 @@ func runStats(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	ifs, _, err := pinnedIfaces(f.pinPath)
+	ifs, pins, err := pinnedIfaces(f.pinPath)
 	if err == nil && len(ifs) == 0 {
 		err = fmt.Errorf("no interface is pinned in %s", f.pinPath)
+	}
+	var action loader.PinnedAction
+	var warn string
+	if err == nil {
+		action, warn, err = pinnedAction(pins)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "spiwatch stats: %v\n", err)
 		return exitError
+	}
+	if warn != "" {
+		fmt.Fprintf(stderr, "spiwatch stats: %s\n", warn)
 	}
 	m, closeMaps, err := loader.OpenPinnedMaps(f.pinPath)
 	if err != nil {
@@ -104,7 +114,7 @@ func runStats(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "spiwatch stats: %v\n", err)
 		return exitError
 	}
-	rep.Top = f.top
+	rep.Top, rep.Action, rep.DropAbove = f.top, action.String(), action.DropAbove
 	time.Sleep(f.interval)
 	s, err := rep.Take()
 	if err == nil {
@@ -119,6 +129,39 @@ func runStats(args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	return exitOK
+}
+
+// pinnedAction is what the pinned programs do with unknown-SPI packets. Runs
+// with other settings may have left interfaces pinned, and the report has one
+// action: then the first that drops is reported, and warn says which does what.
+func pinnedAction(pins []loader.PinnedLink) (a loader.PinnedAction, warn string, err error) {
+	var each []string
+	differ := false
+	for i, p := range pins {
+		pa, err := loader.ReadPinnedAction(p.Path)
+		if err != nil {
+			return a, "", err
+		}
+		if i == 0 || (pa.DropUnknown && !a.DropUnknown) {
+			differ = differ || i > 0
+			a = pa
+		} else if pa != a {
+			differ = true
+		}
+		each = append(each, fmt.Sprintf("%s: %s", p.Iface, describeAction(pa)))
+	}
+	if differ {
+		warn = "the pinned programs do different things with unknown SPIs (" + strings.Join(each, "; ") +
+			"): the report says the first that drops"
+	}
+	return a, warn, nil
+}
+
+func describeAction(a loader.PinnedAction) string {
+	if a.DropAbove > 0 {
+		return fmt.Sprintf("drop above %d packets/s per source", a.DropAbove)
+	}
+	return a.String()
 }
 
 const statusUsage = `spiwatch status lists where spiwatch run --pin left its program attached: interface,

@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/spiwatch/spiwatch/internal/netlab"
+	"github.com/spiwatch/spiwatch/internal/testenv"
+)
+
+// TestPinnedStatsAction: spiwatch stats says what the program left attached does
+// with unknown SPIs and how it is attached, read from the kernel: a program left
+// dropping must not be reported as passing (or as nothing).
+func TestPinnedStatsAction(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, _ := buildBinaries(t)
+	pins := testBPFFS(t)
+	lab := newLab(t, "swpst")
+	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run()
+	run := func(args ...string) (string, string, error) {
+		var out, errOut strings.Builder
+		cmd := netlab.Command(lab.NSB, spiwatch, args...)
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		return out.String(), errOut.String(), err
+	}
+	type stats struct {
+		Action     string `json:"action"`
+		DropAbove  uint32 `json:"drop_above_pps"`
+		Interfaces []struct {
+			Name string `json:"name"`
+			Mode string `json:"mode"`
+		} `json:"interfaces"`
+	}
+	read := func() stats {
+		t.Helper()
+		out, errOut, err := run("stats", "--pin-path", pins, "--json", "--interval", "50ms")
+		if err != nil {
+			t.Fatalf("stats: %v\n%s", err, errOut)
+		}
+		var s stats
+		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &s); err != nil {
+			t.Fatalf("stats output %q: %v", out, err)
+		}
+		return s
+	}
+
+	if _, errOut, err := run("run", "-i", lab.Receiver, "--pin", "--pin-path", pins, "--xdp-mode", "native",
+		"--action", "drop", "--drop-above", "100", "--json", "--interval", "50ms", "--count", "1"); err != nil {
+		t.Fatalf("run --pin --action drop: %v\n%s", err, errOut)
+	}
+	s := read()
+	if s.Action != "drop" || s.DropAbove != 100 || len(s.Interfaces) != 1 || s.Interfaces[0].Name != lab.Receiver || s.Interfaces[0].Mode != "native" {
+		t.Errorf("stats after run --action drop: %+v; want action drop above 100/s, %s native", s, lab.Receiver)
+	}
+
+	if _, errOut, err := run("detach", "--pin-path", pins); err != nil {
+		t.Fatalf("detach: %v\n%s", err, errOut)
+	}
+	if _, errOut, err := run("run", "-i", lab.Receiver, "--pin", "--pin-path", pins, "--xdp-mode", "generic",
+		"--json", "--interval", "50ms", "--count", "1"); err != nil {
+		t.Fatalf("run --pin: %v\n%s", err, errOut)
+	}
+	if s := read(); s.Action != "pass" || len(s.Interfaces) != 1 || s.Interfaces[0].Mode != "generic" {
+		t.Errorf("stats after run: %+v; want action pass, generic", s)
+	}
+}
