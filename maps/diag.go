@@ -227,13 +227,14 @@ func (m *Maps) DiagTableStats(icmpEntries, ikeEntries int) (icmp, ike TableStats
 	m.diagMu.Lock()
 	icmpDel, ikeDel := m.icmpDeleted, m.ikeDeleted
 	m.diagMu.Unlock()
-	mk := func(entries int, capacity uint32, inserts, fails, deleted uint64) TableStats {
+	mk := func(entries int, capacity uint32, inserts, fails, deleted uint64, evicted *evictedFloor) TableStats {
 		s := TableStats{Entries: entries, Capacity: int(capacity), Inserts: inserts, InsertFails: fails}
 		if gone := uint64(entries) + deleted; inserts > gone {
 			s.Evictions = inserts - gone
 		}
+		s.Evictions = evicted.atLeast(s.Evictions)
 		return s
 	}
-	return mk(icmpEntries, m.icmp.MaxEntries(), t.ICMPInserts, t.ICMPInsertFails, icmpDel),
-		mk(ikeEntries, m.ike.MaxEntries(), t.IKEInserts, t.IKEInsertFails, ikeDel), nil
+	return mk(icmpEntries, m.icmp.MaxEntries(), t.ICMPInserts, t.ICMPInsertFails, icmpDel, &m.icmpEvicted),
+		mk(ikeEntries, m.ike.MaxEntries(), t.IKEInserts, t.IKEInsertFails, ikeDel, &m.ikeEvicted), nil
 }

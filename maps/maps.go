@@ -39,6 +39,27 @@ type Maps struct {
 	// the same for the ICMP-error and IKE tables
 	diagMu                  sync.Mutex
 	icmpDeleted, ikeDeleted uint64
+	// The evictions given so far, per table: a figure never goes below one
+	// given before (see atLeast).
+	unknownEvicted, icmpEvicted, ikeEvicted evictedFloor
+}
+
+// evictedFloor holds the highest evictions figure a table has been given.
+// Inserts are read before the entries, so rows inserted between the two reads
+// make a figure a few short (never over), and the next read would seem to
+// un-evict them: a figure is never given below an earlier one.
+type evictedFloor struct{ v atomic.Uint64 }
+
+func (f *evictedFloor) atLeast(n uint64) uint64 {
+	for {
+		old := f.v.Load()
+		if n <= old {
+			return old
+		}
+		if f.v.CompareAndSwap(old, n) {
+			return n
+		}
+	}
 }
 
 // FromCollection picks the maps (Names) out of a loaded collection's map set.

@@ -355,6 +355,7 @@ func (m *Maps) tableStats(t Tally, entries int) TableStats {
 	if gone := uint64(entries) + m.deleted.Load(); t.Inserts > gone {
 		s.Evictions = t.Inserts - gone
 	}
+	s.Evictions = m.unknownEvicted.atLeast(s.Evictions)
 	return s
 }
 
