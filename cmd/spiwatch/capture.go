@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -147,6 +148,9 @@ func (f *captureFlags) validate() (*captureSetup, error) {
 		return nil, fmt.Errorf("--snaplen %d: at most %d bytes (0: whole frames)", f.snaplen, maps.SnapMax)
 	}
 	s.set.PerSPI = f.perSPI
+	if f.perSPI == 0 && f.rate == 0 {
+		return nil, errors.New("--per-spi 0 with --rate 0 keeps no packet: give either more than 0")
+	}
 	if f.rate > maps.CapRateMax {
 		return nil, fmt.Errorf("--rate %d: at most %d packets per second per CPU", f.rate, maps.CapRateMax)
 	}
@@ -205,6 +209,20 @@ func parseCaptureSPI(s string) (uint32, error) {
 }
 
 // parseSize reads 100MB, 1.5GB, 512KiB, 1000000 (bytes).
+// keepRule says which packets the kernel keeps. It keeps a row's first packets
+// whenever an unknown or reserved SPI's frame is selected: by unknown, or by its
+// class (esp, esp-in-udp).
+func keepRule(set maps.CaptureSettings) string {
+	rule := fmt.Sprintf("up to %d packets per second per CPU", set.Rate)
+	if set.ClassMask&(maps.CapUnknown|1<<classify.ClassESP|1<<classify.ClassESPInUDP) != 0 {
+		if set.Rate == 0 {
+			return fmt.Sprintf("the first %d packets of each unknown SPI and peer", set.PerSPI)
+		}
+		return fmt.Sprintf("the first %d packets of each unknown SPI and peer, then %s", set.PerSPI, rule)
+	}
+	return rule
+}
+
 func parseSize(s string) (int64, error) {
 	units := []struct {
 		suffix string
@@ -218,8 +236,11 @@ func parseSize(s string) (int64, error) {
 		}
 	}
 	v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
-	if err != nil || v <= 0 {
+	if err != nil || v <= 0 || math.IsInf(v, 0) || math.IsNaN(v) {
 		return 0, errors.New("not a size (want e.g. 100MB, 1GB, 512KiB)")
+	}
+	if v*mult > 1<<50 {
+		return 0, errors.New("over 1 PiB: not a file size")
 	}
 	if v*mult < 4096 {
 		return 0, errors.New("files of under 4 KB cannot hold a packet with its headers")
@@ -486,14 +507,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	if t.beside != "" {
 		where = "beside spiwatch run, " + t.beside
 	}
-	rule := fmt.Sprintf("up to %d packets per second per CPU", s.set.Rate)
-	if s.set.ClassMask&maps.CapUnknown != 0 {
-		if s.set.Rate == 0 {
-			rule = fmt.Sprintf("the first %d packets of each unknown SPI and peer", s.set.PerSPI)
-		} else {
-			rule = fmt.Sprintf("the first %d packets of each unknown SPI and peer, then %s", s.set.PerSPI, rule)
-		}
-	}
+	rule := keepRule(s.set)
 	fmt.Fprintf(stderr, "spiwatch capture: %s on %s (%s) to %s: %s, %d bytes per frame\n",
 		strings.Join(f.classes, ","), strings.Join(f.ifaces, ","), where, w.Path(), rule, s.set.Snaplen)
 
@@ -648,7 +662,13 @@ func printUnknown(w io.Writer, t *captureTarget) error {
 		}
 		return mine[i].SPI < mine[j].SPI
 	})
-	fmt.Fprintf(w, "spiwatch capture: %d unknown or reserved SPIs counted by the kernel on %s", len(mine), strings.Join(sortedNames(names), ","))
+	spis := map[uint32]bool{}
+	for _, r := range mine {
+		spis[r.SPI] = true
+	}
+	// A row is an SPI from one peer (and ports): one SPI from two peers is two.
+	fmt.Fprintf(w, "spiwatch capture: %d unknown or reserved SPIs in %d rows (SPI, peer, ports) counted by the kernel on %s",
+		len(spis), len(mine), strings.Join(sortedNames(names), ","))
 	if len(mine) > 20 {
 		fmt.Fprint(w, " (20 with most packets shown)")
 	}

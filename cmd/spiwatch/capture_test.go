@@ -19,6 +19,7 @@ import (
 
 	"github.com/spiwatch/spiwatch/internal/netlab"
 	"github.com/spiwatch/spiwatch/internal/testenv"
+	"github.com/spiwatch/spiwatch/maps"
 )
 
 func TestCaptureUsage(t *testing.T) {
@@ -41,6 +42,10 @@ func TestCaptureUsage(t *testing.T) {
 		{[]string{"-i", "lo", "-w", "x", "--collision-window", "-5s"}, "--collision-window -5s: must be more than 0"},
 		{[]string{"-i", "lo", "-w", "x", "--known-spi", "7"}, "--known-spi 7: SPI 7 is reserved"},
 		{[]string{"-i", "nosuchif0", "-w", "x"}, "interface nosuchif0 not found"},
+		{[]string{"-i", "lo", "-w", "x", "--per-spi", "0", "--rate", "0"}, "--per-spi 0 with --rate 0 keeps no packet"},
+		{[]string{"-i", "lo", "-w", "x", "--rotate", "inf"}, "--rotate inf: not a size"},
+		{[]string{"-i", "lo", "-w", "x", "--rotate", "NaN"}, "--rotate NaN: not a size"},
+		{[]string{"-i", "lo", "-w", "x", "--rotate", "1e30GB"}, "--rotate 1e30GB: over 1 PiB"},
 		{[]string{"-i", "lo", "-w", "x", "extra"}, `unexpected argument "extra"`},
 	} {
 		var stdout, stderr bytes.Buffer
@@ -577,5 +582,25 @@ func TestCaptureCountDuration(t *testing.T) {
 	}
 	if pkts := readTshark(t, filepath.Join(dir, "duration.pcapng"), nil); len(pkts) != 0 {
 		t.Errorf("an empty capture holds %d packets", len(pkts))
+	}
+}
+
+// The start-up line says what the kernel keeps: the first packets of each
+// unknown row also when unknown SPIs are selected by their class alone.
+func TestKeepRule(t *testing.T) {
+	for _, tc := range []struct {
+		classes      string
+		perSPI, rate uint32
+		want         string
+	}{
+		{"unknown", 10, 100, "the first 10 packets of each unknown SPI and peer, then up to 100 packets per second per CPU"},
+		{"esp", 3, 0, "the first 3 packets of each unknown SPI and peer"},
+		{"esp-in-udp", 3, 5, "the first 3 packets of each unknown SPI and peer, then up to 5 packets per second per CPU"},
+		{"ike", 10, 7, "up to 7 packets per second per CPU"},
+	} {
+		set := maps.CaptureSettings{ClassMask: captureClasses[tc.classes], PerSPI: tc.perSPI, Rate: tc.rate}
+		if got := keepRule(set); got != tc.want {
+			t.Errorf("--class %s --per-spi %d --rate %d: %q, want %q", tc.classes, tc.perSPI, tc.rate, got, tc.want)
+		}
 	}
 }
