@@ -81,7 +81,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.XDPMode, "xdp-mode", "auto", "XDP attach mode: auto (native, else generic), native or generic")
 	fs.BoolVar(&c.Force, "force", false, "replace an XDP program already attached to the interface")
 	fs.BoolVar(&c.WaitIface, "wait-iface", false, "when a watched interface is deleted, wait for one of that name and attach again (default: go on with the others, end when none is left)")
-	fs.StringVar(&c.User, "user", "", "after attaching, run as this user (capabilities are dropped after attaching in any case)")
+	fs.StringVar(&c.User, "user", "", "after attaching, run as this user; either way spiwatch then drops every capability but those it still needs: CAP_NET_ADMIN while following xfrm, CAP_BPF and CAP_NET_ADMIN with --wait-iface, CAP_BPF before Linux 5.19 while kernel.unprivileged_bpf_disabled is set")
 	fs.BoolVar(&c.Pin, "pin", false, "pin program links and maps so counting goes on after spiwatch exits; a later run --pin continues the counts")
 	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "directory on the BPF filesystem for --pin")
 
@@ -116,6 +116,23 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 }
+
+// Upper bounds of the table sizes: above them the kernel answers only "argument
+// list too long", or takes memory no gateway needs (sizes from bpftool's memlock
+// on Linux 6.18).
+const (
+	// maxUnknownTable: an LRU hash, allocated whole at load, unknownRowBytes a row
+	// (44-byte key, 48-byte value, the kernel's element and bucket): 320 MiB. A
+	// gateway rebooted under 100,000 tunnels sees a few hundred thousand rows.
+	maxUnknownTable = 1 << 21
+	unknownRowBytes = 160
+	// maxKnownTable: a hash allocated as SAs arrive (176 bytes each on every CPU);
+	// at load only its buckets, a power of two of them, with the shared-SPI map's:
+	// 18 bytes an entry at a power of two, up to twice that above one; 72 MiB at the
+	// limit. Room for a million tunnels' SAs, both directions, while rekeying.
+	maxKnownTable   = 1 << 22
+	knownEntryBytes = 18
+)
 
 // Validated is the checked configuration, ready to use.
 type Validated struct {
@@ -172,6 +189,14 @@ func (c *Config) Validate() (*Validated, error) {
 	}
 	if c.KnownMax < 1 {
 		return nil, errors.New("--known-table-size must be at least 1")
+	}
+	if c.UnknownMax > maxUnknownTable {
+		return nil, fmt.Errorf("--unknown-table-size %d: at most %d (each row takes about 160 bytes of kernel memory from the start: %d MiB at the limit); give a smaller size: a full table evicts the least recently seen rows and counts them",
+			c.UnknownMax, maxUnknownTable, maxUnknownTable*unknownRowBytes>>20)
+	}
+	if c.KnownMax > maxKnownTable {
+		return nil, fmt.Errorf("--known-table-size %d: at most %d (the map takes up to 36 bytes of kernel memory per entry from the start, %d MiB at the limit, and each SA in it 176 bytes on every CPU); give a size that fits the gateway's SAs, with room for rekeying",
+			c.KnownMax, maxKnownTable, maxKnownTable*knownEntryBytes>>20)
 	}
 	v.Settings.UnknownMax, v.Settings.KnownMax = c.UnknownMax, c.KnownMax
 	v.Settings.XfrmLookup = c.XfrmLookup

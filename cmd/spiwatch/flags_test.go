@@ -120,6 +120,16 @@ func TestUsageErrors(t *testing.T) {
 		{"count -1", append(lo, "--count", "-1"), "--count -1: must be 0 (no limit) or more"},
 		{"unknown table 0", append(lo, "--unknown-table-size", "0"), "--unknown-table-size must be at least 1"},
 		{"known table 0", append(lo, "--known-table-size", "0"), "--known-table-size must be at least 1"},
+		// Past the limits the kernel says only "argument list too long", or takes
+		// gigabytes: refused with the flag, the limit and the memory.
+		{"unknown table 2^32-1", append(lo, "--unknown-table-size", "4294967295"),
+			"--unknown-table-size 4294967295: at most 2097152 (each row takes about 160 bytes of kernel memory from the start: 320 MiB at the limit); give a smaller size: a full table evicts the least recently seen rows and counts them"},
+		{"unknown table over", append(lo, "--unknown-table-size", "2097153"),
+			"--unknown-table-size 2097153: at most 2097152 (each row takes about 160 bytes of kernel memory from the start: 320 MiB at the limit); give a smaller size: a full table evicts the least recently seen rows and counts them"},
+		{"known table 2^32-1", append(lo, "--known-table-size", "4294967295"),
+			"--known-table-size 4294967295: at most 4194304 (the map takes up to 36 bytes of kernel memory per entry from the start, 72 MiB at the limit, and each SA in it 176 bytes on every CPU); give a size that fits the gateway's SAs, with room for rekeying"},
+		{"known table over", append(lo, "--known-table-size", "4194305"),
+			"--known-table-size 4194305: at most 4194304 (the map takes up to 36 bytes of kernel memory per entry from the start, 72 MiB at the limit, and each SA in it 176 bytes on every CPU); give a size that fits the gateway's SAs, with room for rekeying"},
 		{"known spi 255", append(lo, "--known-spi", "0x1000", "--known-spi", "255"),
 			"--known-spi 255: SPI 255 is reserved (0-255 never name an SA, RFC 4303)"},
 		{"known spi 0xZZ", append(lo, "--known-spi", "0xZZ"), `--known-spi 0xZZ: "0xZZ" is not an SPI (want hex 0x1234abcd or decimal)`},
@@ -214,6 +224,15 @@ func TestValidateAccepts(t *testing.T) {
 		t.Errorf("known SAs %v, want %v", v.Known, wantKnown)
 	}
 
+	// The table sizes' upper limits.
+	cfg, _ = parse(t, []string{"-i", "lo", "--unknown-table-size", "2097152", "--known-table-size", "4194304"})
+	if v, err = cfg.Validate(); err != nil {
+		t.Fatalf("Validate at the table limits: %v", err)
+	}
+	if v.Settings.UnknownMax != 2097152 || v.Settings.KnownMax != 4194304 {
+		t.Errorf("table sizes %d, %d; want 2097152, 4194304", v.Settings.UnknownMax, v.Settings.KnownMax)
+	}
+
 	// Defaults: pass, auto, every second, top 20, default table sizes, port 4500.
 	cfg, _ = parse(t, []string{"-i", "lo"})
 	v, err = cfg.Validate()
@@ -244,6 +263,8 @@ func TestHelp(t *testing.T) {
 			"--natt-port stringArray",
 			`--action string               what to do with unknown-SPI packets: pass or drop (default "pass")`,
 			"--interval duration",
+			// Capabilities are not all dropped: say which stay and when.
+			"--user string                 after attaching, run as this user; either way spiwatch then drops every capability but those it still needs: CAP_NET_ADMIN while following xfrm, CAP_BPF and CAP_NET_ADMIN with --wait-iface, CAP_BPF before Linux 5.19 while kernel.unprivileged_bpf_disabled is set\n",
 			"--version",
 			"Exit status: 0 stopped normally, 1 runtime error or no interface left to watch, 2 bad usage (nothing attached).",
 		} {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -247,6 +248,12 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		keep = []int{privdrop.CapBPF, privdrop.CapNetAdmin}
 	} else if followsXfrm(v.Sources) {
 		keep = []int{privdrop.CapNetAdmin} // the xfrm source dumps again after lost events
+	}
+	// Before Linux 5.19, kernel.unprivileged_bpf_disabled refuses even map reads
+	// without CAP_BPF: said, so that nobody wonders why it stays.
+	if need, why := privdrop.KeepBPFHere(); need && !slices.Contains(keep, privdrop.CapBPF) {
+		keep = append(keep, privdrop.CapBPF)
+		fmt.Fprintf(stderr, "spiwatch: keeping CAP_BPF: %s\n", why)
 	}
 	if err := privdrop.Drop(cfg.User, keep...); err != nil {
 		if !errors.Is(err, privdrop.ErrCgo) || cfg.User != "" {
