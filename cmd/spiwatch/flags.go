@@ -184,19 +184,8 @@ func (c *Config) Validate() (*Validated, error) {
 	if v.Settings.NATTPorts, err = parseNATTPorts(c.NATTPorts); err != nil {
 		return nil, err
 	}
-	if c.UnknownMax < 1 {
-		return nil, errors.New("--unknown-table-size must be at least 1")
-	}
-	if c.KnownMax < 1 {
-		return nil, errors.New("--known-table-size must be at least 1")
-	}
-	if c.UnknownMax > maxUnknownTable {
-		return nil, fmt.Errorf("--unknown-table-size %d: at most %d (each row takes about 160 bytes of kernel memory from the start: %d MiB at the limit); give a smaller size: a full table evicts the least recently seen rows and counts them",
-			c.UnknownMax, maxUnknownTable, maxUnknownTable*unknownRowBytes>>20)
-	}
-	if c.KnownMax > maxKnownTable {
-		return nil, fmt.Errorf("--known-table-size %d: at most %d (the map takes up to 36 bytes of kernel memory per entry from the start, %d MiB at the limit, and each SA in it 176 bytes on every CPU); give a size that fits the gateway's SAs, with room for rekeying",
-			c.KnownMax, maxKnownTable, maxKnownTable*knownEntryBytes>>20)
+	if err := checkTableSizes(c.UnknownMax, c.KnownMax); err != nil {
+		return nil, err
 	}
 	v.Settings.UnknownMax, v.Settings.KnownMax = c.UnknownMax, c.KnownMax
 	v.Settings.XfrmLookup = c.XfrmLookup
@@ -254,7 +243,7 @@ func (c *Config) Validate() (*Validated, error) {
 		}
 	}
 	if c.User != "" && c.WaitIface {
-		return nil, errors.New("--user and --wait-iface: attaching again needs CAP_BPF and CAP_NET_ADMIN, which spiwatch gives up with --user")
+		return nil, errors.New("--user and --wait-iface together are not supported: attaching again needs CAP_BPF and CAP_NET_ADMIN; run --wait-iface as root, which then keeps only those two")
 	}
 	// Looked up now: switching fails only after attaching, too late for a typo.
 	if c.User != "" {
@@ -411,4 +400,24 @@ func parseFlags(fs *pflag.FlagSet, args []string, cmd string, maxArgs int, stder
 		return exitUsage, false
 	}
 	return 0, true
+}
+
+// checkTableSizes bounds --unknown-table-size and --known-table-size (run and
+// read): kernel memory is taken at load, before anything is counted.
+func checkTableSizes(unknownMax, knownMax uint32) error {
+	if unknownMax < 1 {
+		return errors.New("--unknown-table-size must be at least 1")
+	}
+	if knownMax < 1 {
+		return errors.New("--known-table-size must be at least 1")
+	}
+	if unknownMax > maxUnknownTable {
+		return fmt.Errorf("--unknown-table-size %d: at most %d (each row takes about 160 bytes of kernel memory from the start: %d MiB at the limit); give a smaller size: a full table evicts the least recently seen rows and counts them",
+			unknownMax, maxUnknownTable, maxUnknownTable*unknownRowBytes>>20)
+	}
+	if knownMax > maxKnownTable {
+		return fmt.Errorf("--known-table-size %d: at most %d (the map takes up to 36 bytes of kernel memory per entry from the start, %d MiB at the limit, and each SA in it 176 bytes on every CPU); give a size that fits the gateway's SAs, with room for rekeying",
+			knownMax, maxKnownTable, maxKnownTable*knownEntryBytes>>20)
+	}
+	return nil
 }

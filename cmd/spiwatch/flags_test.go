@@ -172,7 +172,7 @@ func TestUsageErrors(t *testing.T) {
 		{"pin path without pin", append(lo, "--pin-path", "/sys/fs/bpf/x"), "--pin-path /sys/fs/bpf/x: only with --pin (without it nothing is pinned)"},
 		{"json and plain", append(lo, "--json", "--plain"), "--json and --plain: choose one (--plain is for text reports)"},
 		{"user and wait-iface", append(lo, "--user", "nobody", "--wait-iface"),
-			"--user and --wait-iface: attaching again needs CAP_BPF and CAP_NET_ADMIN, which spiwatch gives up with --user"},
+			"--user and --wait-iface together are not supported: attaching again needs CAP_BPF and CAP_NET_ADMIN; run --wait-iface as root, which then keeps only those two"},
 		{"unknown flag", append(loBad, "--bogus"), "unknown flag: --bogus (see spiwatch --help)"},
 		{"unknown shorthand", append(loBad, "-z"), "unknown shorthand flag: 'z' in -z (see spiwatch --help)"},
 		{"bad int", append(loBad, "--count", "many"), `invalid argument "many" for "--count" flag: must be an integer (see spiwatch --help)`},

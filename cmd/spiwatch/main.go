@@ -221,6 +221,13 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 			fmt.Fprintf(stderr, "spiwatch: %s: native XDP refused (%v); using generic XDP, which is slower\n", a.Iface, a.Fallback)
 		}
 		fmt.Fprintf(stderr, "spiwatch: watching %s (%s XDP, program id %d)\n", a.Iface, a.Mode, a.ProgID)
+		if v.Mode != loader.ModeAuto && a.Mode != v.Mode { // a pinned link taken over keeps its mode
+			fmt.Fprintf(stderr, "spiwatch: %s: kept in %s XDP as an earlier run pinned it, not --xdp-mode %s (spiwatch detach -i %s first to change it)\n",
+				a.Iface, a.Mode, v.Mode, a.Iface)
+		}
+	}
+	if v.Settings.PinPath != "" {
+		fmt.Fprint(stderr, pinnedElsewhere(v.Settings.PinPath, cfg.Interfaces))
 	}
 	if v.Settings.DropUnknown && v.Settings.DropAbove > 0 {
 		fmt.Fprintf(stderr, "spiwatch: --action drop: packets with an unknown SPI are dropped above %d per second per source address\n", v.Settings.DropAbove)

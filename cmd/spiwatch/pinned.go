@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -257,4 +258,31 @@ func runDetach(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "spiwatch: removed %s\n", f.pinPath)
 	}
 	return exitOK
+}
+
+// pinnedElsewhere is a notice naming the interfaces the pin directory holds
+// links for that this run does not watch (nil-safe: "" when there are none).
+// Their programs stay attached with the settings of the run that left them,
+// which may drop, and this run does not report them.
+func pinnedElsewhere(dir string, watched []string) string {
+	pins, err := loader.PinnedLinks(dir)
+	if err != nil {
+		return ""
+	}
+	var others []string
+	for _, p := range pins {
+		if slices.Contains(watched, p.Iface) {
+			continue
+		}
+		what := "settings unreadable"
+		if a, err := loader.ReadPinnedAction(p.Path); err == nil {
+			what = describeAction(a)
+		}
+		others = append(others, fmt.Sprintf("%s (%s)", p.Iface, what))
+	}
+	if len(others) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("spiwatch: also attached from %s by an earlier run, not reported by this one: %s (spiwatch stats reads them, spiwatch detach -i IFACE removes one)\n",
+		dir, strings.Join(others, ", "))
 }

@@ -68,3 +68,34 @@ func TestPinnedStatsAction(t *testing.T) {
 		t.Errorf("stats after run: %+v; want action pass, generic", s)
 	}
 }
+
+// TestPinnedNotices: a run --pin says when a pinned link it takes over keeps the
+// mode it was pinned in against an explicit --xdp-mode, and names what earlier
+// runs left attached that it does not watch, with what those programs do.
+func TestPinnedNotices(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, _ := buildBinaries(t)
+	pins := testBPFFS(t)
+	lab := newLab(t, "swpno")
+	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run()
+	run := func(args ...string) string {
+		t.Helper()
+		var errOut strings.Builder
+		cmd := netlab.Command(lab.NSB, spiwatch, append(args, "--pin", "--pin-path", pins, "--json", "--interval", "50ms", "--count", "1")...)
+		cmd.Stderr = &errOut
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("spiwatch %v: %v\n%s", args, err, errOut.String())
+		}
+		return errOut.String()
+	}
+
+	run("run", "-i", lab.Receiver, "--xdp-mode", "generic", "--action", "drop")
+	errOut := run("run", "-i", lab.Receiver, "--xdp-mode", "native", "--action", "drop")
+	if want := lab.Receiver + ": kept in generic XDP as an earlier run pinned it, not --xdp-mode native"; !strings.Contains(errOut, want) {
+		t.Errorf("taking over a generic pin with --xdp-mode native, stderr:\n%s\nwant %q", errOut, want)
+	}
+	errOut = run("run", "-i", "lo", "--xdp-mode", "generic")
+	if want := "not reported by this one: " + lab.Receiver + " (drop)"; !strings.Contains(errOut, want) {
+		t.Errorf("a run on lo beside a pinned %s, stderr:\n%s\nwant %q", lab.Receiver, errOut, want)
+	}
+}

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 
@@ -70,8 +69,8 @@ func runRead(args []string, stdout, stderr io.Writer) int {
 	if top < 0 {
 		return fail(fmt.Errorf("--top %d: must be 0 (all) or more", top))
 	}
-	if unknownMax < 1 || knownMax < 1 {
-		return fail(errors.New("--unknown-table-size and --known-table-size must be at least 1"))
+	if err := checkTableSizes(unknownMax, knownMax); err != nil {
+		return fail(err)
 	}
 	o := offline.Options{NoBPF: noBPF, Top: top}
 	var err error

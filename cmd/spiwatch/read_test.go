@@ -23,6 +23,9 @@ func TestReadUsage(t *testing.T) {
 		{[]string{"read", "a.pcap", "--known-spi", "12"}, "reserved"},
 		{[]string{"read", "a.pcap", "--top", "-1"}, "--top -1"},
 		{[]string{"read", "a.pcap", "--bogus"}, "unknown flag: --bogus"},
+		{[]string{"read", "a.pcap", "--unknown-table-size", "0"}, "--unknown-table-size must be at least 1"},
+		{[]string{"read", "a.pcap", "--unknown-table-size", "4294967295"}, "--unknown-table-size 4294967295: at most 2097152"},
+		{[]string{"read", "a.pcap", "--known-table-size", "4294967295"}, "--known-table-size 4294967295: at most 4194304"},
 	} {
 		var out, errOut strings.Builder
 		if code := run(c.args, &out, &errOut); code != exitUsage || !strings.Contains(errOut.String(), c.want) {
