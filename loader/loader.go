@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/bpf"
 	"github.com/spiwatch/spiwatch/maps"
@@ -315,6 +316,9 @@ func loadError(err error, memlockErr error) error {
 			msg += fmt.Sprintf("; raising the memlock limit also failed (%v): try ulimit -l unlimited or LimitMEMLOCK=infinity", memlockErr)
 		}
 		return fmt.Errorf("loading BPF program: %w: %s", err, msg)
+	}
+	if errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.E2BIG) {
+		return fmt.Errorf("loading BPF program: %w: the kernel could not allocate the maps; the tables' sizes (--unknown-table-size, --known-table-size) decide most of it: give smaller ones", err)
 	}
 	return fmt.Errorf("loading BPF program: %w", err)
 }

@@ -3,6 +3,8 @@
 package loader
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -318,5 +320,15 @@ func TestMultiBuffer(t *testing.T) {
 	}
 	if f := objs.spec.Programs[progName].Flags; f&unix.BPF_F_XDP_HAS_FRAGS == 0 {
 		t.Errorf("program flags %#x lack BPF_F_XDP_HAS_FRAGS", f)
+	}
+}
+
+// A map the kernel cannot allocate is named with the flags that size it.
+func TestLoadErrorMapMemory(t *testing.T) {
+	for _, e := range []error{unix.ENOMEM, unix.E2BIG} {
+		err := loadError(fmt.Errorf("map sw_unknown: map create: %w", e), nil)
+		if !strings.Contains(err.Error(), "--unknown-table-size, --known-table-size") || !errors.Is(err, e) {
+			t.Errorf("loadError(%v) = %v", e, err)
+		}
 	}
 }
