@@ -19,22 +19,31 @@ func ipIn(t *testing.T, ns string, args ...string) {
 	}
 }
 
+// pinnedRun loads with s pinned in a new pin directory (unpinned at cleanup) and
+// attaches natively to a new lab's receiver: an earlier run --pin, or this one.
+func pinnedRun(t *testing.T, s Settings) (dir string, lab *netlab.Lab, objs *Objects, a *Attachment) {
+	t.Helper()
+	dir = testPinDir(t)
+	lab = newLab(t)
+	t.Cleanup(func() { Unpin(dir) })
+	s.PinPath = dir
+	objs, err := Load(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err = attach(t, objs, lab, ModeNative, false); err != nil {
+		objs.Close()
+		t.Fatalf("attach: %v", err)
+	}
+	return dir, lab, objs, a
+}
+
 // TestPinnedIfaceRecreated: run --pin, the interface is deleted and made again
 // with the same name while no spiwatch runs (a VLAN or veth re-created), then a
 // new run --pin is asked to watch it. The pinned link is dead (its device went):
 // the new run must attach afresh in the same slot, not fail updating it.
 func TestPinnedIfaceRecreated(t *testing.T) {
-	dir := testPinDir(t)
-	lab := newLab(t)
-	t.Cleanup(func() { Unpin(dir) })
-	first, err := Load(Settings{PinPath: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := attach(t, first, lab, ModeNative, false)
-	if err != nil {
-		t.Fatalf("first attach: %v", err)
-	}
+	dir, lab, first, a := pinnedRun(t, Settings{})
 	slot := a.Slot
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
@@ -69,16 +78,7 @@ func TestPinnedIfaceRecreated(t *testing.T) {
 // now (renamed away, and a new one took the name): taking it over would watch the
 // wrong interface. Attach must refuse and name both.
 func TestPinnedLinkOtherIface(t *testing.T) {
-	dir := testPinDir(t)
-	lab := newLab(t)
-	t.Cleanup(func() { Unpin(dir) })
-	first, err := Load(Settings{PinPath: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := attach(t, first, lab, ModeNative, false); err != nil {
-		t.Fatalf("first attach: %v", err)
-	}
+	dir, lab, first, _ := pinnedRun(t, Settings{})
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -112,20 +112,10 @@ func TestPinnedLinkOtherIface(t *testing.T) {
 // fails; Close afterwards must still release everything, not crash on the link
 // that is gone, and leave no pin for the old link.
 func TestPinnedReattachFails(t *testing.T) {
-	dir := testPinDir(t)
-	lab := newLab(t)
-	t.Cleanup(func() { Unpin(dir) })
-	objs, err := Load(Settings{PinPath: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := attach(t, objs, lab, ModeNative, false)
-	if err != nil {
-		t.Fatalf("attach: %v", err)
-	}
+	dir, lab, objs, a := pinnedRun(t, Settings{})
 	ipIn(t, lab.NSB, "link", "del", lab.Receiver)
 	ipIn(t, lab.NSB, "link", "add", lab.Receiver, "type", "bridge")
-	err = netlab.In(lab.NSB, func() error { return objs.Reattach(a, ModeNative) })
+	err := netlab.In(lab.NSB, func() error { return objs.Reattach(a, ModeNative) })
 	if err == nil || !strings.Contains(err.Error(), lab.Receiver) {
 		t.Errorf("Reattach to a bridge in native mode: %v, want an error naming %s", err, lab.Receiver)
 	}
@@ -148,17 +138,7 @@ func TestPinnedReattachFails(t *testing.T) {
 // fails on its next interface. Abort gives the link back its earlier program
 // (with the earlier run's settings, --action included) and keeps it pinned.
 func TestAbortTakenOver(t *testing.T) {
-	dir := testPinDir(t)
-	lab := newLab(t)
-	t.Cleanup(func() { Unpin(dir) })
-	first, err := Load(Settings{PinPath: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := attach(t, first, lab, ModeNative, false)
-	if err != nil {
-		t.Fatalf("first attach: %v", err)
-	}
+	dir, lab, first, a := pinnedRun(t, Settings{})
 	firstID := a.ProgID
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
@@ -194,16 +174,7 @@ func TestAbortTakenOver(t *testing.T) {
 
 // TestAbortFresh: a failed first run --pin leaves neither links nor maps.
 func TestAbortFresh(t *testing.T) {
-	dir := testPinDir(t)
-	lab := newLab(t)
-	t.Cleanup(func() { Unpin(dir) })
-	objs, err := Load(Settings{PinPath: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := attach(t, objs, lab, ModeNative, false); err != nil {
-		t.Fatalf("attach: %v", err)
-	}
+	dir, lab, objs, _ := pinnedRun(t, Settings{})
 	if err := objs.Abort(); err != nil {
 		t.Errorf("Abort: %v", err)
 	}
@@ -243,17 +214,7 @@ func TestPinDottedName(t *testing.T) {
 // asked for it by its new name takes the pinned link over (same slot, counts go
 // on) instead of refusing it as another program, and the pin follows the name.
 func TestPinnedRenamed(t *testing.T) {
-	dir := testPinDir(t)
-	lab := newLab(t)
-	t.Cleanup(func() { Unpin(dir) })
-	first, err := Load(Settings{PinPath: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := attach(t, first, lab, ModeNative, false)
-	if err != nil {
-		t.Fatalf("first attach: %v", err)
-	}
+	dir, lab, first, a := pinnedRun(t, Settings{})
 	slot := a.Slot
 	first.Close()
 	const renamed = "swwan0"

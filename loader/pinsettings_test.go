@@ -17,16 +17,7 @@ func TestReadPinnedAction(t *testing.T) {
 		{Settings{DropUnknown: true}, PinnedAction{DropUnknown: true}},
 		{Settings{DropUnknown: true, DropAbove: 250}, PinnedAction{DropUnknown: true, DropAbove: 250}},
 	} {
-		dir := testPinDir(t)
-		lab := newLab(t)
-		tc.s.PinPath = dir
-		objs, err := Load(tc.s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := attach(t, objs, lab, ModeNative, false); err != nil {
-			t.Fatal(err)
-		}
+		dir, _, objs, _ := pinnedRun(t, tc.s)
 		objs.Close() // the link stays, pinned
 		pins, err := PinnedLinks(dir)
 		if err != nil || len(pins) != 1 {

@@ -32,23 +32,36 @@ func testBPFFS(t *testing.T) string {
 	return filepath.Join(dir, "spiwatch")
 }
 
+// pinLab is a lab for the --pin tests: the binaries, a pin directory of its own,
+// and what spiwatch pinned there detached at cleanup.
+type pinLab struct {
+	*netlab.Lab
+	bin, gen, pins string
+}
+
+func newPinLab(t *testing.T, prefix string) *pinLab {
+	testenv.RequireNetns(t)
+	bin, gen := buildBinaries(t)
+	p := &pinLab{Lab: newLab(t, prefix), bin: bin, gen: gen, pins: testBPFFS(t)}
+	t.Cleanup(func() { netlab.Command(p.NSB, p.bin, "detach", "--pin-path", p.pins).Run() })
+	return p
+}
+
+// run runs spiwatch with args in the receiving namespace.
+func (p *pinLab) run(args ...string) (stdout, stderr string, err error) {
+	var out, errOut strings.Builder
+	cmd := netlab.Command(p.NSB, p.bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
 // TestPinnedRestart: with --pin, counting goes on in the kernel after spiwatch
 // exits, a restarted spiwatch continues from the pinned counts, status and stats
 // read the pins without attaching anything, and detach removes it all.
 func TestPinnedRestart(t *testing.T) {
-	testenv.RequireNetns(t)
-	spiwatch, gen := buildBinaries(t)
-	pins := testBPFFS(t)
-	lab := newLab(t, "swpin")
-	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run() // on failure
-
-	run := func(args ...string) (string, string, error) {
-		var out, errOut strings.Builder
-		cmd := netlab.Command(lab.NSB, spiwatch, args...)
-		cmd.Stdout, cmd.Stderr = &out, &errOut
-		err := cmd.Run()
-		return out.String(), errOut.String(), err
-	}
+	p := newPinLab(t, "swpin")
+	spiwatch, gen, pins, lab, run := p.bin, p.gen, p.pins, p.Lab, p.run
 	total := func(jsonLine string) uint64 {
 		var o output
 		lines := strings.Split(strings.TrimSpace(jsonLine), "\n")

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/spiwatch/spiwatch/internal/netlab"
-	"github.com/spiwatch/spiwatch/internal/testenv"
 )
 
 // TestPinnedStartFails: run --pin on two interfaces where the second cannot be
@@ -17,11 +16,8 @@ import (
 // the first interface is not left attached and pinned, and spiwatch does not say
 // it left anything counting.
 func TestPinnedStartFails(t *testing.T) {
-	testenv.RequireNetns(t)
-	spiwatch, _ := buildBinaries(t)
-	pins := testBPFFS(t)
-	lab := newLab(t, "swpinf")
-	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run() // on failure
+	p := newPinLab(t, "swpinf")
+	spiwatch, pins, lab := p.bin, p.pins, p.Lab
 
 	out, err := netlab.Command(lab.NSB, spiwatch, "-i", lab.Receiver, "-i", "lo", "--xdp-mode", "native",
 		"--pin", "--pin-path", pins, "--count", "1", "--interval", "10ms").CombinedOutput()

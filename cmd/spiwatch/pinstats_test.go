@@ -6,27 +6,14 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-
-	"github.com/spiwatch/spiwatch/internal/netlab"
-	"github.com/spiwatch/spiwatch/internal/testenv"
 )
 
 // TestPinnedStatsAction: spiwatch stats says what the program left attached does
 // with unknown SPIs and how it is attached, read from the kernel: a program left
 // dropping must not be reported as passing (or as nothing).
 func TestPinnedStatsAction(t *testing.T) {
-	testenv.RequireNetns(t)
-	spiwatch, _ := buildBinaries(t)
-	pins := testBPFFS(t)
-	lab := newLab(t, "swpst")
-	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run()
-	run := func(args ...string) (string, string, error) {
-		var out, errOut strings.Builder
-		cmd := netlab.Command(lab.NSB, spiwatch, args...)
-		cmd.Stdout, cmd.Stderr = &out, &errOut
-		err := cmd.Run()
-		return out.String(), errOut.String(), err
-	}
+	p := newPinLab(t, "swpst")
+	pins, lab, run := p.pins, p.Lab, p.run
 	type stats struct {
 		Action     string `json:"action"`
 		DropAbove  uint32 `json:"drop_above_pps"`
@@ -73,20 +60,15 @@ func TestPinnedStatsAction(t *testing.T) {
 // mode it was pinned in against an explicit --xdp-mode, and names what earlier
 // runs left attached that it does not watch, with what those programs do.
 func TestPinnedNotices(t *testing.T) {
-	testenv.RequireNetns(t)
-	spiwatch, _ := buildBinaries(t)
-	pins := testBPFFS(t)
-	lab := newLab(t, "swpno")
-	defer netlab.Command(lab.NSB, spiwatch, "detach", "--pin-path", pins).Run()
+	p := newPinLab(t, "swpno")
+	lab := p.Lab
 	run := func(args ...string) string {
 		t.Helper()
-		var errOut strings.Builder
-		cmd := netlab.Command(lab.NSB, spiwatch, append(args, "--pin", "--pin-path", pins, "--json", "--interval", "50ms", "--count", "1")...)
-		cmd.Stderr = &errOut
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("spiwatch %v: %v\n%s", args, err, errOut.String())
+		_, errOut, err := p.run(append(args, "--pin", "--pin-path", p.pins, "--json", "--interval", "50ms", "--count", "1")...)
+		if err != nil {
+			t.Fatalf("spiwatch %v: %v\n%s", args, err, errOut)
 		}
-		return errOut.String()
+		return errOut
 	}
 
 	run("run", "-i", lab.Receiver, "--xdp-mode", "generic", "--action", "drop")
