@@ -35,3 +35,33 @@ func TestICMPErrorAndStorm(t *testing.T) {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestICMPErrorMessageByQuote: only the NAT-T socket belongs to the peer's IKE
+// daemon. A port unreachable (or protocol unreachable, prohibited) about plain
+// ESP says a firewall, or the peer's stack, refuses our ESP: iptables REJECT
+// answers port unreachable for any protocol.
+func TestICMPErrorMessageByQuote(t *testing.T) {
+	for _, c := range []struct {
+		family, typ, code uint8
+		quote             classify.Quote
+		want              string
+	}{
+		{4, 3, 3, classify.QuoteESPInUDP, "port unreachable (is the peer's IKE daemon running?)"},
+		{4, 3, 3, classify.QuoteNATTNoSPI, "port unreachable (is the peer's IKE daemon running?)"},
+		{6, 1, 4, classify.QuoteESPInUDP, "port unreachable (is the peer's IKE daemon running?)"},
+		{4, 3, 3, classify.QuoteESP, "the peer, or a firewall in front of it, refuses our ESP"},
+		{4, 3, 2, classify.QuoteESP, "the peer, or a firewall in front of it, refuses our ESP"},
+		{4, 3, 13, classify.QuoteESP, "the peer, or a firewall in front of it, refuses our ESP"},
+		{6, 1, 1, classify.QuoteESP, "the peer, or a firewall in front of it, refuses our ESP"},
+		{6, 1, 4, classify.QuoteESP, "the peer, or a firewall in front of it, refuses our ESP"},
+		{4, 3, 1, classify.QuoteESP, `"Received ICMP error about ESP"`},
+	} {
+		l, b, _ := newLogger(t, "logfmt")
+		l.ICMPError(report.ICMPRow{ICMPRow: maps.ICMPRow{Reporter: netip.MustParseAddr("198.51.100.7"), Packets: 1,
+			ICMPError: classify.ICMPError{Family: c.family, Type: c.typ, Code: c.code, Quote: c.quote, SPI: 0xc0ffee07,
+				Src: netip.MustParseAddr("203.0.113.1"), Dst: netip.MustParseAddr("198.51.100.7")}}, Iface: "eth0"})
+		if !strings.Contains(b.String(), c.want) {
+			t.Errorf("ICMP %d/%d/%d quoting %s: line %q lacks %q", c.family, c.typ, c.code, c.quote, b.String(), c.want)
+		}
+	}
+}

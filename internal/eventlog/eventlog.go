@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -240,19 +241,31 @@ func (l *Logger) ICMPError(e report.ICMPRow) {
 	}
 	l.lastICMP[e.Reporter] = now
 	name := classify.ICMPTypeName(e.Family, e.Type, e.Code)
-	msg := "Received ICMP error about ESP"
-	switch {
-	case e.Family == 4 && e.Type == 3 && e.Code == 4, e.Family == 6 && e.Type == 2:
-		msg = "Received ICMP error about ESP: path MTU smaller than our ESP packets"
-	case e.Family == 4 && e.Type == 3 && e.Code == 3, e.Family == 6 && e.Type == 1 && e.Code == 4:
-		msg = "Received ICMP error about ESP: port unreachable (is the peer's IKE daemon running?)"
-	}
+	msg := "Received ICMP error about ESP" + icmpCause(e.ICMPError)
 	spi := report.ICMPSPI(e.ICMPError)
 	l.write("warn", "icmp_esp", msg, kv{"reporter", e.Reporter.String()}, kv{"error", name},
 		kv{"family", report.ICMPFamily(e.Family)}, kv{"type", e.Type}, kv{"code", e.Code}, kv{"quote", e.Quote.String()},
 		kv{"spi", spi}, kv{"src", e.Src.String()}, kv{"sport", e.SrcPort}, kv{"dst", e.Dst.String()}, kv{"dport", e.DstPort},
 		kv{"mtu", e.MTU}, kv{"iface", e.Iface}, kv{"known_sa", e.KnownSA}, kv{"packets", e.Packets}, kv{"held_back", l.held})
 	l.held = 0
+}
+
+// icmpCause is what an ICMP error about ESP likely means (docs/DIAGNOSIS.md),
+// ": ..." or "". Only ESP-in-UDP has a port, the NAT-T socket the peer's IKE
+// daemon owns; a port unreachable about plain ESP comes from a firewall that
+// rejects it (iptables REJECT answers port unreachable for any protocol).
+func icmpCause(e classify.ICMPError) string {
+	v4, v6 := e.Family == 4 && e.Type == 3, e.Family == 6 && e.Type == 1 // destination unreachable
+	switch {
+	case e.Family == 4 && e.Type == 3 && e.Code == 4, e.Family == 6 && e.Type == 2:
+		return ": path MTU smaller than our ESP packets"
+	case e.Quote != classify.QuoteESP && (v4 && e.Code == 3 || v6 && e.Code == 4):
+		return ": port unreachable (is the peer's IKE daemon running?)"
+	case e.Quote == classify.QuoteESP && (v4 && slices.Contains([]uint8{2, 3, 9, 10, 13}, e.Code) ||
+		v6 && slices.Contains([]uint8{1, 4, 5, 6}, e.Code)):
+		return ": the peer, or a firewall in front of it, refuses our ESP"
+	}
+	return ""
 }
 
 // IKEInitStorm logs a peer whose IKE_SA_INIT request rate went above

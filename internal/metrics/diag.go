@@ -145,7 +145,7 @@ type ikeAggKey struct {
 // ikeTotals sums the IKE rows per series, plus the packets of rows evicted
 // since start (as of the last scrape that saw them): the sum is a counter, and a
 // row leaving the table must not lower it. A row counting less than at the
-// previous scrape was evicted and made again.
+// previous scrape, or with another first-seen stamp, was evicted and made again.
 func (c *Collector) ikeTotals(ike []maps.IKERow, iface func(uint32) string) map[ikeAggKey]uint64 {
 	c.floorMu.Lock()
 	defer c.floorMu.Unlock()
@@ -159,12 +159,13 @@ func (c *Collector) ikeTotals(ike []maps.IKERow, iface func(uint32) string) map[
 	cur := make(map[ikeRowKey]ikeSeen, len(ike))
 	for _, x := range ike {
 		k := ikeRowKey{x.Peer, x.Ifindex, x.Version, uint8(x.Exchange), uint8(x.Dir)}
-		cur[k] = ikeSeen{x.Packets, aggOf(k)}
+		cur[k] = ikeSeen{x.Packets, x.FirstSeenNs, aggOf(k)}
 	}
 	// A row renamed (its interface renamed or re-created) leaves its old series
-	// too: that one keeps the row's packets.
+	// too: that one keeps the row's packets. A row made again may already count
+	// more than the old one did: its first-seen stamp tells.
 	for k, prev := range c.ikeRows {
-		if now, ok := cur[k]; !ok || now.packets < prev.packets || now.agg != prev.agg {
+		if now, ok := cur[k]; !ok || now.packets < prev.packets || now.first != prev.first || now.agg != prev.agg {
 			c.ikeGone[prev.agg] += prev.packets
 		}
 	}
@@ -182,6 +183,7 @@ func (c *Collector) ikeTotals(ike []maps.IKERow, iface func(uint32) string) map[
 // ikeSeen is an IKE row as the last scrape counted it.
 type ikeSeen struct {
 	packets uint64
+	first   uint64 // FirstSeenNs: changes when the row is evicted and made again
 	agg     ikeAggKey
 }
 

@@ -74,12 +74,27 @@ const DefaultIKEInitRate = 1.0
 
 // diagState is what a Reporter remembers of the ICMP and IKE tables.
 type diagState struct {
-	prevICMP map[icmpID]uint64
-	prevIKE  map[ikeID]uint64
-	// IKE_SA_INIT request counts per peer at recent snapshots, oldest first
-	inits  map[peerID][]initSample
+	prevICMP map[icmpID]rowSeen
+	prevIKE  map[ikeID]rowSeen
+	// IKE_SA_INIT request counts per peer at recent snapshots
+	inits  map[peerID]*initHist
 	storm  map[peerID]bool
 	primed bool
+}
+
+// rowSeen is a row as the previous snapshot read it. A row evicted and made
+// again has another first-seen stamp: its count starts from zero, even when it
+// already counts more than the old row did.
+type rowSeen struct {
+	packets, first uint64
+}
+
+// since is the count of the row (packets, first) at the previous snapshot.
+func (p rowSeen) since(packets, first uint64) uint64 {
+	if p.first != first || p.packets > packets {
+		return 0
+	}
+	return p.packets
 }
 
 type icmpID struct {
@@ -103,6 +118,15 @@ type peerID struct {
 type initSample struct {
 	t time.Time
 	n uint64
+}
+
+// initHist is a peer's IKE_SA_INIT request count at recent snapshots, oldest
+// first. Counts go on across the peer's row being evicted and made again (base),
+// so an IKE flood that evicts a storming peer's row does not end its storm.
+type initHist struct {
+	samples []initSample
+	first   uint64 // the row's FirstSeenNs
+	base    uint64 // requests of the peer's earlier rows, as last read
 }
 
 func icmpIDOf(r maps.ICMPRow) icmpID {
@@ -134,9 +158,7 @@ func (r *Reporter) takeDiag(s *Snapshot, src DiagSource, prevTime time.Time, toW
 	}
 	d := &r.diag
 	if !d.primed { // New(): counts before the first snapshot are not rates
-		d.prevICMP, d.prevIKE = map[icmpID]uint64{}, map[ikeID]uint64{}
-		d.inits, d.storm = map[peerID][]initSample{}, map[peerID]bool{}
-		d.primed = true
+		d.reset()
 	}
 	secs := s.Interval.Seconds()
 	rate := func(now, prev uint64) float64 {
@@ -149,11 +171,11 @@ func (r *Reporter) takeDiag(s *Snapshot, src DiagSource, prevTime time.Time, toW
 	for _, k := range s.Known {
 		known[k.SA] = true
 	}
-	curICMP := make(map[icmpID]uint64, len(icmp))
+	curICMP := make(map[icmpID]rowSeen, len(icmp))
 	for _, e := range icmp {
 		id := icmpIDOf(e)
-		curICMP[id] = e.Packets
-		s.ICMP = append(s.ICMP, ICMPRow{ICMPRow: e, Iface: r.ifaceName(e.Ifindex), Rate: rate(e.Packets, d.prevICMP[id]),
+		curICMP[id] = rowSeen{e.Packets, e.FirstSeenNs}
+		s.ICMP = append(s.ICMP, ICMPRow{ICMPRow: e, Iface: r.ifaceName(e.Ifindex), Rate: rate(e.Packets, d.prevICMP[id].since(e.Packets, e.FirstSeenNs)),
 			FirstSeen: toWall(e.FirstSeenNs), LastSeen: toWall(e.LastSeenNs),
 			KnownSA: e.Quote != classify.QuoteNATTNoSPI && (known[maps.SA{SPI: e.SPI, Dst: e.Dst}] || known[maps.SA{SPI: e.SPI}])})
 	}
@@ -171,18 +193,18 @@ func (r *Reporter) takeDiag(s *Snapshot, src DiagSource, prevTime time.Time, toW
 	SortICMP(s.ICMP)
 
 	peerUnknown := PeerUnknownCounts(r.snapBuf)
-	curIKE := make(map[ikeID]uint64, len(ike))
-	inits := map[peerID]uint64{}
+	curIKE := make(map[ikeID]rowSeen, len(ike))
+	inits := map[peerID]maps.IKERow{} // one row per peer: the key has the rest
 	prevInits := map[peerID]uint64{}
 	for _, x := range ike {
 		id := ikeIDOf(x)
-		curIKE[id] = x.Packets
+		curIKE[id] = rowSeen{x.Packets, x.FirstSeenNs}
+		prev := d.prevIKE[id].since(x.Packets, x.FirstSeenNs)
 		if isInitRequest(x) {
 			p := peerID{x.Peer.As16(), x.Ifindex}
-			inits[p] += x.Packets
-			prevInits[p] += d.prevIKE[id]
+			inits[p], prevInits[p] = x, prev
 		}
-		s.IKE = append(s.IKE, IKERow{IKERow: x, Iface: r.ifaceName(x.Ifindex), Rate: rate(x.Packets, d.prevIKE[id]),
+		s.IKE = append(s.IKE, IKERow{IKERow: x, Iface: r.ifaceName(x.Ifindex), Rate: rate(x.Packets, prev),
 			FirstSeen: toWall(x.FirstSeenNs), LastSeen: toWall(x.LastSeenNs), PeerUnknown: peerUnknown[x.Peer]})
 	}
 	d.prevIKE = curIKE
@@ -190,18 +212,23 @@ func (r *Reporter) takeDiag(s *Snapshot, src DiagSource, prevTime time.Time, toW
 
 	// IKE_SA_INIT storms: requests per second over the window (or over the
 	// window's length while less time has passed, so a start is no storm).
-	for p, n := range inits {
+	for p, x := range inits {
 		h := d.inits[p]
-		if len(h) == 0 {
-			h = append(h, initSample{prevTime, prevInits[p]})
+		if h == nil {
+			h = &initHist{samples: []initSample{{prevTime, prevInits[p]}}, first: x.FirstSeenNs}
+			d.inits[p] = h
 		}
-		h = append(h, initSample{s.Time, n})
-		for len(h) > 2 && s.Time.Sub(h[1].t) >= IKEInitWindow {
-			h = h[1:]
+		last := h.samples[len(h.samples)-1].n
+		if x.FirstSeenNs != h.first || h.base+x.Packets < last { // evicted and made again
+			h.first, h.base = x.FirstSeenNs, last
 		}
-		d.inits[p] = h
-		span := max(s.Time.Sub(h[0].t), IKEInitWindow)
-		rt := float64(n-min(n, h[0].n)) / span.Seconds()
+		n := h.base + x.Packets
+		h.samples = append(h.samples, initSample{s.Time, n})
+		for len(h.samples) > 2 && s.Time.Sub(h.samples[1].t) >= IKEInitWindow {
+			h.samples = h.samples[1:]
+		}
+		span := max(s.Time.Sub(h.samples[0].t), IKEInitWindow)
+		rt := float64(n-min(n, h.samples[0].n)) / span.Seconds()
 		above := r.IKEInitRate > 0 && rt > r.IKEInitRate
 		if above && !d.storm[p] {
 			s.IKEInitStorms = append(s.IKEInitStorms, IKEInitStorm{Peer: netip.AddrFrom16(p.peer).Unmap(),
@@ -257,14 +284,18 @@ func (r *Reporter) primeDiag(src DiagSource) error {
 		return err
 	}
 	d := &r.diag
-	d.prevICMP, d.prevIKE = map[icmpID]uint64{}, map[ikeID]uint64{}
-	d.inits, d.storm = map[peerID][]initSample{}, map[peerID]bool{}
-	d.primed = true
+	d.reset()
 	for _, e := range icmp {
-		d.prevICMP[icmpIDOf(e)] = e.Packets
+		d.prevICMP[icmpIDOf(e)] = rowSeen{e.Packets, e.FirstSeenNs}
 	}
 	for _, x := range ike {
-		d.prevIKE[ikeIDOf(x)] = x.Packets
+		d.prevIKE[ikeIDOf(x)] = rowSeen{x.Packets, x.FirstSeenNs}
 	}
 	return nil
+}
+
+func (d *diagState) reset() {
+	d.prevICMP, d.prevIKE = map[icmpID]rowSeen{}, map[ikeID]rowSeen{}
+	d.inits, d.storm = map[peerID]*initHist{}, map[peerID]bool{}
+	d.primed = true
 }
