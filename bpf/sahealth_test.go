@@ -134,6 +134,12 @@ func TestProgramSequence(t *testing.T) {
 		{"esn wrap", []uint32{0xfffffffe, 0xffffffff, 0, 1}, maps.SeqHealth{Wraps: 1}, 0xffffffff},
 		{"esn wrap with a gap", []uint32{0xfffffff0, 3}, maps.SeqHealth{Wraps: 1, Lost: 18}, 0xfffffff0},
 		{"ahead of 2^31 is no wrap", []uint32{0x80000000, 5}, maps.SeqHealth{Restarts: 1}, 5},
+		// a late packet from before the wrap is behind the numbers after it
+		{"late across an esn wrap", []uint32{0xfffffffd, 0xffffffff, 0, 1, 0xfffffffe, 2, 3}, maps.SeqHealth{Wraps: 1, Late: 1}, 0xffffffff},
+		// numbers before the first seen are late, but fill no gap seen here:
+		// 102 is lost all the same (98..96 were sent before the watch began)
+		{"late before the first", []uint32{100, 101, 103, 99, 98}, maps.SeqHealth{Lost: 1, Late: 2}, 103},
+		{"late before the first, far back", []uint32{100, 101, 97}, maps.SeqHealth{Late: 1}, 101},
 	}
 	var known []maps.SA
 	for i := range cases {

@@ -362,8 +362,10 @@ static __always_inline int same_addr(const __u8 a[16], const __u8 b[16])
 static __always_inline void sa_seq(struct sa_stats *st, __u32 seq)
 {
 	__u32 hi = st->max_seq;
+	/* just after a wrap, a late packet from before it is behind, not ahead */
+	int before_wrap = hi < SW_SEQ_WRAP_ZONE && seq >= -SW_SEQ_WRAP_ZONE;
 
-	if (seq > hi || (hi >= -SW_SEQ_WRAP_ZONE && seq < SW_SEQ_WRAP_ZONE)) {
+	if (!before_wrap && (seq > hi || (hi >= -SW_SEQ_WRAP_ZONE && seq < SW_SEQ_WRAP_ZONE))) {
 		__u32 ahead = seq - hi; /* modulo 2^32: also across a wrap */
 		if (seq < hi)
 			st->wraps++;
@@ -381,6 +383,11 @@ static __always_inline void sa_seq(struct sa_stats *st, __u32 seq)
 		} else {
 			st->late++;
 			st->seq_window |= bit;
+			/* Before this CPU's first number it fills no gap counted here
+			 * (loss = gaps - late): it counts itself as one. */
+			__u32 before = st->first_seq - seq;
+			if (before && before < SW_SEQ_WINDOW)
+				st->gaps++;
 		}
 		return;
 	}

@@ -77,9 +77,11 @@ struct sa_key {
  * seen (like the kernel's replay window):
  *   ahead (seq > max_seq, or a wrap: max_seq >= 2^32 - SW_SEQ_WRAP_ZONE and
  *     seq < SW_SEQ_WRAP_ZONE, which only ESN SAs reach): the numbers skipped
- *     are added to gaps;
+ *     are added to gaps; but just after a wrap (max_seq < SW_SEQ_WRAP_ZONE), a
+ *     seq >= 2^32 - SW_SEQ_WRAP_ZONE is from before it: behind (modulo 2^32);
  *   behind by less than SW_SEQ_WINDOW: a late packet (reordered; it was counted
- *     in gaps when skipped) or, if its bit is set, a duplicate;
+ *     in gaps when skipped; one before first_seq, the CPU's first, was not, and
+ *     adds itself to gaps) or, if its bit is set, a duplicate;
  *   seq < SW_SEQ_RESTART_LOW while max_seq >= SW_SEQ_RESTART_HIGH: a restart (the
  *     peer made a new SA with an SPI we still hold): counted, and seq becomes the
  *     new highest;

@@ -45,7 +45,8 @@ func (s *SAState) Count(src netip.Addr, sport uint16, seq uint32, length uint32,
 func (s *SAState) seq(seq uint32) {
 	st := &s.st
 	hi := st.MaxSeq
-	if seq > hi || (hi >= 1<<32-seqWrapZone && seq < seqWrapZone) {
+	beforeWrap := hi < seqWrapZone && seq >= 1<<32-seqWrapZone
+	if !beforeWrap && (seq > hi || (hi >= 1<<32-seqWrapZone && seq < seqWrapZone)) {
 		ahead := seq - hi
 		if seq < hi {
 			st.Wraps++
@@ -69,6 +70,9 @@ func (s *SAState) seq(seq uint32) {
 		} else {
 			st.Late++
 			st.SeqWindow |= bit
+			if before := st.FirstSeq - seq; before != 0 && before < seqWindow {
+				st.Gaps++ // it fills no gap counted on this CPU
+			}
 		}
 		return
 	}
