@@ -166,6 +166,24 @@ func tableCases() []tcase {
 		{"ipv6 payload length past frame", patch(v6.ESP(0xdead, 1, 64), 14+4, 0x05, 0xdc), bad, none, 0},
 		{"ipv6 extension header past payload", patch(with(v6, func(f *frames.Frame) { f.IPv6Ext = exts(1) }).ESP(0xdead, 1, 64), 14+40+1, 200), bad, none, 0},
 		{"ipv6 no next header", v6.IP(frames.ProtoNoNext, nil), other, none, 0},
+		// AH (51) and other next headers end the walk (CLASSES.md IPv6 step 4):
+		// ESP behind them is not seen.
+		{"ipv6 ah before esp", with(v6, func(f *frames.Frame) { f.IPv6Ext = []frames.IPv6Ext{{Type: 51}} }).ESP(0xdead, 1, 64), other, none, 0},
+		{"ipv6 mobility header before esp", with(v6, func(f *frames.Frame) { f.IPv6Ext = []frames.IPv6Ext{{Type: 135}} }).ESP(0xdead, 1, 64), other, none, 0},
+		{"ipv4 ah before esp", v4.IP(51, append([]byte{frames.ProtoESP, 0, 0, 0, 0, 0, 0x10, 0x01}, v4.ESP(0xdead, 1, 64)[14+20:]...)), other, none, 0},
+		{"ipv4 df+mf first fragment esp", patch(fragFirst.ESP(0xdead, 1, 64), 14+6, 0x60, 0x00), esp, unknown, 0xdead},
+		{"ipv6 first fragment udp header cut", frag6First.IP(frames.ProtoUDP, []byte{0x11, 0x94, 0x11, 0x94}), frag, none, 0},
+		{"ipv6 fragment header then hop-by-hop then esp", with(v6, func(f *frames.Frame) {
+			f.IPv6Ext = []frames.IPv6Ext{{Type: frames.ProtoFragment}, {Type: frames.ProtoHopByHop}}
+		}).ESP(0x3000, 1, 64), esp, known, 0x3000},
+		{"natt marker only", v4.UDP(4500, 4500, []byte{0, 0, 0, 0}), ike, none, 0},
+		{"natt marker and 4 bytes", v6.UDP(4500, 4500, []byte{0, 0, 0, 0, 1, 2, 3, 4}), ike, none, 0},
+		{"natt 5 bytes", v4.UDP(4500, 4500, []byte{1, 2, 3, 4, 5}), bad, none, 0},
+		{"udp length wins: keepalive with trailing bytes", with(v4, func(f *frames.Frame) { f.UDPLength = 9 }).UDP(4500, 4500, []byte{0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9}), ka, none, 0},
+		{"udp length wins: 16 of 48 bytes", with(v4, func(f *frames.Frame) { f.UDPLength = 16 }).ESPInUDP(4500, 4500, 0xbeef, 1, 32), bad, none, 0},
+		{"udp length wins: 17 of 48 bytes", with(v6, func(f *frames.Frame) { f.UDPLength = 17 }).ESPInUDP(4500, 4500, 0xbeef, 1, 32), espudp, unknown, 0xbeef},
+		{"esp-in-udp spi 1 reserved", v6.ESPInUDP(33000, 4500, 1, 3, 80), espudp, reserved, 1},
+		{"vlan tag cut short", with(v4, func(f *frames.Frame) { f.VLANs = tags(2) }).ESP(0x1000, 1, 64)[:20], other, none, 0},
 		{"tcp", tcp, other, none, 0},
 		{"tcp v6", v6.TCP(1, 443, 0), other, none, 0},
 		{"udp dns", v4.UDP(40000, 53, make([]byte, 30)), other, none, 0},
@@ -346,4 +364,69 @@ func FuzzDifferential(f *testing.F) {
 		}
 		h.compare(t, frame)
 	})
+}
+
+// headersPastFirstBuffer are frames whose headers lie past the first buffer of a
+// multi-buffer frame (a test run keeps about 3.5 KiB in the first): an IPv6 chain
+// of 4,096 bytes of extension headers, legal per RFC 8200 (hop-by-hop and
+// destination options take up to 2,048 bytes each) on an interface with a jumbo
+// MTU, moves ESP, UDP and ICMPv6 there. The program reads headers from the first
+// buffer only (docs/CLASSES.md, "Multi-buffer frames"); want is the class it
+// gives then, where the Go reference, reading the whole frame, gives the real one.
+func headersPastFirstBuffer() []struct {
+	name  string
+	frame []byte
+	want  classify.Class
+} {
+	chain := func(total int) []frames.IPv6Ext { // extension headers of total bytes (a multiple of 8)
+		var e []frames.IPv6Ext
+		types := []uint8{frames.ProtoHopByHop, frames.ProtoDstOpts, frames.ProtoRouting, frames.ProtoDstOpts}
+		for i := 0; total > 0; i++ {
+			n := min(total, 2048)
+			e = append(e, frames.IPv6Ext{Type: types[i%len(types)], Len8: uint8(n/8 - 1)})
+			total -= n
+		}
+		return e
+	}
+	long := with(v6, func(f *frames.Frame) { f.IPv6Ext = chain(4096) })
+	return []struct {
+		name  string
+		frame []byte
+		want  classify.Class
+	}{
+		{"esp", long.ESP(0xdead, 1, 64), classify.ClassMalformed},
+		{"esp of a known SA", long.ESP(0x3000, 1, 64), classify.ClassMalformed},
+		{"esp-in-udp", long.ESPInUDP(4500, 4500, 0xbeef, 1, 64), classify.ClassOther},
+		{"ike", long.IKEMessage(4500, 4500, true, ikeMsg(0x20, 37, 0x20, 8)), classify.ClassOther},
+		{"keepalive", long.Keepalive(4500, 4500), classify.ClassOther},
+		{"an extension header", with(v6, func(f *frames.Frame) { f.IPv6Ext = append(chain(4096), frames.IPv6Ext{Type: frames.ProtoDstOpts}) }).ESP(0xdead, 1, 64), classify.ClassOther},
+		{"packet-too-big", with(fromRouter6, func(f *frames.Frame) { f.IPv6Ext = chain(4096) }).ICMP(frames.ICMPv6PacketTooBig, 0, 1280,
+			frames.Quote(out6.ESP(0xc0ffee03, 1, 100), 64)), classify.ClassOther},
+	}
+}
+
+// TestProgramHeadersPastFirstBuffer holds the program to what CLASSES.md says of
+// headers past a multi-buffer frame's first buffer: not read, the frame counted
+// in the class above, never as an SPI, and passed (also with --action drop, which
+// such a frame thus escapes). The reference must see the real class, or the
+// frame would not be past the first buffer.
+func TestProgramHeadersPastFirstBuffer(t *testing.T) {
+	for _, drop := range []bool{false, true} {
+		h := newHarness(t, loader.Settings{DropUnknown: drop}, tableKnown...)
+		for _, c := range headersPastFirstBuffer() {
+			t.Run(fmt.Sprintf("%s, drop %v", c.name, drop), func(t *testing.T) {
+				if len(c.frame) <= 4096 {
+					t.Fatalf("a %d-byte frame fits in one buffer", len(c.frame))
+				}
+				got := h.run(t, c.frame)
+				want, _ := h.expect(c.frame)
+				if got.Class != c.want || got.Outcome != classify.OutcomeNone || got.Verdict != 2 || got.Unknown != nil || got.Known != nil {
+					t.Errorf("bpf %+v; want class %s, no SPI, XDP_PASS", got, c.want)
+				}
+				if want.Class == c.want {
+					t.Errorf("the reference also says %s: the headers are not past the first buffer", want.Class)
+				}
+			})
+		}
+	}
 }
