@@ -5,7 +5,7 @@
  * BPF_F_TEST_XDP_LIVE_FRAMES. Every run transmits the given frame out of the
  * ingress interface (XDP_TX). Optionally it rewrites a 32-bit field per packet
  * (an SPI, or the low half of a source address) so one run can send many distinct
- * SPIs or sources.
+ * SPIs or sources, and an ESP sequence number that grows by one per packet.
  *
  * Live frames recycle their pages without copying the data in again, and a
  * receiver that passes a frame to its stack may change it in place (VLAN untagging
@@ -25,6 +25,9 @@ volatile const __u32 spi_span = 1;
 volatile const __u32 src_off = 0;
 volatile const __u32 src_base = 0;
 volatile const __u32 src_span = 1;
+/* the ESP sequence number's offset (0: leave alone): frame i gets seq_base + i */
+volatile const __u32 seq_off = 0;
+volatile const __u32 seq_base = 0;
 
 #define TX_MAX_FRAME 2048
 
@@ -108,5 +111,7 @@ int txgen(struct xdp_md *ctx)
 		put_be32(data, data_end, spi_off, spi_base + (__u32)(i % spi_span));
 	if (src_off)
 		put_be32(data, data_end, src_off, src_base + (__u32)(i % src_span));
+	if (seq_off)
+		put_be32(data, data_end, seq_off, seq_base + (__u32)i);
 	return XDP_TX;
 }

@@ -27,6 +27,8 @@ const (
 	TxgenMapTxFrame = "tx_frame"
 	TxgenMapTxSeq   = "tx_seq"
 	TxgenProgTxgen  = "txgen"
+	TxgenVarSeqBase = "seq_base"
+	TxgenVarSeqOff  = "seq_off"
 	TxgenVarSpiBase = "spi_base"
 	TxgenVarSpiOff  = "spi_off"
 	TxgenVarSpiSpan = "spi_span"
@@ -92,6 +94,8 @@ type TxgenMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TxgenVariableSpecs struct {
+	SeqBase *ebpf.VariableSpec `ebpf:"seq_base"`
+	SeqOff  *ebpf.VariableSpec `ebpf:"seq_off"`
 	SpiBase *ebpf.VariableSpec `ebpf:"spi_base"`
 	SpiOff  *ebpf.VariableSpec `ebpf:"spi_off"`
 	SpiSpan *ebpf.VariableSpec `ebpf:"spi_span"`
@@ -135,6 +139,8 @@ func (m *TxgenMaps) Close() error {
 //
 // It can be passed to LoadTxgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TxgenVariables struct {
+	SeqBase *ebpf.Variable `ebpf:"seq_base"`
+	SeqOff  *ebpf.Variable `ebpf:"seq_off"`
 	SpiBase *ebpf.Variable `ebpf:"spi_base"`
 	SpiOff  *ebpf.Variable `ebpf:"spi_off"`
 	SpiSpan *ebpf.Variable `ebpf:"spi_span"`

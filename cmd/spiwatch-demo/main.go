@@ -31,10 +31,10 @@ const known = `# SAs the demo gateway has installed
 
 // Per stream: count= is frames per second during the demo.
 var mix = []string{
-	"esp spi=0xc0000001 src=198.51.100.1 dst=203.0.113.1 len=1200 count=4000",
-	"esp spi=0xc0000002 src=198.51.100.2 dst=203.0.113.1 len=400 count=1500",
-	"esp-in-udp spi=0xc0000003 src=198.51.100.3 dst=203.0.113.1 sport=49152 dport=4500 len=300 count=800",
-	"esp spi=0xdeadbeef src=198.51.100.7 dst=203.0.113.1 len=200 count=250",
+	"esp spi=0xc0000001 src=198.51.100.1 dst=203.0.113.1 len=1200 count=4000 seqinc=true",
+	"esp spi=0xc0000002 src=198.51.100.2 dst=203.0.113.1 len=400 count=1500 seqinc=true",
+	"esp-in-udp spi=0xc0000003 src=198.51.100.3 dst=203.0.113.1 sport=49152 dport=4500 len=300 count=800 seqinc=true",
+	"esp spi=0xdeadbeef src=198.51.100.7 dst=203.0.113.1 len=200 count=250 seq=48000 seqinc=true",
 	"esp-in-udp spi=0x00000042 src=198.51.100.9 dst=203.0.113.1 sport=4500 dport=4500 count=5",
 	"ike src=198.51.100.7 dst=203.0.113.1 count=2",
 	"ike src=198.51.100.3 dst=203.0.113.1 sport=49152 dport=4500 marker=true count=1",
@@ -64,14 +64,15 @@ func run(spiwatch, gen string, duration time.Duration) error {
 		}
 		*b = abs
 	}
+	// Ctrl-C ends the demo through the normal path, so the lab is removed: caught
+	// from before the lab exists, or a Ctrl-C while it is made would leave it.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	lab, err := netlab.New("swdemo")
 	if err != nil {
 		return err
 	}
 	defer lab.Close()
-	// Ctrl-C ends the demo through the normal path, so the lab is removed.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 
 	dir, err := os.MkdirTemp("", "spiwatch-demo")
 	if err != nil {

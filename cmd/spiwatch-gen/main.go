@@ -27,7 +27,8 @@ Usage:
 
 KIND is esp, esp-in-udp, ike, keepalive, fragment, tcp, udp or icmp-error. Keys: src,
 dst, spi, seq, sport, dport, len, count, vlan=ID[,ID], marker=true (ike on a NAT-T
-port), spis=N and srcs=N (cycle through N SPIs / source addresses).
+port), spis=N and srcs=N (cycle through N SPIs / source addresses), seqinc=true (the
+ESP sequence number grows by one per frame from seq, as a real sender's does).
 ike: version=1|2, exchange=IKE_SA_INIT|IKE_AUTH|CREATE_CHILD_SA|INFORMATIONAL|main|
 aggressive|quick|informational|NUMBER, response=true, msgid=N.
 icmp-error (from src to dst, quoting dst's own ESP to qdst): type, code, mtu,

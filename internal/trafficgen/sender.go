@@ -33,10 +33,12 @@ type xdpMD struct {
 
 // Vary makes each frame of a sender differ: frame i carries SPIBase + i % SPISpan in
 // the 32-bit big-endian field at SPIOffset, and SrcBase + i % SrcSpan in the one at
-// SrcOffset (the low word of the source address). Zero offsets leave the frame alone.
+// SrcOffset (the low word of the source address), and SeqBase + i (modulo 2^32) in the
+// one at SeqOffset (an ESP sequence number). Zero offsets leave the frame alone.
 type Vary struct {
 	SPIOffset, SPIBase, SPISpan uint32
 	SrcOffset, SrcBase, SrcSpan uint32
+	SeqOffset, SeqBase          uint32
 }
 
 // Sender transmits frames out of one interface of the current network namespace.
@@ -83,6 +85,7 @@ func NewSender(iface string, v Vary) (*Sender, error) {
 	for name, val := range map[string]uint32{
 		"spi_off": v.SPIOffset, "spi_base": v.SPIBase, "spi_span": v.SPISpan,
 		"src_off": v.SrcOffset, "src_base": v.SrcBase, "src_span": v.SrcSpan,
+		"seq_off": v.SeqOffset, "seq_base": v.SeqBase,
 	} {
 		if err := spec.Variables[name].Set(val); err != nil {
 			return nil, fmt.Errorf("setting %s: %w", name, err)
@@ -199,5 +202,8 @@ func (v Vary) Apply(frame []byte, i uint64) []byte {
 	}
 	put(v.SPIOffset, v.SPIBase, v.SPISpan)
 	put(v.SrcOffset, v.SrcBase, v.SrcSpan)
+	if v.SeqOffset != 0 && int(v.SeqOffset)+4 <= len(out) {
+		binary.BigEndian.PutUint32(out[v.SeqOffset:], v.SeqBase+uint32(i))
+	}
 	return out
 }

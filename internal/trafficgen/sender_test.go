@@ -134,6 +134,9 @@ func TestSendVarying(t *testing.T) {
 		"esp-in-udp spi=0xc0000000 spis=100 srcs=10 sport=31000 len=100",
 		"esp src=2001:db8::1:fffe dst=2001:db8::2 vlan=100 spi=0x2000 spis=100 srcs=10",
 		"esp-in-udp src=2001:db8::1 dst=2001:db8::2 vlan=100,200 spi=0x3000 spis=100 srcs=7",
+		// sequence numbers growing from seq, across the 32-bit wrap
+		"esp spi=0x10000 spis=100 srcs=10 seqinc=true seq=0xfffffe00",
+		"esp-in-udp src=2001:db8::1 dst=2001:db8::2 vlan=100 spi=0x3000 spis=3 srcs=2 seqinc=true seq=5",
 	} {
 		t.Run(in, func(t *testing.T) {
 			st, err := ParseStream(in)
@@ -191,6 +194,9 @@ func TestSendVarying(t *testing.T) {
 			r := classify.Classify(v.Apply(frame, 999), nil)
 			if r.SPI != st.SPI+999%st.SPIs || r.Src != withLow(st.Frame.Src, lowOf(st.Frame.Src)+999%st.Srcs) {
 				t.Errorf("frame 999: SPI 0x%x from %v", r.SPI, r.Src)
+			}
+			if wantSeq := st.Seq + 999; st.SeqInc && r.Seq != wantSeq || !st.SeqInc && r.Seq != st.Seq {
+				t.Errorf("frame 999: sequence number %#x (seqinc %v from %#x)", r.Seq, st.SeqInc, st.Seq)
 			}
 			// Nothing more: no frame was sent twice.
 			if err := rx.wait(200 * time.Millisecond); err != nil {

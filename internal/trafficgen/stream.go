@@ -24,6 +24,7 @@ type Stream struct {
 	Marker       bool // ike on a NAT-T port: prefix the non-ESP marker
 	Count        int
 	SPIs, Srcs   uint32 // distinct SPIs / source addresses to cycle through (0 or 1: fixed)
+	SeqInc       bool   // the ESP sequence number grows by one per frame from Seq
 
 	// ike: the header, when any of version=, exchange=, response=, msgid= is
 	// given (otherwise an IKEv2 IKE_SA_INIT request); the message is Len bytes
@@ -108,6 +109,8 @@ func ParseStream(s string) (Stream, error) {
 			st.SPI, err = parseU32(v)
 		case "seq":
 			st.Seq, err = parseU32(v)
+		case "seqinc":
+			st.SeqInc, err = strconv.ParseBool(v)
 		case "spis":
 			st.SPIs, err = parseU32(v)
 		case "srcs":
@@ -282,21 +285,30 @@ func (s Stream) l3Offset() uint32 { return 14 + 4*uint32(len(s.Frame.VLANs)) }
 func (s Stream) Vary() (Vary, error) {
 	var v Vary
 	frame := s.Build()
-	if s.SPIs > 1 {
+	if s.SPIs > 1 || s.SeqInc {
+		key := "spis="
+		if s.SeqInc {
+			key = "seqinc="
+		}
 		if s.Kind != "esp" && s.Kind != "esp-in-udp" {
-			return v, fmt.Errorf("spis= needs an esp or esp-in-udp stream, not %s", s.Kind)
+			return v, fmt.Errorf("%s needs an esp or esp-in-udp stream, not %s", key, s.Kind)
 		}
 		if len(s.Frame.IPv6Ext) > 0 || len(s.Frame.IPv4Options) > 0 {
-			return v, fmt.Errorf("spis= does not support IP options or extension headers")
+			return v, fmt.Errorf("%s does not support IP options or extension headers", key)
 		}
-		off := s.l3Offset() + 20
+		off := s.l3Offset() + 20 // the SPI, then the sequence number
 		if s.Frame.Src.Is6() {
 			off = s.l3Offset() + 40
 		}
 		if s.Kind == "esp-in-udp" {
 			off += 8
 		}
-		v.SPIOffset, v.SPIBase, v.SPISpan = off, s.SPI, s.SPIs
+		if s.SPIs > 1 {
+			v.SPIOffset, v.SPIBase, v.SPISpan = off, s.SPI, s.SPIs
+		}
+		if s.SeqInc {
+			v.SeqOffset, v.SeqBase = off+4, s.Seq
+		}
 	}
 	if s.Srcs > 1 {
 		off := s.l3Offset() + 12 // IPv4 source

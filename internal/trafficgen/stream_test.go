@@ -85,6 +85,7 @@ func TestParseStreamKeys(t *testing.T) {
 		{"esp seq=0", func(s *Stream) { s.Seq = 0 }},
 		{"esp seq=0x10", func(s *Stream) { s.Seq = 16 }},
 		{"esp spis=100 srcs=10", func(s *Stream) { s.SPIs, s.Srcs = 100, 10 }},
+		{"esp seq=7 seqinc=true", func(s *Stream) { s.Seq, s.SeqInc = 7, true }},
 		{"udp sport=1 dport=65535", func(s *Stream) { s.Sport, s.Dport = 1, 65535 }},
 		{"esp-in-udp spi=1 sport=4501", func(s *Stream) { s.SPI, s.Sport, s.Dport = 1, 4501, 4500 }},
 		{"esp spi=0", func(s *Stream) { s.SPI = 0 }}, // reserved, but ESP all the same
@@ -325,6 +326,9 @@ func TestVaryErrors(t *testing.T) {
 		if _, err := st.Vary(); err == nil || !strings.Contains(err.Error(), "spis= needs an esp or esp-in-udp stream, not "+st.Kind) {
 			t.Errorf("%q: Vary error %v, want spis= needs an esp or esp-in-udp stream", in, err)
 		}
+	}
+	if _, err := mustParse(t, "ike seqinc=true").Vary(); err == nil || !strings.Contains(err.Error(), "seqinc= needs an esp or esp-in-udp stream, not ike") {
+		t.Errorf("ike seqinc=true: Vary error %v", err)
 	}
 	// Options move the SPI: refuse rather than rewrite the wrong bytes.
 	st := mustParse(t, "esp spi=0x100 spis=2")
