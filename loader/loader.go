@@ -130,6 +130,10 @@ type Objects struct {
 	// freshPins: the pin directory held no maps before this load, so Abort
 	// removes the ones it made.
 	freshPins bool
+	// PinsGoAtExit: the BPF filesystem holding the pins was mounted by this load
+	// in a mount namespace of this command's own (ip netns exec): the pins, and
+	// with them the attached program, go when the command ends.
+	PinsGoAtExit bool
 }
 
 // Load loads the BPF object with its settings: maps and the program instance of slot 0.
@@ -220,12 +224,13 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 
 	var opts ebpf.CollectionOptions
 	var pinLock *os.File
-	fresh := false
+	fresh, pinsGo := false, false
 	if s.PinPath != "" {
-		if err := prepareBPFFS(s.PinPath); err != nil {
+		mounted, err := prepareBPFFS(s.PinPath)
+		if err != nil {
 			return nil, err
 		}
-		var err error
+		pinsGo = mounted && privateMountNS()
 		if pinLock, err = lockPins(s.PinPath); err != nil {
 			return nil, err
 		}
@@ -262,7 +267,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 	}
 	return &Objects{
 		Settings: s, Maps: m, spec: spec, coll: coll, MultiBuffer: mbErr, XfrmLookupOff: lookupOff,
-		progs: map[int]*ebpf.Program{0: coll.Programs[progName]}, pinLock: pinLock, freshPins: fresh,
+		progs: map[int]*ebpf.Program{0: coll.Programs[progName]}, pinLock: pinLock, freshPins: fresh, PinsGoAtExit: pinsGo,
 	}, nil
 }
 

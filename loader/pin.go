@@ -68,7 +68,7 @@ func PinnedLinks(dir string) ([]PinnedLink, error) {
 // prepareBPFFS makes sure dir can hold pins: it must be on a BPF filesystem. Under
 // /sys/fs/bpf with nothing mounted there, one is mounted (as systemd would). The
 // directory is created readable by root only.
-func prepareBPFFS(dir string) error {
+func prepareBPFFS(dir string) (mounted bool, err error) {
 	const bpffsMagic = 0xCAFE4A11
 	onBPFFS := func(p string) bool {
 		// the nearest existing ancestor decides
@@ -84,16 +84,36 @@ func prepareBPFFS(dir string) error {
 	}
 	if !onBPFFS(dir) {
 		if dir != "/sys/fs/bpf" && !strings.HasPrefix(dir, "/sys/fs/bpf/") {
-			return fmt.Errorf("pin directory %s is not on a BPF filesystem (mount one: mount -t bpf bpf DIR)", dir)
+			return false, fmt.Errorf("pin directory %s is not on a BPF filesystem (mount one: mount -t bpf bpf DIR)", dir)
 		}
 		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
-			return fmt.Errorf("mounting the BPF filesystem at /sys/fs/bpf: %w (mount it: mount -t bpf bpf /sys/fs/bpf)", err)
+			return false, fmt.Errorf("mounting the BPF filesystem at /sys/fs/bpf: %w (mount it: mount -t bpf bpf /sys/fs/bpf)", err)
 		}
+		mounted = true
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating pin directory: %w", err)
+		return mounted, fmt.Errorf("creating pin directory: %w", err)
 	}
-	return os.Chmod(dir, 0o700)
+	return mounted, os.Chmod(dir, 0o700)
+}
+
+// privateMountNS says whether this thread's mount namespace is not the host's:
+// ip netns exec makes one of its own, with a /sys of its own, and a BPF
+// filesystem mounted there goes, with its pins, when the command ends. The host's
+// is PID 1's, or where that cannot be read (some sandboxes) the parent's, which
+// ip netns exec leaves outside (it execs the command itself). Neither readable:
+// no, nothing is claimed.
+func privateMountNS() bool {
+	self, err := os.Readlink("/proc/thread-self/ns/mnt")
+	if err != nil {
+		return false
+	}
+	for _, p := range []string{"/proc/1/ns/mnt", fmt.Sprintf("/proc/%d/ns/mnt", os.Getppid())} {
+		if host, err := os.Readlink(p); err == nil {
+			return self != host
+		}
+	}
+	return false
 }
 
 func pinError(dir string, err error) error {

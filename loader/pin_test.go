@@ -64,6 +64,9 @@ func TestPinMountsBPFFS(t *testing.T) {
 				return err
 			}
 			defer objs.Close()
+			if !objs.PinsGoAtExit {
+				t.Error("pins on a BPF filesystem mounted in a private mount namespace: PinsGoAtExit not set")
+			}
 			var st unix.Statfs_t
 			if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != bpffsMagic {
 				t.Errorf("/sys/fs/bpf is not a BPF filesystem after Load (%v, type %#x)", err, st.Type)

@@ -18,6 +18,9 @@ func TestReadPinnedAction(t *testing.T) {
 		{Settings{DropUnknown: true, DropAbove: 250}, PinnedAction{DropUnknown: true, DropAbove: 250}},
 	} {
 		dir, _, objs, _ := pinnedRun(t, tc.s)
+		if objs.PinsGoAtExit {
+			t.Error("pins on a BPF filesystem mounted before the load: PinsGoAtExit set")
+		}
 		objs.Close() // the link stays, pinned
 		pins, err := PinnedLinks(dir)
 		if err != nil || len(pins) != 1 {

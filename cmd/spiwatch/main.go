@@ -185,10 +185,13 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 			return
 		}
 		objs.Close() // detaches every interface not pinned
-		if v.Settings.PinPath != "" {
+		if v.Settings.PinPath != "" && !objs.PinsGoAtExit {
 			fmt.Fprintf(stderr, "spiwatch: left attached and counting, pinned in %s (spiwatch stats reads it, spiwatch detach removes it)\n", v.Settings.PinPath)
 		}
 	}()
+	if objs.PinsGoAtExit {
+		fmt.Fprintf(stderr, "spiwatch: --pin: no BPF filesystem was mounted at /sys/fs/bpf in this command's mount namespace, which is its own (ip netns exec makes one): the one mounted here goes when spiwatch ends, and the pins and the program with it. To keep them, run in the host's mount namespace (nsenter --net=/run/netns/NAME spiwatch ...)\n")
+	}
 	if objs.XfrmLookupOff != nil {
 		fmt.Fprintf(stderr, "spiwatch: --xfrm-lookup is off: %v\n", objs.XfrmLookupOff)
 	} else if v.Settings.XfrmLookup {

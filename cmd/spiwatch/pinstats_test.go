@@ -81,3 +81,22 @@ func TestPinnedNotices(t *testing.T) {
 		t.Errorf("a run on lo beside a pinned %s, stderr:\n%s\nwant %q", lab.Receiver, errOut, want)
 	}
 }
+
+// TestPinnedUnderNetnsExec: ip netns exec gives the command a mount namespace of
+// its own, with a /sys where no BPF filesystem is mounted. spiwatch mounts one
+// there for --pin, and it goes when spiwatch ends, the pins and the program with
+// it: spiwatch must say so, and not claim to leave anything attached.
+func TestPinnedUnderNetnsExec(t *testing.T) {
+	p := newPinLab(t, "swpne")
+	_, errOut, err := p.run("run", "-i", p.Receiver, "--pin", "--pin-path", "/sys/fs/bpf/spiwatch-test-netns-exec",
+		"--json", "--interval", "50ms", "--count", "1")
+	if err != nil {
+		t.Fatalf("run --pin: %v\n%s", err, errOut)
+	}
+	if !strings.Contains(errOut, "goes when spiwatch ends, and the pins and the program with it") || strings.Contains(errOut, "left attached") {
+		t.Errorf("stderr:\n%s\nwant the pins said to go, and nothing said to be left attached", errOut)
+	}
+	if xdpAttached(t, p.NSB, p.Receiver) {
+		t.Errorf("%s still has an XDP program after spiwatch ended", p.Receiver)
+	}
+}
