@@ -8,6 +8,7 @@ package knownset
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"sort"
 	"sync"
@@ -44,17 +45,18 @@ type Set struct {
 	sources   map[string][]maps.SA
 	current   map[maps.SA]bool
 	from      map[maps.SA][]string // sources of each SA in current, by its map key (keyOf)
-	spis      map[uint32]bool      // SPIs of current
-	addedAt   map[uint32]time.Time // when an SA with this SPI last became known (kept while in the history)
-	removedAt map[uint32]time.Time // when the last SA with this SPI was removed
+	// By map key (keyOf): an SA is its SPI and destination, and two SAs of one
+	// SPI at two destinations have histories of their own.
+	addedAt   map[maps.SA]time.Time // when the SA last became known (kept while in the history)
+	removedAt map[maps.SA]time.Time // when it was last removed
 	history   time.Duration
 	grace     time.Duration
 }
 
 // New manages target's known SAs.
 func New(target Target, history, grace time.Duration) *Set {
-	return &Set{target: target, now: time.Now, sources: map[string][]maps.SA{}, current: map[maps.SA]bool{}, from: map[maps.SA][]string{}, spis: map[uint32]bool{},
-		addedAt: map[uint32]time.Time{}, removedAt: map[uint32]time.Time{}, history: history, grace: grace}
+	return &Set{target: target, now: time.Now, sources: map[string][]maps.SA{}, current: map[maps.SA]bool{}, from: map[maps.SA][]string{},
+		addedAt: map[maps.SA]time.Time{}, removedAt: map[maps.SA]time.Time{}, history: history, grace: grace}
 }
 
 // Update replaces one source's SAs and applies the union of all sources to the
@@ -68,7 +70,6 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 	}
 	next[source] = slices.Clone(sas)
 	union := map[maps.SA]bool{}
-	spis := map[uint32]bool{}
 	from := make(map[maps.SA][]string, len(s.from))
 	var list []maps.SA
 	for _, src := range sortedKeys(next) {
@@ -78,7 +79,6 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 		for _, sa := range next[src] {
 			if !union[sa] {
 				union[sa] = true
-				spis[sa.SPI] = true
 				list = append(list, sa)
 			}
 			// Sorted by source name; one source giving an SA twice names it once.
@@ -97,17 +97,17 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 		return fmt.Errorf("updating known SAs from %s: %w", source, err)
 	}
 	for sa := range union {
-		if !s.current[sa] {
-			s.addedAt[sa.SPI] = now
-			delete(s.removedAt, sa.SPI)
+		if k := keyOf(sa); s.from[k] == nil {
+			s.addedAt[k] = now
+			delete(s.removedAt, k)
 		}
 	}
 	for sa := range s.current {
-		if !spis[sa.SPI] {
-			s.removedAt[sa.SPI] = now // addedAt stays: a rekey race before it is still one
+		if k := keyOf(sa); from[k] == nil {
+			s.removedAt[k] = now // addedAt stays: a rekey race before it is still one
 		}
 	}
-	s.sources, s.current, s.spis, s.from = next, union, spis, from
+	s.sources, s.current, s.from = next, union, from
 	s.prune(now)
 	return nil
 }
@@ -119,23 +119,23 @@ func (s *Set) prune(now time.Time) {
 		return
 	}
 	type r struct {
-		spi uint32
-		t   time.Time
+		sa maps.SA
+		t  time.Time
 	}
 	var all []r
-	for spi, t := range s.removedAt {
+	for sa, t := range s.removedAt {
 		if now.Sub(t) > s.history {
-			delete(s.removedAt, spi)
-			delete(s.addedAt, spi)
+			delete(s.removedAt, sa)
+			delete(s.addedAt, sa)
 			continue
 		}
-		all = append(all, r{spi, t})
+		all = append(all, r{sa, t})
 	}
 	if keep := maxHistory * 7 / 8; len(all) > keep {
 		sort.Slice(all, func(i, j int) bool { return all[i].t.Before(all[j].t) })
 		for _, x := range all[:len(all)-keep] {
-			delete(s.removedAt, x.spi)
-			delete(s.addedAt, x.spi)
+			delete(s.removedAt, x.sa)
+			delete(s.addedAt, x.sa)
 		}
 	}
 }
@@ -144,21 +144,28 @@ func (s *Set) prune(now time.Time) {
 // when a row's last packet is compared with a removal.
 const clockSlack = 20 * time.Millisecond
 
-// Verdict diagnoses an unknown-SPI row whose packets were seen from firstSeen to
-// lastSeen. Stale needs a packet after the removal: a row counted before its SA
-// was installed (a rekey race) stays a rekey race when the rekeyed SA later goes.
-func (s *Set) Verdict(spi uint32, firstSeen, lastSeen time.Time) string {
+// Verdict diagnoses an unknown-SPI row towards dst whose packets were seen from
+// firstSeen to lastSeen, by the SA the program would have counted it in: the SPI
+// at dst, or at any destination. Stale needs a packet after the removal: a row
+// counted before its SA was installed (a rekey race) stays a rekey race when the
+// rekeyed SA later goes.
+func (s *Set) Verdict(spi uint32, dst netip.Addr, firstSeen, lastSeen time.Time) string {
 	if spi < 256 {
 		return Reserved
 	}
 	lastSeen = later(lastSeen, firstSeen)
+	keys := [2]maps.SA{keyOf(maps.SA{SPI: spi, Dst: dst}), {SPI: spi}}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if at, ok := s.removedAt[spi]; ok && !s.spis[spi] && s.now().Sub(at) <= s.history && lastSeen.Add(clockSlack).After(at) {
-		return Stale // the peer goes on using an SA we removed
+	for _, k := range keys {
+		if at, ok := s.removedAt[k]; ok && s.from[k] == nil && s.now().Sub(at) <= s.history && lastSeen.Add(clockSlack).After(at) {
+			return Stale // the peer goes on using an SA we removed
+		}
 	}
-	if at, ok := s.addedAt[spi]; ok && !at.Before(firstSeen) && at.Sub(firstSeen) <= s.grace {
-		return RekeyRace // the peer used it just before we installed it
+	for _, k := range keys {
+		if at, ok := s.addedAt[k]; ok && !at.Before(firstSeen) && at.Sub(firstSeen) <= s.grace {
+			return RekeyRace // the peer used it just before we installed it
+		}
 	}
 	return Unknown
 }

@@ -80,7 +80,7 @@ func TestVerdicts(t *testing.T) {
 	}
 	start := *now
 	// seen is a row seen only at one instant.
-	seen := func(spi uint32, at time.Time) string { return s.Verdict(spi, at, at) }
+	seen := func(spi uint32, at time.Time) string { return s.Verdict(spi, gw, at, at) }
 	if v := seen(7, start); v != Reserved {
 		t.Errorf("SPI 7: %s", v)
 	}
@@ -137,8 +137,52 @@ func TestVerdicts(t *testing.T) {
 		t.Errorf("a rekey race after its SA was removed: %s, want rekey-race", v)
 	}
 	// ...until the peer sends on it after the removal: then it is stale.
-	if v := s.Verdict(0x3000, first, removed.Add(500*time.Millisecond)); v != Stale {
+	if v := s.Verdict(0x3000, gw, first, removed.Add(500*time.Millisecond)); v != Stale {
 		t.Errorf("a rekey-race row with packets after the removal: %s, want stale", v)
+	}
+}
+
+// Two SAs share an SPI at two destinations (the gateway's own inbound SPIs are
+// unique per destination only). One goes: packets still sent to it are stale,
+// while the other's destination is known and a third never was.
+func TestVerdictPerDestination(t *testing.T) {
+	s, _, now := newSet(t)
+	other := netip.MustParseAddr("203.0.113.99")
+	a, b := maps.SA{SPI: 0x7000, Dst: gw}, maps.SA{SPI: 0x7000, Dst: other}
+	if err := s.Update("xfrm", []maps.SA{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	*now = now.Add(time.Minute)
+	if err := s.Update("xfrm", []maps.SA{a}); err != nil {
+		t.Fatal(err)
+	}
+	after := now.Add(time.Second)
+	*now = after.Add(time.Second)
+	if v := s.Verdict(0x7000, other, after, after); v != Stale {
+		t.Errorf("packets to the removed SA's destination: %s, want stale", v)
+	}
+	if v := s.Verdict(0x7000, netip.MustParseAddr("203.0.113.42"), after, after); v != Unknown {
+		t.Errorf("packets to a destination that never had the SPI: %s, want unknown", v)
+	}
+	// An any-destination SA's removal covers every destination.
+	anyDst := maps.SA{SPI: 0x7100}
+	s.Update("flags", []maps.SA{anyDst})
+	*now = now.Add(time.Second)
+	s.Update("flags", nil)
+	at := now.Add(time.Second)
+	*now = at.Add(time.Second)
+	if v := s.Verdict(0x7100, other, at, at); v != Stale {
+		t.Errorf("packets on a removed any-destination SA: %s, want stale", v)
+	}
+	// A row seen just before its SA at that destination was installed is a race.
+	seen := *now
+	*now = seen.Add(2 * time.Second)
+	s.Update("xfrm", []maps.SA{a, {SPI: 0x7200, Dst: other}})
+	if v := s.Verdict(0x7200, other, seen, seen); v != RekeyRace {
+		t.Errorf("installed 2 s after first seen at that destination: %s, want rekey-race", v)
+	}
+	if v := s.Verdict(0x7200, gw, seen, seen); v != Unknown {
+		t.Errorf("the same SPI to another destination: %s, want unknown", v)
 	}
 }
 

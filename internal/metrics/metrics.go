@@ -136,7 +136,7 @@ type Collector struct {
 	ikeRows map[ikeRowKey]ikeSeen
 	ikeGone map[ikeAggKey]uint64 // packets of IKE rows evicted since start
 	// Verdict diagnoses a row (nil: by its SPI alone), as in the reports.
-	Verdict func(spi uint32, firstSeen, lastSeen time.Time) string
+	Verdict func(spi uint32, dst netip.Addr, firstSeen, lastSeen time.Time) string
 	// Sources returns the known-SA sources' health (nil: none).
 	Sources func() []sasource.Stats
 	// CollisionWindow as in the reports (0: report.DefaultCollisionWindow).
@@ -455,5 +455,5 @@ func (c *Collector) verdict(u maps.Unknown, toWall func(uint64) time.Time) strin
 	if c.Verdict == nil {
 		return report.VerdictOf(u.SPI)
 	}
-	return c.Verdict(u.SPI, toWall(u.FirstSeenNs), toWall(u.LastSeenNs))
+	return c.Verdict(u.SPI, u.Dst, toWall(u.FirstSeenNs), toWall(u.LastSeenNs))
 }

@@ -83,7 +83,7 @@ func TestUnknownVerdictPackets(t *testing.T) {
 		row(0x42, "198.51.100.5", 3),
 	}}
 	c := NewCollector(src, nil, 1)
-	c.Verdict = func(spi uint32, first, last time.Time) string {
+	c.Verdict = func(spi uint32, _ netip.Addr, first, last time.Time) string {
 		if first.IsZero() || last.Before(first) {
 			t.Errorf("SPI 0x%x: seen %v..%v, want the rows' times", spi, first, last)
 		}

@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"fmt"
 	"hash/maphash"
+	"net/netip"
 	"slices"
 	"sort"
 	"time"
@@ -181,7 +182,7 @@ type Reporter struct {
 	verdictNames []string
 	// Verdict diagnoses a row seen from firstSeen to lastSeen; nil: VerdictOf (unknown or
 	// reserved by the SPI alone).
-	Verdict func(spi uint32, firstSeen, lastSeen time.Time) string
+	Verdict func(spi uint32, dst netip.Addr, firstSeen, lastSeen time.Time) string
 	// Sources reports the known-SA sources' health (nil: none to show).
 	Sources func() []sasource.Stats
 	// KnownFrom names the sources of a known SA (nil: not shown).
@@ -433,7 +434,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		}
 		verdicts[i] = VerdictOf(u.SPI)
 		if r.Verdict != nil {
-			verdicts[i] = r.Verdict(u.SPI, toWall(u.FirstSeenNs), toWall(u.LastSeenNs))
+			verdicts[i] = r.Verdict(u.SPI, u.Dst, toWall(u.FirstSeenNs), toWall(u.LastSeenNs))
 		}
 		if _, ok := coll[i]; ok {
 			verdicts[i] = Collision // says more than stale or unknown: two peers use it

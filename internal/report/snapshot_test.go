@@ -509,7 +509,7 @@ func TestUnknownByVerdict(t *testing.T) {
 	clk := &fakeClock{wall: t0, mono: 5_000 * uint64(time.Second)}
 	r := newReporter(t, src, clk, eth0)
 	r.Top = 1
-	r.Verdict = func(spi uint32, _, _ time.Time) string { // as knownset would
+	r.Verdict = func(spi uint32, _ netip.Addr, _, _ time.Time) string { // as knownset would
 		switch spi {
 		case 0x2000:
 			return "stale"

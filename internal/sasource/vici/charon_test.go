@@ -166,7 +166,7 @@ func testCharon(t *testing.T, addrs charonlab.Addrs) {
 		}
 		v := map[uint32]string{}
 		for _, u := range rows {
-			v[u.SPI] = known.Verdict(u.SPI, report.MonoToWall(u.FirstSeenNs), report.MonoToWall(u.LastSeenNs))
+			v[u.SPI] = known.Verdict(u.SPI, u.Dst, report.MonoToWall(u.FirstSeenNs), report.MonoToWall(u.LastSeenNs))
 		}
 		return v
 	}

@@ -346,7 +346,7 @@ func TestKernelLab(t *testing.T) {
 		}
 		for _, r := range rows {
 			if r.SPI == spi {
-				return set.Verdict(spi, report.MonoToWall(r.FirstSeenNs), report.MonoToWall(r.LastSeenNs))
+				return set.Verdict(spi, r.Dst, report.MonoToWall(r.FirstSeenNs), report.MonoToWall(r.LastSeenNs))
 			}
 		}
 		t.Fatalf("no unknown-SPI row for %#x", spi)
