@@ -146,7 +146,8 @@ type VerdictChange struct {
 // so that two maps of a full table's 65,536 rows stay small.
 type rowState struct {
 	packets uint64
-	verdict uint8 // Reporter.verdictNames index + 1; 0: none yet
+	first   uint32 // the row's first-seen ns, low half: a row evicted and made again has another
+	verdict uint8  // Reporter.verdictNames index + 1; 0: none yet
 }
 
 // rowKey is a row's identity hashed to 64 bits (maphash of its unknownID): a map
@@ -245,7 +246,7 @@ func New(src Source, ifaces []Iface) (*Reporter, error) {
 	}
 	r.prevUnk = make(map[rowKey]rowState, len(snap))
 	for _, u := range snap {
-		r.prevUnk[r.keyOf(u)] = rowState{packets: u.Packets}
+		r.prevUnk[r.keyOf(u)] = rowState{packets: u.Packets, first: uint32(u.FirstSeenNs)}
 	}
 	// Pinned maps keep a previous run's restarts and replays: not news. A
 	// collision still is, so it is not remembered.
@@ -429,6 +430,9 @@ func (r *Reporter) Take() (*Snapshot, error) {
 	for i, u := range snap {
 		id := r.keyOf(u)
 		prev, seen := r.prevUnk[id]
+		if seen && prev.first != uint32(u.FirstSeenNs) {
+			prev.packets = 0 // evicted and made again between two reports: all its packets are new
+		}
 		if secs > 0 {
 			rates[i] = float64(u.Packets-min(u.Packets, prev.packets)) / secs
 		}
@@ -442,7 +446,7 @@ func (r *Reporter) Take() (*Snapshot, error) {
 		}
 		s.UnknownByVerdict[verdicts[i]] += u.Packets
 		code := r.verdictCode(verdicts[i])
-		cur[id] = rowState{packets: u.Packets, verdict: code}
+		cur[id] = rowState{packets: u.Packets, first: uint32(u.FirstSeenNs), verdict: code}
 		switch {
 		case !seen && len(s.NewUnknown) < maxEvents:
 			s.NewUnknown = append(s.NewUnknown, row(i))

@@ -221,6 +221,15 @@ func TestUnknownRates(t *testing.T) {
 	if s.Table.Entries != 2 {
 		t.Errorf("table entries %d, want 2", s.Table.Entries)
 	}
+
+	// Interval 3 (2s): steady is evicted and made again between the reports (a
+	// new first-seen) and has 12 packets, fewer than the 30 before: all new.
+	clk.advance(2 * time.Second)
+	steady.Packets, steady.FirstSeenNs = 12, steady.FirstSeenNs+uint64(5*time.Second)
+	src.unknown = []maps.Unknown{steady, back}
+	if got := rowFor(t, take(t, r), steady).Rate; got != 6 {
+		t.Errorf("a row made again: rate %v, want 12/2s = 6", got)
+	}
 }
 
 // TestUnknownRowKey checks that rows differing in any key field are rated apart.
