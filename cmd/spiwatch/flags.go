@@ -88,7 +88,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&c.KnownSPIs, "known-spi", nil, "known SA as SPI[@DESTINATION], SPI in hex (0x...) or decimal (repeatable)")
 	fs.StringArrayVar(&c.KnownFrom, "known-from", nil, "follow a known-SA source: xfrm (the kernel's SAs), vici[=SOCKET] (strongSwan), file=PATH or none (repeatable; default: xfrm when this kernel has ESP, else none)")
 	fs.StringVar(&c.KnownFile, "known-file", "", "file of known SAs, one SPI[@DESTINATION] per line, # comments; re-read on SIGHUP and when it changes (the same as --known-from file=PATH)")
-	fs.BoolVar(&c.XfrmLookup, "xfrm-lookup", false, "on a known-SA miss, let the XDP program ask the kernel's own SA table, so an SA is known the moment it is installed (Linux 6.8+ with ESP; off with a message where the kernel cannot)")
+	fs.BoolVar(&c.XfrmLookup, "xfrm-lookup", false, "on a known-SA miss, let the XDP program ask the kernel's own SA table, so an SA is known the moment it is installed (Linux 6.8+ with CONFIG_XFRM; off with a message where the kernel cannot)")
 	fs.StringArrayVar(&c.NATTPorts, "natt-port", nil, "UDP port carrying ESP-in-UDP (repeatable, up to 8; default 4500)")
 	fs.StringVar(&c.Action, "action", "pass", "what to do with unknown-SPI packets: pass or drop")
 	fs.Uint32Var(&c.UnknownMax, "unknown-table-size", loader.DefaultUnknownMax, "entries in the unknown-SPI table (least recently seen are evicted, and counted)")
