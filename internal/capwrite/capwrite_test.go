@@ -63,14 +63,15 @@ func readBack(t *testing.T, data []byte) ([]string, []Packet) {
 	return names, pkts
 }
 
-func TestWriteReadBack(t *testing.T) {
+// writeAll writes ps to a new file on the two interfaces: its path and bytes.
+func writeAll(t *testing.T, ps []Packet) (string, []byte) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "c.pcapng")
 	w, err := Create(path, nil, Options{Interfaces: twoIfaces})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := packets(7)
-	for _, p := range want {
+	for _, p := range ps {
 		if err := w.Write(p); err != nil {
 			t.Fatal(err)
 		}
@@ -78,7 +79,16 @@ func TestWriteReadBack(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	data, _ := os.ReadFile(path)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, data
+}
+
+func TestWriteReadBack(t *testing.T) {
+	want := packets(7)
+	path, data := writeAll(t, want)
 	names, got := readBack(t, data)
 	if strings.Join(names, ",") != "eth0,eth1" {
 		t.Errorf("interfaces %v, want eth0,eth1", names)

@@ -68,25 +68,9 @@ func TestPacketsRotated(t *testing.T) {
 // TestLongComment: a comment longer than a pcapng option holds (65535 bytes)
 // must not make the file unreadable.
 func TestLongComment(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "c.pcapng")
-	w, err := Create(path, nil, Options{Interfaces: twoIfaces})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ps := packets(2)
 	ps[0].Comment = "spiwatch: sources=" + strings.Repeat("198.51.100.77,", 5000)
-	for _, p := range ps {
-		if err := w.Write(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, data := writeAll(t, ps)
 	if _, got := readBack(t, data); len(got) != 2 {
 		t.Errorf("%d packets read back, want 2", len(got))
 	}

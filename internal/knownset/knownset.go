@@ -39,12 +39,12 @@ type Target interface {
 
 // Set is the known SAs by source.
 type Set struct {
-	mu        sync.Mutex
-	target    Target
-	now       func() time.Time
-	sources   map[string][]maps.SA
-	current   map[maps.SA]bool
-	from      map[maps.SA][]string // sources of each SA in current, by its map key (keyOf)
+	mu      sync.Mutex
+	target  Target
+	now     func() time.Time
+	sources map[string][]maps.SA
+	current map[maps.SA]bool
+	from    map[maps.SA][]string // sources of each SA in current, by its map key (keyOf)
 	// By map key (keyOf): an SA is its SPI and destination, and two SAs of one
 	// SPI at two destinations have histories of their own.
 	addedAt   map[maps.SA]time.Time // when the SA last became known (kept while in the history)
