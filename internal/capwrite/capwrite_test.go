@@ -191,7 +191,8 @@ func TestRotate(t *testing.T) {
 }
 
 // TestDiskFull writes into a 64 KiB tmpfs until it is full: the error says so
-// (ENOSPC) and the file left behind is valid, holding whole packets only.
+// (ENOSPC), the file left behind is valid, holding whole packets only, and
+// Packets counts those.
 func TestDiskFull(t *testing.T) {
 	dir := testenv.SmallTmpfs(t, 64<<10)
 	path := filepath.Join(dir, "c.pcapng")
@@ -221,6 +222,10 @@ func TestDiskFull(t *testing.T) {
 	_, got := readBack(t, data)
 	if len(got) == 0 || len(got) > n {
 		t.Fatalf("full disk: %d packets readable, %d written before the error", len(got), n)
+	}
+	// what it says it wrote is what the file holds, not what it had buffered
+	if w.Packets() != uint64(len(got)) {
+		t.Errorf("Packets() = %d, the file holds %d", w.Packets(), len(got))
 	}
 	t.Logf("disk full after %d packets accepted, %d in the file (%d bytes)", n, len(got), len(data))
 }

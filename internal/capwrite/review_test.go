@@ -3,47 +3,13 @@
 package capwrite
 
 import (
-	"errors"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/spiwatch/spiwatch/internal/testenv"
 )
-
-// TestPacketsOnFullDisk: Packets is what the file holds, not what was handed to
-// Write, once the disk fills with packets still buffered.
-func TestPacketsOnFullDisk(t *testing.T) {
-	dir := testenv.SmallTmpfs(t, 64<<10)
-	path := filepath.Join(dir, "c.pcapng")
-	w, err := Create(path, nil, Options{Interfaces: twoIfaces})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var werr error
-	for _, p := range packets(2000) {
-		if werr = w.Write(p); werr != nil {
-			break
-		}
-	}
-	if werr == nil {
-		werr = w.Close()
-	}
-	if !errors.Is(werr, syscall.ENOSPC) {
-		t.Fatalf("error %v, want ENOSPC", werr)
-	}
-	w.Close()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, got := readBack(t, data); uint64(len(got)) != w.Packets() {
-		t.Errorf("Packets() = %d, the file holds %d", w.Packets(), len(got))
-	}
-}
 
 // TestPacketsRotated: Packets counts the packets of every file started.
 func TestPacketsRotated(t *testing.T) {
