@@ -84,30 +84,35 @@ func TestCaptureDiskFullCount(t *testing.T) {
 }
 
 // TestCaptureDiskFullAtExit: the disk fills while the last packets are written
-// out as capture ends (here at --count): capture says so (not only exit 1), and
-// does not count the lost packets as written.
+// out as capture ends (here at --duration): capture says so (not only exit 1),
+// and does not count the lost packets as written.
 func TestCaptureDiskFullAtExit(t *testing.T) {
 	testenv.RequireNetns(t)
 	spiwatch, gen := buildBinaries(t)
 	dir := testenv.SmallTmpfs(t, 48<<10)
 	lab := newLab(t, "swcape")
 	file := filepath.Join(dir, "exit.pcapng")
-	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "esp", "--snaplen", "0", "--rate", "1000000", "--count", "100")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "esp", "--snaplen", "0", "--rate", "1000000", "--duration", "2s")
 	c.waitFor(t, "to "+file)
-	// The samples wait in the ring buffer: capture reads them all at once, within
-	// one flush interval, and ends at --count with them buffered.
+	// The samples wait in the ring buffer while capture is stopped, and
+	// --duration has passed when it goes on: it ends after at most one packet,
+	// with the rest still to write. Nothing here races the flush every 200 ms
+	// (an end at --count or Ctrl-C did, on a loaded machine: the disk then filled
+	// while capture ran, a different path).
 	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	stopped := time.Now()
 	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x1234 len=1000 count=150"})
+	time.Sleep(time.Until(stopped.Add(2500 * time.Millisecond)))
 	if err := c.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	code := c.waitExit(t, 20*time.Second)
 	out := c.stderr.String()
 	t.Logf("capture said:\n%s", out)
-	if code != 1 || !strings.Contains(out, "no space left on device") {
-		t.Errorf("capture exited %d, want 1 and a message saying the disk is full", code)
+	if code != 1 || !strings.Contains(out, "no space left on device") || !strings.Contains(out, "packets kept") {
+		t.Errorf("capture exited %d, want 1 and a message saying the disk filled as it ended", code)
 	}
 	inFile := len(readTshark(t, file, nil))
 	m := regexp.MustCompile(`(\d+) packets written to`).FindStringSubmatch(out)
