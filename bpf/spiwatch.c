@@ -301,13 +301,15 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
  * as much as the rest of the path for other traffic on a kernel with return
  * thunks; the kernel's own context (Linux 6.2+: bpf_cast_to_kern_ctx, which the
  * verifier turns into a move) says in one load whether the frame has more than
- * its first buffer, and only then is the helper asked. */
-static __always_inline __u32 frame_len(struct xdp_md *ctx)
+ * its first buffer, and only then is the helper asked. The first buffer's
+ * length comes from the caller's data and data_end: read again from ctx, they
+ * cost two loads on the path of other traffic. */
+static __always_inline __u32 frame_len(struct xdp_md *ctx, void *data, void *data_end)
 {
 	if (bpf_ksym_exists(bpf_cast_to_kern_ctx)) {
 		struct xdp_buff *x = bpf_cast_to_kern_ctx(ctx);
 		if (!(x->flags & XDP_FLAGS_HAS_FRAGS))
-			return ctx->data_end - ctx->data;
+			return data_end - data;
 	}
 	return bpf_xdp_get_buff_len(ctx);
 }
@@ -964,16 +966,20 @@ int spiwatch_xdp(struct xdp_md *ctx)
 
 	/* The common shape first, on a path of its own: other traffic pays for a few
 	 * loads and its counter, IPsec for no walk through headers it does not have.
-	 * While a capture runs, other traffic takes the full path, which samples it. */
+	 * Other traffic is decided first: the compiler then gives it a straight path
+	 * with no class juggling (measured in docs/PERFORMANCE.md). While a capture
+	 * runs, other traffic takes the full path, which samples it. */
 	__u32 class = classify_common(data, data_end, &p);
-	if (class == SW_CLASS_ESP || class == SW_CLASS_ESP_IN_UDP)
-		return spi_frame(ctx, &p, class, frame_len(ctx));
-	if (class == SW_CLASS_OTHER && !capture_on) {
-		count(SW_CLASS_OTHER, SW_OUTCOME_NONE, frame_len(ctx));
-		return XDP_PASS;
+	if (class == SW_CLASS_OTHER) {
+		if (!capture_on) {
+			count(SW_CLASS_OTHER, SW_OUTCOME_NONE, frame_len(ctx, data, data_end));
+			return XDP_PASS;
+		}
+	} else if (class == SW_CLASS_ESP || class == SW_CLASS_ESP_IN_UDP) {
+		return spi_frame(ctx, &p, class, frame_len(ctx, data, data_end));
 	}
 
-	__u32 len = frame_len(ctx);
+	__u32 len = frame_len(ctx, data, data_end);
 	p.seq = 0;
 	p.sport = 0;
 	p.dport = 0;

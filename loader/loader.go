@@ -251,6 +251,7 @@ func LoadSpec(spec *ebpf.CollectionSpec, s Settings) (*Objects, error) {
 		lookupOff = fmt.Errorf("the program does not load with it: %w", loadError(err, memlockErr))
 		s.XfrmLookup = false
 		if verr := spec.Variables["xfrm_lookup"].Set(uint32(0)); verr != nil {
+			closeLock(pinLock)
 			return nil, fmt.Errorf("setting xfrm_lookup: %w", verr)
 		}
 		coll, err = ebpf.NewCollectionWithOptions(spec, opts)
