@@ -262,15 +262,27 @@ func attachError(iface string, m Mode, err error) error {
 	return fmt.Errorf("attaching XDP to %s in %s mode: %w", iface, m, err)
 }
 
+// describeProg names a program for messages: "xdp_filter" (id 42). One that
+// cannot be opened (gone, or spiwatch has dropped CAP_SYS_ADMIN, which opening a
+// program by id needs) is given by its id, with why and where to look.
 func describeProg(id ebpf.ProgramID) string {
-	name := "?"
-	if p, err := ebpf.NewProgramFromID(id); err == nil {
-		if info, err := p.Info(); err == nil && info.Name != "" {
-			name = info.Name
-		}
+	p, err := ebpf.NewProgramFromID(id)
+	var info *ebpf.ProgramInfo
+	if err == nil {
+		info, err = p.Info()
 		p.Close()
 	}
-	return fmt.Sprintf("%q (id %d)", name, id)
+	if err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			err = errno // "operation not permitted", without the library's prefix
+		}
+		return fmt.Sprintf("id %d (not readable: %v; see bpftool prog show id %d)", id, err, id)
+	}
+	if info.Name == "" {
+		return fmt.Sprintf("id %d (no name)", id)
+	}
+	return fmt.Sprintf("%q (id %d)", info.Name, id)
 }
 
 func attachModeName(m uint32) string {
@@ -347,7 +359,7 @@ func (a *Attachment) Status() Status {
 	if x == nil || !x.Attached {
 		st.Problem = "program detached by someone else"
 	} else if a.ProgID != 0 && ebpf.ProgramID(x.ProgId) != a.ProgID {
-		st.Problem = fmt.Sprintf("program replaced by %s", describeProg(ebpf.ProgramID(x.ProgId)))
+		st.Problem = fmt.Sprintf("program replaced by XDP program %s", describeProg(ebpf.ProgramID(x.ProgId)))
 	}
 	return st
 }

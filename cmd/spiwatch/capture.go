@@ -213,12 +213,12 @@ func parseCaptureSPI(s string) (uint32, error) {
 // whenever an unknown or reserved SPI's frame is selected: by unknown, or by its
 // class (esp, esp-in-udp).
 func keepRule(set maps.CaptureSettings) string {
-	rule := fmt.Sprintf("up to %d packets per second per CPU", set.Rate)
+	rule := fmt.Sprintf("up to %s per second per CPU", report.Counted(set.Rate, "packet"))
 	if set.ClassMask&(maps.CapUnknown|1<<classify.ClassESP|1<<classify.ClassESPInUDP) != 0 {
 		if set.Rate == 0 {
-			return fmt.Sprintf("the first %d packets of each unknown SPI and peer", set.PerSPI)
+			return fmt.Sprintf("the first %s of each unknown SPI and peer", report.Counted(set.PerSPI, "packet"))
 		}
-		return fmt.Sprintf("the first %d packets of each unknown SPI and peer, then %s", set.PerSPI, rule)
+		return fmt.Sprintf("the first %s of each unknown SPI and peer, then %s", report.Counted(set.PerSPI, "packet"), rule)
 	}
 	return rule
 }
@@ -396,7 +396,7 @@ func (t *captureTarget) loadOwn(f *captureFlags, s *captureSetup, stderr io.Writ
 			return err
 		}
 		t.ifaces[i].Slot, t.ifaces[i].Mode = a.Slot, a.Mode.String()
-		fmt.Fprintf(stderr, "spiwatch capture: attached to %s (%s XDP, program id %d), %d known SAs; detached at exit\n", name, a.Mode, a.ProgID, len(s.known))
+		fmt.Fprintf(stderr, "spiwatch capture: attached to %s (%s XDP, program id %d), %s; detached at exit\n", name, a.Mode, a.ProgID, report.Counted(len(s.known), "known SA"))
 	}
 	t.m = objs.Maps
 	if t.cap, err = objs.Capture(); err != nil {
@@ -508,8 +508,8 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 		where = "beside spiwatch run, " + t.beside
 	}
 	rule := keepRule(s.set)
-	fmt.Fprintf(stderr, "spiwatch capture: %s on %s (%s) to %s: %s, %d bytes per frame\n",
-		strings.Join(f.classes, ","), strings.Join(f.ifaces, ","), where, w.Path(), rule, s.set.Snaplen)
+	fmt.Fprintf(stderr, "spiwatch capture: %s on %s (%s) to %s: %s, %s per frame\n",
+		strings.Join(f.classes, ","), strings.Join(f.ifaces, ","), where, w.Path(), rule, report.Counted(s.set.Snaplen, "byte"))
 
 	// Kernel timestamps are CLOCK_MONOTONIC: the offset to wall time is refreshed
 	// every second, so a clock step shows up within one.
@@ -528,7 +528,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	// record of an interface this capture does not watch.
 	packetOf := func(raw []byte) (capwrite.Packet, bool, error) {
 		if len(raw) < maps.SampleHeaderSize {
-			return capwrite.Packet{}, false, fmt.Errorf("short sample record (%d bytes)", len(raw))
+			return capwrite.Packet{}, false, fmt.Errorf("short sample record (%s)", report.Counted(len(raw), "byte"))
 		}
 		var hdr maps.SampleHeader
 		_ = binary.Read(bytes.NewReader(raw[:maps.SampleHeaderSize]), binary.NativeEndian, &hdr)
@@ -579,7 +579,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 			refresh()
 			lastRefresh = time.Now()
 			if st, err := t.cap.Stats(); err == nil && st.RingFull > lastLoss {
-				fmt.Fprintf(stderr, "spiwatch capture: %d samples lost: the ring buffer was full (lower --rate or --snaplen)\n", st.RingFull-lastLoss)
+				fmt.Fprintf(stderr, "spiwatch capture: %s lost: the ring buffer was full (lower --rate or --snaplen)\n", report.Counted(st.RingFull-lastLoss, "sample"))
 				lastLoss = st.RingFull
 			}
 		}
@@ -591,9 +591,9 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 			}
 			// Packets, not written: the buffered packets the error cut off are not in the file.
 			if t.beside != "" {
-				return exitError, fmt.Errorf("%v: capture stopped after %d packets; spiwatch run goes on counting", writeErr, w.Packets())
+				return exitError, fmt.Errorf("%v: capture stopped after %s; spiwatch run goes on counting", writeErr, report.Counted(w.Packets(), "packet"))
 			}
-			fmt.Fprintf(stderr, "spiwatch capture: %v: capture stopped after %d packets; counting goes on until Ctrl-C or --duration, then the per-SPI counts\n", writeErr, w.Packets())
+			fmt.Fprintf(stderr, "spiwatch capture: %v: capture stopped after %s; counting goes on until Ctrl-C or --duration, then the per-SPI counts\n", writeErr, report.Counted(w.Packets(), "packet"))
 		}
 		if f.count > 0 && written >= f.count {
 			break
@@ -617,7 +617,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 		writeErr = w.Close()
 	}
 	if writeErr != nil && !failed && !errors.Is(writeErr, syscall.EPIPE) {
-		fmt.Fprintf(stderr, "spiwatch capture: %v: the file holds %d of the %d packets kept\n", writeErr, w.Packets(), written)
+		fmt.Fprintf(stderr, "spiwatch capture: %v: the file holds %d of the %s kept\n", writeErr, w.Packets(), report.Counted(written, "packet"))
 	}
 	after, err := t.cap.Stats()
 	if err != nil {
@@ -626,10 +626,10 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	d := after.Sub(before)
 	files := ""
 	if w.Files() > 1 {
-		files = fmt.Sprintf(" (%d files started, the last %d kept)", w.Files(), min(w.Files(), f.rotateKeep))
+		files = fmt.Sprintf(" (%s started, the last %d kept)", report.Counted(w.Files(), "file"), min(w.Files(), f.rotateKeep))
 	}
-	fmt.Fprintf(stderr, "spiwatch capture: %d packets written to %s%s in %s; kernel: %d samples, %d lost (ring buffer full), %d over the rate\n",
-		w.Packets(), w.Path(), files, time.Since(started).Round(time.Millisecond), d.Samples, d.RingFull, d.RateRefused)
+	fmt.Fprintf(stderr, "spiwatch capture: %s written to %s%s in %s; kernel: %s, %d lost (ring buffer full), %d over the rate\n",
+		report.Counted(w.Packets(), "packet"), w.Path(), files, time.Since(started).Round(time.Millisecond), report.Counted(d.Samples, "sample"), d.RingFull, d.RateRefused)
 	if err := printUnknown(stderr, t); err != nil {
 		return exitError, err
 	}
@@ -667,8 +667,8 @@ func printUnknown(w io.Writer, t *captureTarget) error {
 		spis[r.SPI] = true
 	}
 	// A row is an SPI from one peer (and ports): one SPI from two peers is two.
-	fmt.Fprintf(w, "spiwatch capture: %d unknown or reserved SPIs in %d rows (SPI, peer, ports) counted by the kernel on %s",
-		len(spis), len(mine), strings.Join(sortedNames(names), ","))
+	fmt.Fprintf(w, "spiwatch capture: %s in %s (SPI, peer, ports) counted by the kernel on %s",
+		report.Counted(len(spis), "unknown or reserved SPI"), report.Counted(len(mine), "row"), strings.Join(sortedNames(names), ","))
 	if len(mine) > 20 {
 		fmt.Fprint(w, " (20 with most packets shown)")
 	}

@@ -597,6 +597,7 @@ func TestKeepRule(t *testing.T) {
 		{"esp", 3, 0, "the first 3 packets of each unknown SPI and peer"},
 		{"esp-in-udp", 3, 5, "the first 3 packets of each unknown SPI and peer, then up to 5 packets per second per CPU"},
 		{"ike", 10, 7, "up to 7 packets per second per CPU"},
+		{"unknown", 1, 1, "the first 1 packet of each unknown SPI and peer, then up to 1 packet per second per CPU"},
 	} {
 		set := maps.CaptureSettings{ClassMask: captureClasses[tc.classes], PerSPI: tc.perSPI, Rate: tc.rate}
 		if got := keepRule(set); got != tc.want {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -142,5 +143,32 @@ func TestKnownFileFollowed(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("event log lacks %s:\n%s", want, b)
 		}
+	}
+}
+
+// TestStartupKnownTotal: with several known-SA sources, which start one after
+// another, start-up never gives a total that leaves out the sources still to
+// come ("known SAs from xfrm: 0 (0 known SAs in all)" before the file's are
+// counted): each total printed is the final one, and one line, after all
+// initial loads, gives it with every source's share.
+func TestStartupKnownTotal(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, _ := buildBinaries(t)
+	lab := newLab(t, "swstart")
+	file := filepath.Join(t.TempDir(), "known")
+	os.WriteFile(file, []byte("0x1000\n0x2000\n0x3000@203.0.113.1\n"), 0o600)
+	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--known-from", "xfrm", "--known-file", file,
+		"--known-spi", "0x1000", "--json", "--interval", "100ms")
+	s.stop(t)
+	stderr := s.stderr.String()
+	totals := regexp.MustCompile(`(\d+) known SAs? in all|(\d+) in all`).FindAllStringSubmatch(stderr, -1)
+	for _, m := range totals {
+		if m[1]+m[2] != "3" {
+			t.Errorf("start-up says %q; the known SAs are 3 in all:\n%s", m[0], stderr)
+		}
+	}
+	want := "spiwatch: known SAs at start: 3 in all (--known-spi 1, xfrm 0, file " + file + " 3)\n"
+	if !strings.Contains(stderr, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr)
 	}
 }

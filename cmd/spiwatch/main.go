@@ -154,7 +154,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 		for _, e := range s.NewICMP {
 			events.ICMPError(e)
 		}
-		for _, st := range s.IKEInitStorms {
+		for _, st := range s.NewIKEInitStorms {
 			events.IKEInitStorm(st)
 		}
 		for _, e := range s.KnownEvents {
@@ -207,10 +207,12 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	if err := known.Update("--known-spi", v.FlagKnown); err != nil {
 		return err
 	}
-	sources, err := startSources(ctx, v.Sources, known, sourceLog{stderr: stderr, events: events, known: known})
+	srcLog := &sourceLog{stderr: stderr, events: events, known: known}
+	sources, err := startSources(ctx, v.Sources, known, srcLog)
 	if err != nil {
 		return err
 	}
+	srcLog.Started(sources, v.FlagKnown)
 	var ifaces []report.Iface
 	var attached []*loader.Attachment
 	for _, name := range cfg.Interfaces {
@@ -275,7 +277,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	} else if cfg.User != "" {
 		fmt.Fprintf(stderr, "spiwatch: running as %s, keeping only %s\n", cfg.User, privdrop.Names(keep))
 	}
-	fmt.Fprintf(stderr, "spiwatch: %d known SAs; reporting every %s\n", known.Len(), cfg.Interval)
+	fmt.Fprintf(stderr, "spiwatch: %s; reporting every %s\n", report.Counted(known.Len(), "known SA"), cfg.Interval)
 
 	rep, err := report.New(objs.Maps, ifaces)
 	if err != nil {

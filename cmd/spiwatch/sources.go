@@ -8,10 +8,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spiwatch/spiwatch/internal/eventlog"
 	"github.com/spiwatch/spiwatch/internal/knownset"
+	"github.com/spiwatch/spiwatch/internal/report"
 	"github.com/spiwatch/spiwatch/internal/sasource"
 	"github.com/spiwatch/spiwatch/internal/sasource/file"
 	"github.com/spiwatch/spiwatch/internal/sasource/vici"
@@ -115,23 +118,51 @@ type sourceLog struct {
 	stderr io.Writer
 	events *eventlog.Logger // nil: no event log
 	known  *knownset.Set
+	// started is set by Started, once every source has made its initial load.
+	// The sources start one after another: a total said before then would leave
+	// out those still to come (with an empty xfrm first, "0 in all").
+	started atomic.Bool
 }
 
-func (l sourceLog) Synced(src string, sas int) {
-	fmt.Fprintf(l.stderr, "spiwatch: known SAs from %s: %d (%d known SAs in all)\n", src, sas, l.known.Len())
+func (l *sourceLog) Synced(src string, sas int) {
+	if l.started.Load() {
+		fmt.Fprintf(l.stderr, "spiwatch: known SAs from %s: %d (%s in all)\n", src, sas, report.Counted(l.known.Len(), "known SA"))
+	} else {
+		fmt.Fprintf(l.stderr, "spiwatch: known SAs from %s: %d\n", src, sas)
+	}
 	if l.events != nil {
 		l.events.SourceSync(src, sas)
 	}
 }
 
-func (l sourceLog) Failed(src string, err error) {
-	fmt.Fprintf(l.stderr, "spiwatch: %s: %v; keeping the previous %d known SAs\n", src, err, l.known.Len())
+func (l *sourceLog) Failed(src string, err error) {
+	fmt.Fprintf(l.stderr, "spiwatch: %s: %v; keeping the previous %s\n", src, err, report.Counted(l.known.Len(), "known SA"))
 	if l.events != nil {
 		l.events.SourceError(src, err)
 	}
 }
 
-func (l sourceLog) Notice(src, msg string) {
+// Started says, once every source has made its initial load, how many known
+// SAs there are in all and how many each source gave; flagKnown are the
+// --known-spi ones. Sync lines from then on give the total too.
+func (l *sourceLog) Started(sources []sasource.Source, flagKnown []maps.SA) {
+	l.started.Store(true)
+	if len(sources) == 0 {
+		return // the "N known SAs; reporting" line says it all
+	}
+	var parts []string
+	if len(flagKnown) > 0 {
+		distinct := map[maps.SA]bool{}
+		for _, sa := range flagKnown {
+			distinct[sa] = true
+		}
+		parts = append(parts, fmt.Sprintf("--known-spi %d", len(distinct)))
+	}
+	parts = append(parts, report.SourcesLine(sourceStats(sources)()))
+	fmt.Fprintf(l.stderr, "spiwatch: known SAs at start: %d in all (%s)\n", l.known.Len(), strings.Join(parts, ", "))
+}
+
+func (l *sourceLog) Notice(src, msg string) {
 	fmt.Fprintf(l.stderr, "spiwatch: %s: %s\n", src, msg)
 	if l.events != nil {
 		l.events.SourceNotice(src, msg)

@@ -3,6 +3,7 @@
 package eventlog
 
 import (
+	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
@@ -63,5 +64,22 @@ func TestICMPErrorMessageByQuote(t *testing.T) {
 		if !strings.Contains(b.String(), c.want) {
 			t.Errorf("ICMP %d/%d/%d quoting %s: line %q lacks %q", c.family, c.typ, c.code, c.quote, b.String(), c.want)
 		}
+	}
+}
+
+// TestIKEInitStormJSON: in JSON the storm's rate is a number, like every other
+// count and rate; logfmt keeps two decimals.
+func TestIKEInitStormJSON(t *testing.T) {
+	l, b, _ := newLogger(t, "json")
+	l.IKEInitStorm(report.IKEInitStorm{Peer: netip.MustParseAddr("198.51.100.7"), Iface: "eth0", Rate: 1.5, Requests: 15})
+	var m map[string]any
+	if err := json.Unmarshal([]byte(b.String()), &m); err != nil {
+		t.Fatalf("%v: %s", err, b.String())
+	}
+	if rate, ok := m["rate"].(float64); !ok || rate != 1.5 {
+		t.Errorf("rate %#v (%T), want the number 1.5: %s", m["rate"], m["rate"], b.String())
+	}
+	if m["requests"] != float64(15) || m["window"] != "10s" {
+		t.Errorf("line %s", b.String())
 	}
 }

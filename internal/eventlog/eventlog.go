@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -91,6 +92,16 @@ func (l *Logger) write(level, event, msg string, fields ...kv) {
 	}
 	io.WriteString(l.w, b.String())
 	l.lastLine = l.now()
+}
+
+// decimal2 is a rate given to two decimals: 1.50 in logfmt, the number 1.5 in
+// JSON, where a rate in quotes would be a string.
+type decimal2 float64
+
+func (d decimal2) String() string { return strconv.FormatFloat(float64(d), 'f', 2, 64) }
+
+func (d decimal2) MarshalJSON() ([]byte, error) {
+	return strconv.AppendFloat(nil, math.Round(float64(d)*100)/100, 'f', -1, 64), nil
 }
 
 // logfmtValue quotes a value when it holds spaces, quotes, equals signs or
@@ -276,7 +287,7 @@ func (l *Logger) IKEInitStorm(st report.IKEInitStorm) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.write("warn", "ike_init_storm", "Peer retries IKE_SA_INIT above --ike-init-rate",
-		kv{"peer", st.Peer.String()}, kv{"iface", st.Iface}, kv{"rate", fmt.Sprintf("%.2f", st.Rate)},
+		kv{"peer", st.Peer.String()}, kv{"iface", st.Iface}, kv{"rate", decimal2(st.Rate)},
 		kv{"window", report.IKEInitWindow.String()}, kv{"requests", st.Requests})
 }
 

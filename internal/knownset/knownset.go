@@ -47,16 +47,22 @@ type Set struct {
 	from    map[maps.SA][]string // sources of each SA in current, by its map key (keyOf)
 	// By map key (keyOf): an SA is its SPI and destination, and two SAs of one
 	// SPI at two destinations have histories of their own.
-	addedAt   map[maps.SA]time.Time // when the SA last became known (kept while in the history)
-	removedAt map[maps.SA]time.Time // when it was last removed
-	history   time.Duration
-	grace     time.Duration
+	addedAt map[maps.SA]time.Time // when the SA became known as a new SA (kept while in the history)
+	removed map[maps.SA]removal   // its removals, while the last is in the history
+	history time.Duration
+	grace   time.Duration
 }
+
+// removal is when an SA was removed: first since it last became known as a new
+// SA, and last. An SA added again within the history of its last removal is not
+// new: the rows its peer sent while it was gone stay stale (from first), the
+// rekey races of its first install stay rekey races (addedAt is kept).
+type removal struct{ first, last time.Time }
 
 // New manages target's known SAs.
 func New(target Target, history, grace time.Duration) *Set {
 	return &Set{target: target, now: time.Now, sources: map[string][]maps.SA{}, current: map[maps.SA]bool{}, from: map[maps.SA][]string{},
-		addedAt: map[maps.SA]time.Time{}, removedAt: map[maps.SA]time.Time{}, history: history, grace: grace}
+		addedAt: map[maps.SA]time.Time{}, removed: map[maps.SA]removal{}, history: history, grace: grace}
 }
 
 // Update replaces one source's SAs and applies the union of all sources to the
@@ -97,15 +103,28 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 		return fmt.Errorf("updating known SAs from %s: %w", source, err)
 	}
 	for sa := range union {
-		if k := keyOf(sa); s.from[k] == nil {
-			s.addedAt[k] = now
-			delete(s.removedAt, k)
+		k := keyOf(sa)
+		if s.from[k] != nil {
+			continue
 		}
+		if r, ok := s.removed[k]; ok && now.Sub(r.last) <= s.history {
+			continue // back, not new: its rows keep their verdicts
+		}
+		s.addedAt[k] = now
+		delete(s.removed, k)
 	}
 	for sa := range s.current {
-		if k := keyOf(sa); from[k] == nil {
-			s.removedAt[k] = now // addedAt stays: a rekey race before it is still one
+		k := keyOf(sa)
+		if from[k] != nil {
+			continue
 		}
+		// addedAt stays: a rekey race before it is still one.
+		r, ok := s.removed[k]
+		if !ok || now.Sub(r.last) > s.history {
+			r.first = now // rows of an older gap have been unknown since it left the history
+		}
+		r.last = now
+		s.removed[k] = r
 	}
 	s.sources, s.current, s.from = next, union, from
 	s.prune(now)
@@ -113,29 +132,34 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 }
 
 // prune bounds the history: past maxHistory removals it drops the expired ones and
-// then the oldest, down to 7/8 of the cap, so the work is amortized.
+// then the oldest, down to 7/8 of the cap, so the work is amortized. An SA known
+// again keeps when it was added.
 func (s *Set) prune(now time.Time) {
-	if len(s.removedAt) <= maxHistory {
+	if len(s.removed) <= maxHistory {
 		return
+	}
+	forget := func(sa maps.SA) {
+		delete(s.removed, sa)
+		if s.from[sa] == nil {
+			delete(s.addedAt, sa)
+		}
 	}
 	type r struct {
 		sa maps.SA
 		t  time.Time
 	}
 	var all []r
-	for sa, t := range s.removedAt {
-		if now.Sub(t) > s.history {
-			delete(s.removedAt, sa)
-			delete(s.addedAt, sa)
+	for sa, x := range s.removed {
+		if now.Sub(x.last) > s.history {
+			forget(sa)
 			continue
 		}
-		all = append(all, r{sa, t})
+		all = append(all, r{sa, x.last})
 	}
 	if keep := maxHistory * 7 / 8; len(all) > keep {
 		sort.Slice(all, func(i, j int) bool { return all[i].t.Before(all[j].t) })
 		for _, x := range all[:len(all)-keep] {
-			delete(s.removedAt, x.sa)
-			delete(s.addedAt, x.sa)
+			forget(x.sa)
 		}
 	}
 }
@@ -146,9 +170,10 @@ const clockSlack = 20 * time.Millisecond
 
 // Verdict diagnoses an unknown-SPI row towards dst whose packets were seen from
 // firstSeen to lastSeen, by the SA the program would have counted it in: the SPI
-// at dst, or at any destination. Stale needs a packet after the removal: a row
+// at dst, or at any destination. Stale needs a packet after a removal: a row
 // counted before its SA was installed (a rekey race) stays a rekey race when the
-// rekeyed SA later goes.
+// rekeyed SA later goes. A row counted while a removed SA was gone stays stale
+// when the SA comes back: it is no new SPI that the peer used early.
 func (s *Set) Verdict(spi uint32, dst netip.Addr, firstSeen, lastSeen time.Time) string {
 	if spi < 256 {
 		return Reserved
@@ -158,8 +183,8 @@ func (s *Set) Verdict(spi uint32, dst netip.Addr, firstSeen, lastSeen time.Time)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, k := range keys {
-		if at, ok := s.removedAt[k]; ok && s.from[k] == nil && s.now().Sub(at) <= s.history && lastSeen.Add(clockSlack).After(at) {
-			return Stale // the peer goes on using an SA we removed
+		if r, ok := s.removed[k]; ok && s.now().Sub(r.last) <= s.history && lastSeen.Add(clockSlack).After(r.first) {
+			return Stale // the peer went on using an SA we removed
 		}
 	}
 	for _, k := range keys {

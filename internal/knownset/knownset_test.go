@@ -121,7 +121,8 @@ func TestVerdicts(t *testing.T) {
 	if v := seen(0x2000, first.Add(-time.Minute)); v != Unknown {
 		t.Errorf("known 63 s after first seen: %s, want unknown", v)
 	}
-	// Re-added after removal: no longer stale.
+	// Re-added after its removal left the history: not stale (TestReaddedSAKeepsVerdicts
+	// for one back sooner).
 	s.Update("xfrm", []maps.SA{sa3, sa2, sa1})
 	if v := seen(0x1000, *now); v == Stale {
 		t.Error("an SA back in the database is still stale")
@@ -193,8 +194,8 @@ func TestHistoryBounded(t *testing.T) {
 		s.Update("churn", []maps.SA{sa})
 		*now = now.Add(time.Millisecond)
 	}
-	if len(s.removedAt) > maxHistory {
-		t.Errorf("history holds %d removals, cap %d", len(s.removedAt), maxHistory)
+	if len(s.removed) > maxHistory {
+		t.Errorf("history holds %d removals, cap %d", len(s.removed), maxHistory)
 	}
 }
 
@@ -272,5 +273,50 @@ func BenchmarkSourcesOf(b *testing.B) {
 				b.Fatal("no source")
 			}
 		}
+	}
+}
+
+// TestReaddedSAKeepsVerdicts: an SA removed and added again is not a new SPI.
+// The rows its peer sent while it was gone stay stale (a rekey race is a new
+// SPI used just before it was installed), and a rekey race of its first
+// install stays one. Once the removal is older than the history the gap's rows
+// are unknown, and a later removal does not make them stale again.
+func TestReaddedSAKeepsVerdicts(t *testing.T) {
+	s, _, now := newSet(t)
+	start := *now
+	at := func(d time.Duration) time.Time { return start.Add(d) }
+	race := at(-2 * time.Second) // 0x3000 seen 2 s before its first install
+	if err := s.Update("xfrm", []maps.SA{sa1, sa3}); err != nil {
+		t.Fatal(err)
+	}
+	*now = at(time.Minute)
+	s.Update("xfrm", nil) // both removed
+	gapFirst, gapLast := at(time.Minute+time.Second), at(time.Minute+2*time.Second)
+	*now = gapLast
+	if v := s.Verdict(0x1000, gw, gapFirst, gapLast); v != Stale {
+		t.Fatalf("sent on the removed SA: %s, want stale", v)
+	}
+	*now = at(time.Minute + 3*time.Second) // back within --rekey-grace of the gap's first packet
+	s.Update("xfrm", []maps.SA{sa1, sa3})
+	if v := s.Verdict(0x1000, gw, gapFirst, gapLast); v != Stale {
+		t.Errorf("the gap's row after the SA came back: %s, want stale", v)
+	}
+	if v := s.Verdict(0x3000, gw, race, race); v != RekeyRace {
+		t.Errorf("a rekey race of the first install after a removal and re-add: %s, want rekey-race", v)
+	}
+	// Past the history, the gap's row is unknown (not a rekey race)...
+	*now = at(time.Minute + DefaultHistory + time.Second)
+	if v := s.Verdict(0x1000, gw, gapFirst, gapLast); v != Unknown {
+		t.Errorf("the gap's row past the history: %s, want unknown", v)
+	}
+	// ...and stays so when the SA goes again: only packets after that are stale.
+	s.Update("xfrm", nil)
+	later := now.Add(time.Second)
+	*now = later
+	if v := s.Verdict(0x1000, gw, gapFirst, gapLast); v != Unknown {
+		t.Errorf("the old gap's row after a new removal: %s, want unknown", v)
+	}
+	if v := s.Verdict(0x1000, gw, later, later); v != Stale {
+		t.Errorf("sent after the new removal: %s, want stale", v)
 	}
 }

@@ -46,7 +46,7 @@ func diagLines(s *report.Snapshot) []string {
 		slices.SortStableFunc(rows, func(a, b report.IKERow) int {
 			return cmp.Or(cmp.Compare(b.Rate, a.Rate), cmp.Compare(b.Packets, a.Packets))
 		})
-		out = append(out, "", fmt.Sprintf("IKE activity: %d rows, busiest first (table %d/%d, %d evicted)", len(s.IKE),
+		out = append(out, "", fmt.Sprintf("IKE activity: %s, busiest first (table %d/%d, %d evicted)", report.Counted(len(s.IKE), "row"),
 			s.IKETable.Entries, s.IKETable.Capacity, s.IKETable.Evictions))
 		out = append(out, fmt.Sprintf("%-40s %-4s %-18s %-9s %10s %8s  %s", "peer", "IKE", "exchange", "dir", "packets", "pkt/s", "last"))
 		for _, x := range rows[:min(len(rows), maxIKELines)] {
@@ -57,7 +57,7 @@ func diagLines(s *report.Snapshot) []string {
 			line := fmt.Sprintf("%-40s %-4s %-18s %-9s %10d %8s  %s", x.Peer, ver, report.IKEExchangeName(x.IKERow), x.Dir,
 				x.Packets, report.Human(x.Rate), report.Ago(s.Time, x.LastSeen))
 			if x.PeerUnknown > 0 {
-				line += fmt.Sprintf("  (peer has %d unknown SPIs)", x.PeerUnknown)
+				line += fmt.Sprintf("  (peer has %s)", report.Counted(x.PeerUnknown, "unknown SPI"))
 			}
 			out = append(out, line)
 		}

@@ -165,7 +165,7 @@ func (v *View) Render(w, h int) string {
 	add("known SAs %d (%s)  unknown table %d/%d, %d evicted%s", len(s.Known), from,
 		s.Table.Entries, s.Table.Capacity, s.Table.Evictions, evict)
 	if s.Rate != nil {
-		add("rate limit: %d sources with a bucket (of %d), %d evicted, %d without one", s.Rate.Sources, s.Rate.Capacity, s.Rate.Evictions, s.Rate.Fails)
+		add("rate limit: %s with a bucket (of %d), %d evicted, %d without one", report.Counted(s.Rate.Sources, "source"), s.Rate.Capacity, s.Rate.Evictions, s.Rate.Fails)
 	}
 	// Known SAs in collision first of all: someone else's traffic lands in them.
 	for _, l := range report.CollisionLines(s) {

@@ -55,7 +55,7 @@ func PeerUnknownCounts(rows []maps.Unknown) map[netip.Addr]int {
 	return n
 }
 
-// IKEInitStorm is a peer whose IKE_SA_INIT requests went above the threshold.
+// IKEInitStorm is a peer whose IKE_SA_INIT requests are above the threshold.
 type IKEInitStorm struct {
 	Peer     netip.Addr
 	Iface    string
@@ -230,12 +230,18 @@ func (r *Reporter) takeDiag(s *Snapshot, src DiagSource, prevTime time.Time, toW
 		span := max(s.Time.Sub(h.samples[0].t), IKEInitWindow)
 		rt := float64(n-min(n, h.samples[0].n)) / span.Seconds()
 		above := r.IKEInitRate > 0 && rt > r.IKEInitRate
-		if above && !d.storm[p] {
-			s.IKEInitStorms = append(s.IKEInitStorms, IKEInitStorm{Peer: netip.AddrFrom16(p.peer).Unmap(),
-				Iface: r.ifaceName(p.ifindex), Rate: rt, Requests: n})
+		if above { // shown while it lasts, as a collision is; news once
+			st := IKEInitStorm{Peer: netip.AddrFrom16(p.peer).Unmap(), Iface: r.ifaceName(p.ifindex), Rate: rt, Requests: n}
+			s.IKEInitStorms = append(s.IKEInitStorms, st)
+			if !d.storm[p] {
+				s.NewIKEInitStorms = append(s.NewIKEInitStorms, st)
+			}
 		}
 		d.storm[p] = above
 	}
+	byPeer := func(a, b IKEInitStorm) int { return cmp.Or(a.Peer.Compare(b.Peer), cmp.Compare(a.Iface, b.Iface)) }
+	slices.SortFunc(s.IKEInitStorms, byPeer)
+	slices.SortFunc(s.NewIKEInitStorms, byPeer)
 	for p := range d.inits { // peers whose rows were evicted
 		if _, ok := inits[p]; !ok {
 			delete(d.inits, p)

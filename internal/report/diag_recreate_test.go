@@ -53,7 +53,7 @@ func TestIKEInitStormRowRecreated(t *testing.T) {
 		row.FirstSeenNs = first
 		f.ike = []maps.IKERow{row}
 		s := take(t, r)
-		for range s.IKEInitStorms {
+		for range s.NewIKEInitStorms {
 			storms = append(storms, sec)
 		}
 	}

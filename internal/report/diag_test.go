@@ -4,6 +4,7 @@ package report
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -79,7 +80,7 @@ func TestDiagRatesAndKnownSA(t *testing.T) {
 		"192.0.2.254   frag-needed       esp          0xc0ffee01  192.0.2.2       198.51.100.7",
 		"1400", "known",
 		"198.51.100.7  port-unreachable  natt-no-spi  -           192.0.2.2:4500",
-		"IKE activity: 1 rows (table 1/16384, 0 evicted)",
+		"IKE activity: 1 row (table 1/16384, 0 evicted)",
 		"198.51.100.7  eth0   v2   IKE_SA_INIT  request  6",
 		"peer's unknown SPIs",
 	} {
@@ -101,7 +102,8 @@ func TestDiagRatesAndKnownSA(t *testing.T) {
 }
 
 // TestIKEInitStorm: a peer's IKE_SA_INIT requests above the rate over the window
-// are reported once when the rate goes above, again only after it went below.
+// are news (NewIKEInitStorms, the event log's) once when the rate goes above,
+// again only after it went below.
 func TestIKEInitStorm(t *testing.T) {
 	f := &fakeDiag{fakeSource: newFake()}
 	clk := &fakeClock{wall: t0, mono: 1e12}
@@ -121,7 +123,7 @@ func TestIKEInitStorm(t *testing.T) {
 		// responses and other exchanges do not count
 		f.ike = append(f.ike, maps.IKERow{Peer: peerA, Ifindex: 2, Version: 2, Exchange: classify.IKESAInit, Dir: classify.IKEResponse, Packets: 100 * uint64(sec)})
 		s := take(t, r)
-		for _, st := range s.IKEInitStorms {
+		for _, st := range s.NewIKEInitStorms {
 			storms = append(storms, st.Peer.String()+"@"+time.Duration(sec*int(time.Second)).String())
 			if st.Rate <= 1 || st.Iface != "eth0" || st.Requests != b {
 				t.Errorf("storm %+v at %ds", st, sec)
@@ -133,5 +135,37 @@ func TestIKEInitStorm(t *testing.T) {
 	want := []string{"2001:db8::7@3s", "2001:db8::7@27s"}
 	if strings.Join(storms, " ") != strings.Join(want, " ") {
 		t.Fatalf("storms %v, want %v", storms, want)
+	}
+}
+
+// TestIKEInitStormLasts: a storm is in every report while the peer's rate stays
+// above --ike-init-rate, as a collision is, not only in the one where it began.
+func TestIKEInitStormLasts(t *testing.T) {
+	f := &fakeDiag{fakeSource: newFake()}
+	clk := &fakeClock{wall: t0, mono: 1e12}
+	r := newReporter(t, f, clk, eth0)
+	r.IKEInitRate = DefaultIKEInitRate
+	var n uint64
+	var shown []int
+	for sec := 1; sec <= 30; sec++ {
+		clk.advance(time.Second)
+		if sec <= 6 || sec >= 25 {
+			n += 5
+		}
+		f.ike = []maps.IKERow{initRow(peerB, n)}
+		s := take(t, r)
+		if len(s.IKEInitStorms) > 0 {
+			shown = append(shown, sec)
+		}
+		out := writeText(t, s, 0)
+		if got := strings.Contains(out, "IKE_SA_INIT STORM: 2001:db8::7"); got != (len(s.IKEInitStorms) > 0) {
+			t.Errorf("at %ds: storm line %v, storms %v", sec, got, s.IKEInitStorms)
+		}
+	}
+	// Over the 10 s window: 15 requests at 3 s, back to 10 at 14 s; again above
+	// at 27 s (1.5/s) and on.
+	want := []int{3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 27, 28, 29, 30}
+	if fmt.Sprint(shown) != fmt.Sprint(want) {
+		t.Errorf("storm shown at %v s, want %v", shown, want)
 	}
 }

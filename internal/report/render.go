@@ -127,8 +127,8 @@ type jsonSnapshot struct {
 	ICMPErrors       []jsonICMP   `json:"icmp_errors"`
 	IKETable         jsonTable    `json:"ike_table"`
 	IKE              []jsonIKE    `json:"ike"`
-	// IKEInitStorms: peers whose IKE_SA_INIT rate went above --ike-init-rate
-	// since the previous line.
+	// IKEInitStorms: peers whose IKE_SA_INIT rate is above --ike-init-rate, in
+	// every line while it stays above.
 	IKEInitStorms []jsonStorm `json:"ike_init_storms,omitempty"`
 }
 
@@ -298,7 +298,7 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 	}
 	b.WriteString("\n")
 	if s.Rate != nil {
-		fmt.Fprintf(&b, "rate limit: %d sources with a bucket (of %d), %d evicted", s.Rate.Sources, s.Rate.Capacity, s.Rate.Evictions)
+		fmt.Fprintf(&b, "rate limit: %s with a bucket (of %d), %d evicted", Counted(s.Rate.Sources, "source"), s.Rate.Capacity, s.Rate.Evictions)
 		if s.Rate.Fails > 0 {
 			fmt.Fprintf(&b, ", %d without one (dropped)", s.Rate.Fails)
 		}
@@ -428,13 +428,13 @@ func SourcesLine(srcs []sasource.Stats) string {
 			p += fmt.Sprintf(" (ERROR: %s; keeping %d)", s.LastError, s.SAs)
 		}
 		if s.Resyncs > 0 {
-			p += fmt.Sprintf(", %d resyncs after lost events", s.Resyncs)
+			p += ", " + Counted(s.Resyncs, "resync") + " after lost events"
 		}
 		if s.Reconnects > 0 {
-			p += ", " + counted(s.Reconnects, "reconnect")
+			p += ", " + Counted(s.Reconnects, "reconnect")
 		}
 		if s.Errors > 0 { // past ones too: a source that fails now and then is worth a look
-			p += ", " + counted(s.Errors, "error")
+			p += ", " + Counted(s.Errors, "error")
 		}
 		parts = append(parts, p)
 	}
@@ -460,12 +460,13 @@ func FromString(from []string) string {
 	return strings.Join(from, ", ")
 }
 
-// counted is "1 error", "2 errors".
-func counted(n uint64, what string) string {
+// Counted is a count and its noun for people to read: "1 row", "2 rows", "0
+// rows". Only regular plurals (noun + "s"), which are all spiwatch prints.
+func Counted[N ~int | ~int64 | ~uint32 | ~uint64](n N, noun string) string {
 	if n == 1 {
-		return "1 " + what
+		return "1 " + noun
 	}
-	return fmt.Sprintf("%d %ss", n, what)
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // IfaceLabel is a watched interface for the header line: "eth0 (native)", or
@@ -491,8 +492,8 @@ func CollisionLines(s *Snapshot) []string {
 	var out []string
 	for _, k := range s.Known {
 		if k.Collision {
-			out = append(out, fmt.Sprintf("COLLISION: known SA %s receives ESP from %d sources within %s: %s (%d packets from other than the first)",
-				k.SA, len(k.ActiveSources), s.CollisionWindow, SourcesString(k.ActiveSources), k.OtherPackets))
+			out = append(out, fmt.Sprintf("COLLISION: known SA %s receives ESP from %d sources within %s: %s (%s from other than the first)",
+				k.SA, len(k.ActiveSources), s.CollisionWindow, SourcesString(k.ActiveSources), Counted(k.OtherPackets, "packet")))
 		}
 	}
 	return out

@@ -133,7 +133,7 @@ func writeDiagText(b *strings.Builder, s *Snapshot, top int) {
 		tw.Flush()
 	}
 	if len(s.IKE) > 0 {
-		fmt.Fprintf(b, "IKE activity: %d rows (table %d/%d, %d evicted)\n", len(s.IKE), s.IKETable.Entries, s.IKETable.Capacity, s.IKETable.Evictions)
+		fmt.Fprintf(b, "IKE activity: %s (table %d/%d, %d evicted)\n", Counted(len(s.IKE), "row"), s.IKETable.Entries, s.IKETable.Capacity, s.IKETable.Evictions)
 		tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "peer\tiface\tIKE\texchange\tdir\tpackets\tpkt/s\tlast msgid\tfirst seen\tlast seen\tpeer's unknown SPIs")
 		for _, x := range s.IKE {

@@ -128,9 +128,12 @@ type Snapshot struct {
 	// NewICMP are the ICMP-error rows that appeared since the previous snapshot
 	// (at most maxEvents; more count in MoreEvents).
 	NewICMP []ICMPRow
-	// IKEInitStorms are peers whose IKE_SA_INIT request rate went above
-	// Reporter.IKEInitRate since the previous snapshot.
+	// IKEInitStorms are the peers whose IKE_SA_INIT request rate is above
+	// Reporter.IKEInitRate: in every snapshot while it stays above.
 	IKEInitStorms []IKEInitStorm
+	// NewIKEInitStorms are those of IKEInitStorms that went above since the
+	// previous snapshot (the event log's news).
+	NewIKEInitStorms []IKEInitStorm
 }
 
 // maxEvents bounds NewUnknown and VerdictChanges per snapshot.
