@@ -302,7 +302,25 @@ type captureTarget struct {
 	cap     *maps.Capture
 	ifaces  []report.Iface
 	beside  string // "spiwatch program id N" when a running spiwatch is used
+	progs   []ebpf.ProgramID // beside a run: the program on each of ifaces
 	cleanup func()
+}
+
+// programGone says, beside a run, why an interface no longer has the program
+// the capture samples from ("" while all do): the run exited, detached, or a
+// new run took the link over with a program of its own (its capture switch and
+// ring buffer are not this capture's), so nothing more would arrive.
+func (t *captureTarget) programGone() string {
+	for i, id := range t.progs {
+		now, ok := loader.ProgramOn(t.ifaces[i].Ifindex)
+		switch {
+		case !ok:
+			return fmt.Sprintf("%s has no XDP program any more (spiwatch program id %d, which this capture sampled, is gone: spiwatch run exited or detached)", t.ifaces[i].Name, id)
+		case now != id:
+			return fmt.Sprintf("%s now runs XDP program id %d, not spiwatch program id %d which this capture sampled (spiwatch run restarted, or another program replaced it)", t.ifaces[i].Name, now, id)
+		}
+	}
+	return ""
 }
 
 // findTarget uses the spiwatch program already on the interfaces, or loads and
@@ -363,6 +381,7 @@ func findTarget(f *captureFlags, s *captureSetup, stderr io.Writer) (*captureTar
 			}
 			t.cleanup = closeMaps
 			t.beside = fmt.Sprintf("spiwatch program id %d", id)
+			t.progs = progs
 			// Comments decode ESP-in-UDP on the ports the running program counts.
 			if s.natt, err = loader.RunningNATTPorts(ms); err != nil {
 				fmt.Fprintf(stderr, "spiwatch capture: reading the NAT-T ports of program %d: %v; comments take UDP %d alone as ESP-in-UDP\n", id, err, loader.DefaultNATTPort)
@@ -519,6 +538,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	lastRefresh, lastLoss := time.Now(), before.RingFull
 	var written uint64
 	var writeErr error
+	gone := "" // beside a run: why its program no longer samples for us
 	lastFlush := time.Now()
 	deadline := time.Time{}
 	if f.duration > 0 {
@@ -582,6 +602,10 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 				fmt.Fprintf(stderr, "spiwatch capture: %s lost: the ring buffer was full (lower --rate or --snaplen)\n", report.Counted(st.RingFull-lastLoss, "sample"))
 				lastLoss = st.RingFull
 			}
+			if gone = t.programGone(); gone != "" {
+				fmt.Fprintf(stderr, "spiwatch capture: %s: nothing more can be sampled; ending (start capture again to go on)\n", gone)
+				break
+			}
 		}
 		if writeErr != nil && !stopped {
 			stopSampling()
@@ -633,7 +657,7 @@ func capture(ctx context.Context, f *captureFlags, s *captureSetup, stdout, stde
 	if err := printUnknown(stderr, t); err != nil {
 		return exitError, err
 	}
-	if writeErr != nil && !errors.Is(writeErr, syscall.EPIPE) {
+	if (writeErr != nil && !errors.Is(writeErr, syscall.EPIPE)) || gone != "" {
 		return exitError, nil // said above
 	}
 	return exitOK, nil

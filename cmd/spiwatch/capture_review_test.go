@@ -151,3 +151,47 @@ func TestCaptureSIGHUP(t *testing.T) {
 		t.Errorf("the file holds %d packets, 20 were sampled", n)
 	}
 }
+
+// TestCaptureEndsWhenRunGoes: a capture beside spiwatch run ends, saying why,
+// when the run exits and takes its program away: nothing more could arrive,
+// and it must not look as if nothing more was sent. The file keeps what was
+// sampled before.
+func TestCaptureEndsWhenRunGoes(t *testing.T) {
+	testenv.RequireNetns(t)
+	spiwatch, gen := buildBinaries(t)
+	lab := newLab(t, "swcapg")
+	r := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--json", "--interval", "100ms")
+	file := filepath.Join(t.TempDir(), "gone.pcapng")
+	c := startCapture(t, spiwatch, lab.NSB, "-i", lab.Receiver, "-w", file, "--class", "esp", "--rate", "1000")
+	c.waitFor(t, "beside spiwatch run")
+	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x1234 count=7"})
+	r.waitTotal(t, 7)
+	r.stop(t)
+	code := c.waitExit(t, 10*time.Second)
+	out := c.stderr.String()
+	if code != 1 || !strings.Contains(out, lab.Receiver+" has no XDP program any more") || !strings.Contains(out, "start capture again") {
+		t.Errorf("capture exited %d after spiwatch run went: %s\nwant 1 and why", code, out)
+	}
+	if n := len(readTshark(t, file, nil)); n != 7 {
+		t.Errorf("the file holds %d packets, 7 were sampled before the run went", n)
+	}
+}
+
+// TestCaptureEndsOnTakeover: a capture beside a pinned program ends, saying
+// why, when a new spiwatch run --pin takes the link over with its own program
+// (whose capture switch and ring buffer are not the capture's).
+func TestCaptureEndsOnTakeover(t *testing.T) {
+	p := newPinLab(t, "swcapt")
+	if _, errOut, err := p.run("run", "-i", p.Receiver, "--pin", "--pin-path", p.pins, "--json", "--interval", "100ms", "--count", "1"); err != nil {
+		t.Fatalf("first run --pin: %v: %s", err, errOut)
+	}
+	c := startCapture(t, p.bin, p.NSB, "-i", p.Receiver, "-w", filepath.Join(t.TempDir(), "t.pcapng"))
+	c.waitFor(t, "beside spiwatch run")
+	if _, errOut, err := p.run("run", "-i", p.Receiver, "--pin", "--pin-path", p.pins, "--json", "--interval", "100ms", "--count", "1"); err != nil {
+		t.Fatalf("second run --pin: %v: %s", err, errOut)
+	}
+	code := c.waitExit(t, 10*time.Second)
+	if out := c.stderr.String(); code != 1 || !strings.Contains(out, p.Receiver+" now runs XDP program id") {
+		t.Errorf("capture exited %d after a takeover: %s\nwant 1 and why", code, out)
+	}
+}
