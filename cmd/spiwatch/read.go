@@ -23,7 +23,10 @@ Usage:
 By default every frame runs through the real XDP program with BPF_PROG_TEST_RUN
 (root, as spiwatch itself); --no-bpf uses the Go reference classifier, which needs no
 privileges and gives the same results. Ethernet, raw IP, Linux cooked (SLL, SLL2) and
-BSD loopback captures are read; frames are counted at their captured length.
+BSD loopback captures are read, gzip-compressed or not. A frame cut by the capture's
+snap length (tcpdump -s) is classified and counted as it was on the wire, when the
+bytes captured decide its class; else as captured (other, malformed or fragment), but
+counted at its length on the wire.
 
 Examples:
   spiwatch read gw.pcap --known-file /etc/spiwatch/known

@@ -9,9 +9,10 @@
 // what pcapgo v1.1.19 gets wrong for this use: it accepts snap length 0,
 // reports a capture cut inside a record as ErrTruncated (pcapgo says
 // io.EOF or io.ErrUnexpectedEOF), keeps 16-bit link types (pcapgo
-// truncates them to 8 bits, which turns SLL2 into 20), and reads pcapng
+// truncates them to 8 bits, which turns SLL2 into 20), reads pcapng
 // files whose interfaces have different link types (pcapgo's defaults
-// silently skip their packets).
+// silently skip their packets), and gives exact times for pcapng
+// timestamps in binary units (pcapgo scales them with integer factors).
 package capread
 
 import (
@@ -22,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
 	"slices"
 	"time"
@@ -36,9 +38,14 @@ type Packet struct {
 	// Data is the Ethernet frame (converted if the link type was not
 	// Ethernet; from NextRaw, the frame as captured). It is valid until
 	// the next call to Next or NextRaw.
-	Data      []byte
-	CapLen    int      // bytes captured (of the original link-layer frame)
-	OrigLen   int      // bytes on the wire
+	Data    []byte
+	CapLen  int // bytes captured (of the original link-layer frame)
+	OrigLen int // bytes on the wire
+	// WireLen (set by Next) is the length on the wire of the frame in
+	// Data: OrigLen, changed by as much as the link-layer header was; at
+	// least len(Data). It is more than len(Data) when the capture's snap
+	// length cut the frame.
+	WireLen   int
 	Interface int      // pcapng interface index within its section (0 for pcap)
 	LinkType  LinkType // link type of the frame as captured
 }
@@ -305,6 +312,7 @@ func (r *Reader) Next() (Packet, error) {
 		r.buf = eth
 	}
 	p.Data = eth
+	p.WireLen = len(eth) + max(p.OrigLen-p.CapLen, 0)
 	return p, nil
 }
 
@@ -364,12 +372,67 @@ func (r *Reader) nextNg() (Packet, error) {
 		return Packet{}, r.ngError(err)
 	}
 	p := Packet{Time: ci.Timestamp, Data: data, CapLen: len(data), OrigLen: ci.Length, Interface: ci.InterfaceIndex}
+	if len(r.walk.stamps) > 0 {
+		st := r.walk.stamps[0]
+		r.walk.stamps = r.walk.stamps[1:]
+		if t, ok := r.ngTime(ci.InterfaceIndex, st); ok {
+			p.Time = t
+		}
+	}
 	s := r.walk.section(r.consumed())
 	if s == nil || ci.InterfaceIndex >= len(s.linkTypes) {
 		return Packet{}, newError(ErrCorrupt, nil, "%s: packet %d: interface %d is not described", r.name, r.n+1, ci.InterfaceIndex)
 	}
 	p.LinkType = s.linkTypes[ci.InterfaceIndex]
 	return p, nil
+}
+
+// ngTime returns the time of a packet of interface iface with raw timestamp
+// st where pcapgo gets it wrong: with a binary resolution (if_tsresol with
+// its high bit set; it scales with integer factors: 2^-30 s makes times up to
+// 74 ms late, past the next second, 2^-20 s up to 0.7 ms early), or a decimal
+// one too fine for its uint64 arithmetic. ok is false where pcapgo's time
+// stands.
+func (r *Reader) ngTime(iface int, st ngStamp) (t time.Time, ok bool) {
+	intf, err := r.ng.Interface(iface)
+	if err != nil || !st.ok {
+		return t, false
+	}
+	res := intf.TimestampResolution
+	e := uint(res.Exponent())
+	var sec, ns uint64
+	switch {
+	case res.Binary():
+		// ts / 2^e seconds: whole seconds, then the fraction in nanoseconds,
+		// (frac * 10^9) >> e over 128 bits.
+		frac := st.ts
+		if e < 64 {
+			sec, frac = st.ts>>e, st.ts&(1<<e-1)
+		}
+		hi, lo := bits.Mul64(frac, 1e9)
+		if e < 64 {
+			ns = hi<<(64-e) | lo>>e
+		} else {
+			ns = hi >> (e - 64)
+		}
+	case e >= 20:
+		// 10^e is over 2^64, so over any timestamp: under a second.
+		if e-9 < 20 {
+			ns = st.ts / pow10(e-9)
+		}
+	default:
+		return t, false
+	}
+	return time.Unix(int64(sec+intf.TimestampOffset), int64(ns)).UTC(), true
+}
+
+// pow10 returns 10^n for n < 20.
+func pow10(n uint) uint64 {
+	p := uint64(1)
+	for range n {
+		p *= 10
+	}
+	return p
 }
 
 // ngBlockNames names pcapng blocks other than packet blocks in errors.

@@ -241,6 +241,10 @@ func TestConvert(t *testing.T) {
 				if p.Index != i+1 || p.CapLen != len(tt.in) || p.OrigLen != len(tt.in)+10 || p.LinkType != tt.lt || p.Interface != 0 {
 					t.Errorf("packet %d: index %d caplen %d origlen %d link type %v interface %d", i+1, p.Index, p.CapLen, p.OrigLen, p.LinkType, p.Interface)
 				}
+				// The frames were 10 bytes longer on the wire: so is the converted one.
+				if p.WireLen != len(tt.want)+10 {
+					t.Errorf("packet %d: wire length %d, want %d", i+1, p.WireLen, len(tt.want)+10)
+				}
 				if want := t0.Add(time.Duration(i) * time.Millisecond).Truncate(time.Microsecond); !p.Time.Equal(want) {
 					t.Errorf("packet %d: time %v, want %v", i+1, p.Time, want)
 				}
@@ -371,9 +375,9 @@ func TestPcapngInterfaces(t *testing.T) {
 		if err != nil {
 			t.Fatalf("packet %d: %v", i+1, err)
 		}
-		if p.Index != i+1 || p.Interface != w.iface || p.LinkType != w.lt || !bytes.Equal(p.Data, w.data) {
-			t.Errorf("packet %d: index %d interface %d link type %v data % x; want interface %d link type %v data % x",
-				i+1, p.Index, p.Interface, p.LinkType, p.Data, w.iface, w.lt, w.data)
+		if p.Index != i+1 || p.Interface != w.iface || p.LinkType != w.lt || !bytes.Equal(p.Data, w.data) || p.WireLen != len(w.data)+10 {
+			t.Errorf("packet %d: index %d interface %d link type %v data % x wire length %d; want interface %d link type %v data % x, 10 bytes more on the wire",
+				i+1, p.Index, p.Interface, p.LinkType, p.Data, p.WireLen, w.iface, w.lt, w.data)
 		}
 		if want := t0.Add(time.Duration(i) * time.Millisecond); !p.Time.Equal(want) {
 			t.Errorf("packet %d: time %v, want %v", i+1, p.Time, want)

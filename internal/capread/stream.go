@@ -102,6 +102,16 @@ type ngWalker struct {
 	sections []ngSection
 	packets  int   // complete packet blocks seen
 	err      error // a corrupt block, at start; the walker stops there
+	// stamps are the raw timestamps of the packet blocks seen and not yet
+	// returned, in order (see Reader.ngTime).
+	stamps []ngStamp
+}
+
+// ngStamp is a packet block's raw timestamp, in its interface's units; a
+// simple packet block has none (ok false).
+type ngStamp struct {
+	ts uint64
+	ok bool
 }
 
 // need returns how many bytes of the current block the walker reads: the
@@ -203,7 +213,9 @@ func (w *ngWalker) body() {
 		return
 	case ngEnhancedPacket, ngPacketObsolete:
 		capLen, room = int64(w.order.Uint32(w.hdr[20:24])), w.length-ngPacketMinLen
+		w.stamps = append(w.stamps, ngStamp{uint64(w.order.Uint32(w.hdr[12:16]))<<32 | uint64(w.order.Uint32(w.hdr[16:20])), true})
 	case ngSimplePacket:
+		w.stamps = append(w.stamps, ngStamp{})
 		// pcapgo captures the original length, cut to the first
 		// interface's snap length if it has one.
 		capLen, room = int64(w.order.Uint32(w.hdr[8:12])), w.length-ngSimpleMinLen

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -147,5 +148,15 @@ func checkMix(t *testing.T, s *report.Snapshot, withKnown bool) {
 	}
 	if len(s.ICMP) != 1 || len(s.IKE) != 2 {
 		t.Errorf("%d ICMP-error rows and %d IKE rows, want 1 and 2", len(s.ICMP), len(s.IKE))
+	}
+}
+
+// TestUnsupportedLinkType: a capture of a link type the program never sees
+// (802.11) is an error, not an empty report of a capture "read in part".
+func TestUnsupportedLinkType(t *testing.T) {
+	path := writeLinkPcap(t, "wifi.pcap", 105, [][]byte{make([]byte, 40)})
+	s, err := Read(path, Options{NoBPF: true})
+	if s != nil || !errors.Is(err, capread.ErrUnsupportedLinkType) {
+		t.Errorf("report %v, error %v; want no report and ErrUnsupportedLinkType", s != nil, err)
 	}
 }

@@ -15,11 +15,15 @@
 // time; the kernel's LRU is approximate (a second chance for rows looked up since
 // the last pass, up to 4 rows freed at once), and the program's per-CPU front
 // goes on counting a row the table has just evicted (such rows are reported, not
-// counted as table entries).
+// counted as table entries). The ICMP-error and IKE tables do the same with
+// their 4,096 and 16,384 rows. Memory is bounded by the tables' sizes, not the
+// capture's length.
+//
+// Frames cut by the capture's snap length are classified and counted as they
+// were on the wire where the captured bytes decide their class: see cut.go.
 package offline
 
 import (
-	"container/list"
 	"errors"
 	"fmt"
 	"io"
@@ -53,8 +57,10 @@ type Options struct {
 }
 
 // Read classifies every packet of the capture at path and returns the report. A
-// capture that ends early (truncated, corrupt) still gives a report of what was
-// read, marked partial, together with the error.
+// capture that ends early (truncated, corrupt, a pcapng interface of a link type
+// that cannot be read) still gives a report of what was read, marked partial,
+// together with the error; one whose first packet cannot be read for its link
+// type gives only the error.
 func Read(path string, o Options) (*report.Snapshot, error) {
 	r, err := capread.Open(path)
 	if err != nil {
@@ -64,24 +70,41 @@ func Read(path string, o Options) (*report.Snapshot, error) {
 	return ReadFrom(r, filepath.Base(path), o)
 }
 
-// acc accumulates what the capture holds, in the report's terms.
+// acc accumulates what the capture holds, in the report's terms. Its memory
+// is bounded by the tables' sizes, whatever the capture's length.
 type acc struct {
-	counters    maps.Counters
+	counters maps.Counters
+	// unknown, icmp and ike are the reference's tables: LRUs of the program's
+	// sizes, with each row's capture times. With the program counting, they
+	// hold only the capture times of rows its tables may hold: pruned to the
+	// rows they do hold whenever they grow past twice the tables' size.
+	unknown *lru[rowKey, unknownRow]
+	icmp    *lru[icmpKey, report.ICMPRow]
+	ike     *lru[ikeKey, report.IKERow]
+	// rows, icmpRows and ikeRows are the tables' rows at the end of the
+	// capture, from the reference's tables or the program's maps.
 	rows        map[rowKey]*maps.Unknown
-	rowTimes    map[rowKey][2]time.Time
+	icmpRows    map[icmpKey]*report.ICMPRow
+	ikeRows     map[ikeKey]*report.IKERow
 	known       map[maps.SA]*report.KnownRow
-	icmp        map[icmpKey]*report.ICMPRow
-	ike         map[ikeKey]*report.IKERow
 	states      map[maps.SA]*maps.SAState // the reference's per-SA state (without BPF)
 	first, last time.Time
 	packets     int
-	// The reference's unknown table: an LRU of capacity rows, least recently
-	// seen at the back; inserts counts the rows it made, re-made ones included.
-	capacity  int
-	recent    *list.List
-	recentOf  map[rowKey]*list.Element
-	inserts   uint64
+	// wireExtra is, per class, the bytes on the wire of the frames classified
+	// as captured (cut before their class's bytes, or runts) beyond the bytes
+	// classified, which the classifiers count.
+	wireExtra [classify.NumClasses]int64
+	capacity  int // of the unknown-SPI table
 	tableRows int // with BPF: the rows that are table entries (maps.TableRows)
+	// pruneAt is, for the unknown, ICMP and IKE times with BPF, how many rows
+	// they may have before they are pruned.
+	pruneAt [3]int
+}
+
+// unknownRow is a row of the reference's unknown-SPI table.
+type unknownRow struct {
+	maps.Unknown
+	first, last time.Time // capture times
 }
 
 // icmpKey and ikeKey are the program's keys of the ICMP-error and IKE tables.
@@ -112,9 +135,19 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 	if capacity == 0 {
 		capacity = loader.DefaultUnknownMax
 	}
-	a := &acc{rows: map[rowKey]*maps.Unknown{}, rowTimes: map[rowKey][2]time.Time{}, known: map[maps.SA]*report.KnownRow{},
-		icmp: map[icmpKey]*report.ICMPRow{}, ike: map[ikeKey]*report.IKERow{},
-		states: map[maps.SA]*maps.SAState{}, capacity: int(capacity), recent: list.New(), recentOf: map[rowKey]*list.Element{}}
+	a := &acc{known: map[maps.SA]*report.KnownRow{}, states: map[maps.SA]*maps.SAState{}, capacity: int(capacity)}
+	if o.NoBPF {
+		a.unknown = newLRU[rowKey, unknownRow](a.capacity)
+		a.icmp = newLRU[icmpKey, report.ICMPRow](loader.DefaultICMPMax)
+		a.ike = newLRU[ikeKey, report.IKERow](loader.DefaultIKEMax)
+	} else {
+		a.unknown = newLRU[rowKey, unknownRow](0)
+		a.icmp = newLRU[icmpKey, report.ICMPRow](0)
+		a.ike = newLRU[ikeKey, report.IKERow](0)
+		for i, n := range []int{a.capacity, loader.DefaultICMPMax, loader.DefaultIKEMax} {
+			a.pruneAt[i] = 2*n + 1024
+		}
+	}
 	cfg := classify.Config{NATTPorts: o.Settings.NATTPorts}
 	set := classify.SASet{}
 	for _, sa := range o.Known {
@@ -167,6 +200,7 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 		}
 	}
 
+	fr := &framer{cfg: &cfg}
 	var readErr error
 	for {
 		p, err := r.Next()
@@ -174,14 +208,13 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 			break
 		}
 		if err != nil {
+			if a.packets == 0 && errors.Is(err, capread.ErrUnsupportedLinkType) {
+				return nil, err // nothing of it can be read
+			}
 			readErr = err
 			break
 		}
-		frame := p.Data
-		if len(frame) < 14 {
-			// BPF test runs need an Ethernet header; such a runt is other either way.
-			frame = append(append([]byte(nil), frame...), make([]byte, 14-len(frame))...)
-		}
+		frame, wire := fr.frame(p)
 		if run != nil {
 			if err := run(frame); err != nil {
 				return nil, fmt.Errorf("%s: packet %d: running the classifier: %w", name, p.Index, err)
@@ -189,7 +222,12 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 		}
 		// The reference pass gives the capture's own timestamps per row (the
 		// kernel's clock means nothing offline) and, without BPF, the counts.
-		a.add(frame, p.Time, &cfg, set, run == nil)
+		a.add(frame, wire, p.Time, &cfg, set, run == nil)
+		if objs != nil {
+			if err := a.prune(objs.Maps); err != nil {
+				return nil, err
+			}
+		}
 	}
 
 	s := &report.Snapshot{Time: a.last, Interval: a.last.Sub(a.first), Action: "pass", Source: name}
@@ -200,6 +238,12 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 		if err := a.fromMaps(objs.Maps); err != nil {
 			return nil, err
 		}
+	} else {
+		a.fromReference()
+	}
+	for cl, d := range a.wireExtra {
+		c := &a.counters[cl][classify.OutcomeNone]
+		c.Bytes = uint64(int64(c.Bytes) + d)
 	}
 	a.fill(s, mode, o.Top)
 	if objs != nil {
@@ -210,14 +254,14 @@ func ReadFrom(r *capread.Reader, name string, o Options) (*report.Snapshot, erro
 		}
 		ts.Capacity = int(capacity) // the one CPU's share, not the whole table
 		s.Table = ts
-		if s.ICMPTable, s.IKETable, err = objs.Maps.DiagTableStats(len(a.icmp), len(a.ike)); err != nil {
+		if s.ICMPTable, s.IKETable, err = objs.Maps.DiagTableStats(len(a.icmpRows), len(a.ikeRows)); err != nil {
 			return nil, err
 		}
 		s.ICMPTable.Capacity, s.IKETable.Capacity = loader.DefaultICMPMax, loader.DefaultIKEMax // the one CPU's share
 	} else {
-		s.Table = maps.TableStats{Entries: len(a.rows), Capacity: int(capacity), Inserts: a.inserts, Evictions: a.inserts - uint64(len(a.rows))}
-		s.ICMPTable = maps.TableStats{Entries: len(a.icmp), Capacity: loader.DefaultICMPMax, Inserts: uint64(len(a.icmp))}
-		s.IKETable = maps.TableStats{Entries: len(a.ike), Capacity: loader.DefaultIKEMax, Inserts: uint64(len(a.ike))}
+		s.Table = lruStats(a.unknown, int(capacity))
+		s.ICMPTable = lruStats(a.icmp, loader.DefaultICMPMax)
+		s.IKETable = lruStats(a.ike, loader.DefaultIKEMax)
 	}
 	return s, readErr
 }
@@ -246,19 +290,23 @@ func onOneCPU() (func(), error) {
 	}, nil
 }
 
-// add classifies frame with the reference classifier; counts only when count is
-// set (otherwise the maps count), timestamps always.
-func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify.SASet, count bool) {
-	if a.packets == 0 || ts.Before(a.first) {
-		a.first = ts
-	}
-	if ts.After(a.last) {
-		a.last = ts
-	}
+// add classifies frame, wire bytes long on the wire, with the reference
+// classifier; counts only when count is set (otherwise the maps count),
+// timestamps always. A zero ts (a pcapng simple packet block has none) is no
+// time.
+func (a *acc) add(frame []byte, wire int, ts time.Time, cfg *classify.Config, set classify.SASet, count bool) {
+	stampRange(&a.first, &a.last, ts)
 	a.packets++
 	res := classify.Classify(frame, cfg)
 	oc := classify.OutcomeOf(res, set)
 	n := uint64(len(frame))
+	if wire != len(frame) {
+		switch res.Class {
+		case classify.ClassOther, classify.ClassMalformed, classify.ClassFragment, classify.ClassNATKeepalive:
+			// Only a class without rows can be classified short of its wire length.
+			a.wireExtra[res.Class] += int64(wire) - int64(len(frame))
+		}
+	}
 	if count {
 		a.counters[res.Class][oc] = a.counters[res.Class][oc].Add(maps.Count{Packets: 1, Bytes: n})
 	}
@@ -268,25 +316,12 @@ func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify
 		// As in the program's keys, an IPv4-mapped address is the IPv4 one.
 		res.Src, res.Dst = res.Src.Unmap(), res.Dst.Unmap()
 		k := rowKey{res.SPI, res.Src, res.Dst, res.SrcPort, res.DstPort}
-		t := a.rowTimes[k]
-		if t[0].IsZero() || ts.Before(t[0]) {
-			t[0] = ts
+		u, fresh := a.unknown.use(k)
+		if fresh {
+			u.Unknown = maps.Unknown{SPI: res.SPI, Src: res.Src, Dst: res.Dst, SrcPort: res.SrcPort, DstPort: res.DstPort, Ifindex: ifindex}
 		}
-		if ts.After(t[1]) {
-			t[1] = ts
-		}
-		a.rowTimes[k] = t
+		stampRange(&u.first, &u.last, ts)
 		if count {
-			u := a.rows[k]
-			if u == nil {
-				a.evictFor()
-				u = &maps.Unknown{SPI: res.SPI, Src: res.Src, Dst: res.Dst, SrcPort: res.SrcPort, DstPort: res.DstPort, Ifindex: ifindex}
-				a.rows[k] = u
-				a.recentOf[k] = a.recent.PushFront(k)
-				a.inserts++
-			} else {
-				a.recent.MoveToFront(a.recentOf[k])
-			}
 			u.Packets++
 			u.Bytes += n
 			u.LastSeq = res.Seq
@@ -301,7 +336,9 @@ func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify
 			k = &report.KnownRow{KnownSA: maps.KnownSA{SA: sa}}
 			a.known[sa] = k
 		}
-		k.LastSeen = ts
+		if ts.After(k.LastSeen) { // capture times may go back
+			k.LastSeen = ts
+		}
 		if count {
 			st := a.states[sa]
 			if st == nil {
@@ -314,16 +351,72 @@ func (a *acc) add(frame []byte, ts time.Time, cfg *classify.Config, set classify
 	}
 }
 
-// evictFor makes room for a new row in the reference's table when it is full:
-// the least recently seen row goes, with its counts, as in the live table.
-func (a *acc) evictFor() {
-	if len(a.rows) < a.capacity {
+// stampRange widens the time range first..last to hold ts, unless ts is zero
+// (no time).
+func stampRange(first, last *time.Time, ts time.Time) {
+	if ts.IsZero() {
 		return
 	}
-	e := a.recent.Back()
-	k := a.recent.Remove(e).(rowKey)
-	delete(a.recentOf, k)
-	delete(a.rows, k)
+	if first.IsZero() || ts.Before(*first) {
+		*first = ts
+	}
+	if ts.After(*last) {
+		*last = ts
+	}
+}
+
+// lruStats gives the figures of a reference table of the given capacity.
+func lruStats[K comparable, V any](l *lru[K, V], capacity int) maps.TableStats {
+	return maps.TableStats{Entries: l.len(), Capacity: capacity, Inserts: l.inserts, Evictions: l.inserts - uint64(l.len())}
+}
+
+// prune keeps the capture times of the rows the program's tables hold once
+// there are times for more than twice as many rows as they can hold: memory
+// stays bounded by the tables' sizes, and every row the program reports has
+// its times.
+func (a *acc) prune(m *maps.Maps) error {
+	err := pruneTo(a.unknown, &a.pruneAt[0], m.UnknownSnapshot, func(u maps.Unknown) rowKey {
+		return rowKey{u.SPI, u.Src, u.Dst, u.SrcPort, u.DstPort}
+	})
+	if err == nil {
+		err = pruneTo(a.icmp, &a.pruneAt[1], m.ICMPSnapshot, func(e maps.ICMPRow) icmpKey { return icmpKeyOf(e.Reporter, e.ICMPError) })
+	}
+	if err == nil {
+		err = pruneTo(a.ike, &a.pruneAt[2], m.IKESnapshot, func(x maps.IKERow) ikeKey {
+			return ikeKey{x.Peer, x.Version, uint8(x.Exchange), uint8(x.Dir)}
+		})
+	}
+	return err
+}
+
+// pruneTo keeps the rows of l that the program's table (read by snap) holds,
+// once l has more than *at of them; *at grows if the table holds more than
+// half of that, so that pruning stays rare.
+func pruneTo[K comparable, V, R any](l *lru[K, V], at *int, snap func() ([]R, error), key func(R) K) error {
+	if l.len() <= *at {
+		return nil
+	}
+	rows, err := snap()
+	if err != nil {
+		return err
+	}
+	in := make(map[K]bool, len(rows))
+	for _, r := range rows {
+		in[key(r)] = true
+	}
+	l.keep(in)
+	*at = max(*at, 2*l.len())
+	return nil
+}
+
+// fromReference takes the rows from the reference's tables.
+func (a *acc) fromReference() {
+	a.rows = make(map[rowKey]*maps.Unknown, a.unknown.len())
+	a.unknown.each(func(k rowKey, u *unknownRow) { a.rows[k] = &u.Unknown })
+	a.icmpRows = make(map[icmpKey]*report.ICMPRow, a.icmp.len())
+	a.icmp.each(func(k icmpKey, r *report.ICMPRow) { a.icmpRows[k] = r })
+	a.ikeRows = make(map[ikeKey]*report.IKERow, a.ike.len())
+	a.ike.each(func(k ikeKey, r *report.IKERow) { a.ikeRows[k] = r })
 }
 
 // fromMaps takes the counts from the program's maps.
@@ -404,9 +497,12 @@ func (a *acc) fill(s *report.Snapshot, mode string, top int) {
 	}
 	for _, i := range report.TopIndices(rows, rates, top) {
 		u := rows[i]
-		t := a.rowTimes[rowKey{u.SPI, u.Src, u.Dst, u.SrcPort, u.DstPort}]
+		var first, last time.Time
+		if t := a.unknown.peek(rowKey{u.SPI, u.Src, u.Dst, u.SrcPort, u.DstPort}); t != nil {
+			first, last = t.first, t.last
+		}
 		s.Unknown = append(s.Unknown, report.UnknownRow{Unknown: u, Iface: s.Source, Rate: rates[i],
-			FirstSeen: t[0], LastSeen: t[1], Verdict: verdict(int(i)), Sources: coll[int(i)]})
+			FirstSeen: first, LastSeen: last, Verdict: verdict(int(i)), Sources: coll[int(i)]})
 	}
 	for _, k := range a.known {
 		// The kernel's clock means nothing for a capture: no source times.
@@ -427,25 +523,16 @@ func (a *acc) fill(s *report.Snapshot, mode string, top int) {
 // addDiag records an icmp-esp or ike frame's row: times always, counts when
 // count is set (else the program's maps count).
 func (a *acc) addDiag(res classify.Result, n uint64, ts time.Time, count bool) {
-	stamp := func(first, last *time.Time) {
-		if first.IsZero() || ts.Before(*first) {
-			*first = ts
-		}
-		if ts.After(*last) {
-			*last = ts
-		}
-	}
 	switch res.Class {
 	case classify.ClassICMPESP:
 		e := res.ICMP
 		e.Src, e.Dst = e.Src.Unmap(), e.Dst.Unmap() // as the program's keys
 		k := icmpKeyOf(res.Src.Unmap(), e)
-		r := a.icmp[k]
-		if r == nil {
-			r = &report.ICMPRow{ICMPRow: maps.ICMPRow{Reporter: k.reporter, Ifindex: ifindex, ICMPError: e}}
-			a.icmp[k] = r
+		r, fresh := a.icmp.use(k)
+		if fresh {
+			*r = report.ICMPRow{ICMPRow: maps.ICMPRow{Reporter: k.reporter, Ifindex: ifindex, ICMPError: e}}
 		}
-		stamp(&r.FirstSeen, &r.LastSeen)
+		stampRange(&r.FirstSeen, &r.LastSeen, ts)
 		if count {
 			r.Packets++
 			r.Bytes += n
@@ -454,12 +541,11 @@ func (a *acc) addDiag(res classify.Result, n uint64, ts time.Time, count bool) {
 	case classify.ClassIKE:
 		x := res.IKE
 		k := ikeKey{res.Src.Unmap(), x.Version, uint8(x.Exchange), uint8(x.Dir)}
-		r := a.ike[k]
-		if r == nil {
-			r = &report.IKERow{IKERow: maps.IKERow{Peer: k.peer, Ifindex: ifindex, Version: x.Version, Exchange: x.Exchange, Dir: x.Dir}}
-			a.ike[k] = r
+		r, fresh := a.ike.use(k)
+		if fresh {
+			*r = report.IKERow{IKERow: maps.IKERow{Peer: k.peer, Ifindex: ifindex, Version: x.Version, Exchange: x.Exchange, Dir: x.Dir}}
 		}
-		stamp(&r.FirstSeen, &r.LastSeen)
+		stampRange(&r.FirstSeen, &r.LastSeen, ts)
 		if count {
 			r.Packets++
 			r.Bytes += n
@@ -482,23 +568,22 @@ func (a *acc) diagFromMaps(m *maps.Maps) error {
 	if err != nil {
 		return err
 	}
-	seenICMP, seenIKE := a.icmp, a.ike
-	a.icmp, a.ike = map[icmpKey]*report.ICMPRow{}, map[ikeKey]*report.IKERow{}
+	a.icmpRows, a.ikeRows = map[icmpKey]*report.ICMPRow{}, map[ikeKey]*report.IKERow{}
 	for _, e := range icmp {
 		k := icmpKeyOf(e.Reporter, e.ICMPError)
 		r := &report.ICMPRow{ICMPRow: e}
-		if p := seenICMP[k]; p != nil {
+		if p := a.icmp.peek(k); p != nil {
 			r.FirstSeen, r.LastSeen = p.FirstSeen, p.LastSeen
 		}
-		a.icmp[k] = r
+		a.icmpRows[k] = r
 	}
 	for _, x := range ike {
 		k := ikeKey{x.Peer, x.Version, uint8(x.Exchange), uint8(x.Dir)}
 		r := &report.IKERow{IKERow: x}
-		if p := seenIKE[k]; p != nil {
+		if p := a.ike.peek(k); p != nil {
 			r.FirstSeen, r.LastSeen = p.FirstSeen, p.LastSeen
 		}
-		a.ike[k] = r
+		a.ikeRows[k] = r
 	}
 	return nil
 }
@@ -510,7 +595,7 @@ func (a *acc) fillDiag(s *report.Snapshot, secs float64) {
 	for _, k := range s.Known {
 		known[k.SA] = true
 	}
-	for _, r := range a.icmp {
+	for _, r := range a.icmpRows {
 		row := *r
 		row.Iface, row.FirstSeenNs, row.LastSeenNs = s.Source, 0, 0
 		if secs > 0 {
@@ -525,7 +610,7 @@ func (a *acc) fillDiag(s *report.Snapshot, secs float64) {
 		unknown = append(unknown, *u)
 	}
 	peerUnknown := report.PeerUnknownCounts(unknown)
-	for _, r := range a.ike {
+	for _, r := range a.ikeRows {
 		row := *r
 		row.PeerUnknown = peerUnknown[row.Peer]
 		row.Iface, row.FirstSeenNs, row.LastSeenNs = s.Source, 0, 0
