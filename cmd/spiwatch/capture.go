@@ -301,7 +301,7 @@ type captureTarget struct {
 	m       *maps.Maps
 	cap     *maps.Capture
 	ifaces  []report.Iface
-	beside  string // "spiwatch program id N" when a running spiwatch is used
+	beside  string           // "spiwatch program id N" when a running spiwatch is used
 	progs   []ebpf.ProgramID // beside a run: the program on each of ifaces
 	cleanup func()
 }

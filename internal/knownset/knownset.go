@@ -96,12 +96,15 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 			}
 		}
 	}
-	// Taken before the map changes: a packet counted unknown after a removal is
-	// then never older than the removal.
+	// A removal dates from before the map changes, an addition from after: the
+	// change takes a while on a big map (it is read whole: some 200 ms for
+	// 50,000 SAs), and a packet counted unknown meanwhile must be stale if its
+	// SA was going, a rekey race if it was coming.
 	now := s.now()
 	if err := s.target.ReplaceKnown(list); err != nil {
 		return fmt.Errorf("updating known SAs from %s: %w", source, err)
 	}
+	done := s.now()
 	for sa := range union {
 		k := keyOf(sa)
 		if s.from[k] != nil {
@@ -110,7 +113,7 @@ func (s *Set) Update(source string, sas []maps.SA) error {
 		if r, ok := s.removed[k]; ok && now.Sub(r.last) <= s.history {
 			continue // back, not new: its rows keep their verdicts
 		}
-		s.addedAt[k] = now
+		s.addedAt[k] = done
 		delete(s.removed, k)
 	}
 	for sa := range s.current {

@@ -120,7 +120,8 @@ func (s Spec) String() string {
 // DefaultVICISocket is where charon listens unless configured otherwise.
 const DefaultVICISocket = "/var/run/charon.vici"
 
-// ParseSpec reads xfrm, vici, vici=SOCKET, file=PATH or none.
+// ParseSpec reads xfrm, vici, vici=SOCKET (a path, or unix://PATH as strongSwan
+// writes it), file=PATH or none.
 func ParseSpec(s string) (Spec, error) {
 	kind, arg, hasArg := strings.Cut(s, "=")
 	switch kind {
@@ -129,6 +130,13 @@ func ParseSpec(s string) (Spec, error) {
 			return Spec{}, fmt.Errorf("--known-from %q: %s takes no value", s, kind)
 		}
 	case "vici":
+		// strongSwan names the socket as a URI (charon.plugins.vici.socket,
+		// swanctl --uri): unix://PATH is PATH.
+		if p, ok := strings.CutPrefix(arg, "unix://"); ok {
+			arg = p
+		} else if scheme, _, ok := strings.Cut(arg, "://"); ok && isScheme(scheme) {
+			return Spec{}, fmt.Errorf("--known-from %q: spiwatch connects to charon's VICI unix socket only, not %s:// (give vici=PATH or vici=unix://PATH, as in charon.plugins.vici.socket)", s, scheme)
+		}
 		if hasArg && arg == "" {
 			return Spec{}, fmt.Errorf("--known-from %q: empty socket path (leave out =SOCKET for %s)", s, DefaultVICISocket)
 		}
@@ -140,4 +148,16 @@ func ParseSpec(s string) (Spec, error) {
 		return Spec{}, fmt.Errorf("--known-from %q: want xfrm, vici[=SOCKET], file=PATH or none", s)
 	}
 	return Spec{Kind: kind, Arg: arg}, nil
+}
+
+// isScheme says whether s is a URI scheme (RFC 3986: a letter, then letters,
+// digits, "+", "-" or "."), so that a socket path with "://" in it stays a path.
+func isScheme(s string) bool {
+	for i, c := range s {
+		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		if !letter && (i == 0 || !(c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.')) {
+			return false
+		}
+	}
+	return s != ""
 }

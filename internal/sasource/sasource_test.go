@@ -59,3 +59,29 @@ func TestHealth(t *testing.T) {
 		t.Errorf("after a good sync: %+v", got)
 	}
 }
+
+// TestParseSpecVICIURI: strongSwan names its VICI socket as a URI
+// (charon.plugins.vici.socket = unix:///var/run/charon.vici, swanctl --uri), and
+// that is what a user copies. unix://PATH is the socket PATH; it used to be taken
+// as a file name, which never exists, and the source waited for a charon "not
+// running yet" forever. Another scheme is refused, saying what is wanted.
+func TestParseSpecVICIURI(t *testing.T) {
+	for in, want := range map[string]Spec{
+		"vici=unix:///var/run/charon.vici": {Kind: "vici", Arg: "/var/run/charon.vici"},
+		"vici=unix:///run/strongswan/x":    {Kind: "vici", Arg: "/run/strongswan/x"},
+		"vici=unix://charon.vici":          {Kind: "vici", Arg: "charon.vici"},     // relative, as strongSwan reads it
+		"vici=/tmp/odd://name":             {Kind: "vici", Arg: "/tmp/odd://name"}, // a path, not a URI
+	} {
+		if got, err := ParseSpec(in); err != nil || got != want {
+			t.Errorf("ParseSpec(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+	for in, want := range map[string]string{
+		"vici=tcp://127.0.0.1:4502": "unix socket",
+		"vici=unix://":              "empty socket path",
+	} {
+		if got, err := ParseSpec(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseSpec(%q) = %+v, %v; want an error with %q", in, got, err, want)
+		}
+	}
+}

@@ -18,6 +18,7 @@ const (
 	msgExpire  = 0x18 // XFRM_MSG_EXPIRE
 	msgUpdSA   = 0x1a // XFRM_MSG_UPDSA
 	msgFlushSA = 0x1c // XFRM_MSG_FLUSHSA
+	msgMigrate = 0x21 // XFRM_MSG_MIGRATE
 
 	attrAlgAuth      = 1  // XFRMA_ALG_AUTH
 	attrAlgCrypt     = 2  // XFRMA_ALG_CRYPT
@@ -53,10 +54,11 @@ const (
 	Add                  // NEWSA, UPDSA or a dumped state: the state exists now
 	Remove               // DELSA or a hard EXPIRE: the state is gone
 	FlushAll             // FLUSHSA covering ESP: every state is gone
+	Reread               // MIGRATE: states moved to new addresses, with no SA event: read them all again
 )
 
 func (k Kind) String() string {
-	return [...]string{"ignore", "add", "remove", "flush"}[k]
+	return [...]string{"ignore", "add", "remove", "flush", "reread"}[k]
 }
 
 // ID names one kernel state. The kernel's lookup key is destination, SPI, protocol
@@ -144,6 +146,13 @@ func Parse(typ uint16, data []byte) (Event, error) {
 			return Event{Kind: FlushAll}, nil
 		}
 		return Event{}, nil
+	case msgMigrate:
+		// The kernel moved states (and policies) to new addresses: it adds
+		// each moved copy and deletes the original without a NEWSA or DELSA
+		// (xfrm_migrate), so the source can only read the states again. The
+		// message names addresses, not SPIs, and may move no ESP state at all:
+		// nothing in it is needed.
+		return Event{Kind: Reread}, nil
 	}
 	return Event{}, nil
 }

@@ -126,6 +126,7 @@ func TestParse(t *testing.T) {
 		{"flush 0", msgFlushSA, []byte{0, 0, 0, 0}, Event{Kind: FlushAll}},
 		{"flush AH only", msgFlushSA, []byte{51}, Event{}},
 		{"policy ignored", 0x13, make([]byte, 8), Event{}},
+		{"migrate: read again", msgMigrate, make([]byte, 64), Event{Kind: Reread}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Parse(tc.typ, tc.data)
@@ -248,7 +249,7 @@ func FuzzParse(f *testing.F) {
 			if !ev.State.Dst.IsValid() || (!ev.State.Dst.Is4() && !ev.State.Dst.Is6()) {
 				t.Fatalf("%v event without a destination: %+v", ev.Kind, ev)
 			}
-		case FlushAll, Ignore:
+		case FlushAll, Ignore, Reread:
 			if ev.State != (State{}) {
 				t.Fatalf("%v event with a state: %+v", ev.Kind, ev)
 			}

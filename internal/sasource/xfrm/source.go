@@ -6,9 +6,10 @@
 // kernel-netlink, libreswan and `ip xfrm` install SAs: a full dump of the ESP states
 // at start, then the NETLINK_XFRM multicast events (new, update, delete, hard
 // expire, flush) keep the known-SA set equal to the inbound states, within a few
-// milliseconds. A lost event (ENOBUFS) triggers a full re-dump, counted and reported;
-// the event socket is emptied first, so no event older than that dump is applied on
-// top of it.
+// milliseconds. A migration (XFRM_MSG_MIGRATE), which moves states to new
+// addresses without any of those events, is followed by a full dump. A lost event
+// (ENOBUFS) triggers a full re-dump, counted and reported; the event socket is
+// emptied first, so no event older than that dump is applied on top of it.
 //
 // Privileges: Start needs CAP_NET_ADMIN (joining the xfrm groups and dumping the
 // states). Afterwards the event socket needs nothing, but a resync after lost events
@@ -75,6 +76,7 @@ type Source struct {
 	stopping    atomic.Bool   // set before addrDone closes: its socket error is expected
 
 	beforeReceive func() // tests: stall the event loop so the socket overruns
+	afterDump     func() // tests: count the dumps
 }
 
 var _ sasource.Source = (*Source)(nil)
@@ -148,11 +150,12 @@ func (s *Source) stopAddrs() {
 	close(s.addrDone)
 }
 
-// subscribe opens the event socket: XFRMNLGRP_SA (NEWSA, UPDSA, DELSA, FLUSHSA)
-// and XFRMNLGRP_EXPIRE (soft and hard expires; a hard one deletes the state
-// without a DELSA).
+// subscribe opens the event socket: XFRMNLGRP_SA (NEWSA, UPDSA, DELSA, FLUSHSA),
+// XFRMNLGRP_EXPIRE (soft and hard expires; a hard one deletes the state
+// without a DELSA) and XFRMNLGRP_MIGRATE (states moved to new addresses without
+// any SA event: libreswan's MOBIKE, Mobile IPv6).
 func (s *Source) subscribe() (*nl.NetlinkSocket, error) {
-	sock, err := nl.SubscribeAt(s.opts.NetNS, netns.None(), unix.NETLINK_XFRM, nl.XFRMNLGRP_SA, nl.XFRMNLGRP_EXPIRE)
+	sock, err := nl.SubscribeAt(s.opts.NetNS, netns.None(), unix.NETLINK_XFRM, nl.XFRMNLGRP_SA, nl.XFRMNLGRP_EXPIRE, nl.XFRMNLGRP_MIGRATE)
 	if err != nil {
 		return nil, fmt.Errorf("xfrm: joining the SA event groups: %w%s", err, hint(err))
 	}
@@ -182,6 +185,9 @@ func (s *Source) dump() ([]State, error) {
 	_ = sock.SetReceiveTimeout(&unix.Timeval{Sec: 10})
 	for attempt := 0; ; attempt++ {
 		states, interrupted, err := dumpOnce(sock)
+		if s.afterDump != nil {
+			s.afterDump()
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -236,7 +242,7 @@ func dumpOnce(sock *nl.NetlinkSocket) (states []State, interrupted bool, err err
 const maxDrain = 1 << 20
 
 // resync makes the table the kernel's states again after events were lost or
-// unreadable. It empties the event socket before it dumps: the events queued there
+// unreadable, or states migrated. It empties the event socket before it dumps: the events queued there
 // are older than the dump, and applied on top of it they would bring back states
 // whose removal was lost. Emptying it also ends the kernel's overrun state, in which
 // it drops every event without a further ENOBUFS; the events that come after are
@@ -292,10 +298,22 @@ func (s *Source) apply(route *netlink.Handle, sink sasource.Sink) (handed bool, 
 	return true, nil
 }
 
+// addrListAttempts bounds the listings of the local addresses when the kernel
+// says each was interrupted by a change.
+const addrListAttempts = 4
+
 // localAddrs are this namespace's addresses: an SA whose destination is one of
-// them is inbound.
+// them is inbound. A listing that addresses changed during (the kernel marks it
+// interrupted: a failover moving many addresses at once) may miss some, and is
+// made again at once.
 func localAddrs(route *netlink.Handle) (map[netip.Addr]bool, error) {
-	addrs, err := route.AddrList(nil, netlink.FAMILY_ALL)
+	var addrs []netlink.Addr
+	var err error
+	for range addrListAttempts {
+		if addrs, err = route.AddrList(nil, netlink.FAMILY_ALL); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("xfrm: listing local addresses: %w", err)
 	}
@@ -324,17 +342,19 @@ func (s *Source) follow(ctx context.Context, sink sasource.Sink, r sasource.Repo
 		dirty       bool // the table changed since the last set handed on
 		first, last time.Time
 		retryAt     time.Time // after a failure: when to try again
-		needResync  bool
-		resyncWhy   string
+		needResync  bool      // read every state again (a dump) before handing on
+		resyncWhy   string    // why, when events were lost; "" after a migration, which loses none
+		migrated    bool      // states migrated in this burst: read them again once it ends
 	)
 	for ctx.Err() == nil {
 		now := time.Now()
 		wait := idlePoll
-		if dirty {
-			wait = min(wait, last.Add(s.opts.Coalesce).Sub(now), first.Add(maxCoalesce).Sub(now))
-		}
 		if !retryAt.IsZero() {
+			// Nothing is handed on before the retry (a burst that ended
+			// meanwhile waits for it too): until then, only events.
 			wait = min(wait, retryAt.Sub(now))
+		} else if dirty {
+			wait = min(wait, last.Add(s.opts.Coalesce).Sub(now), first.Add(maxCoalesce).Sub(now))
 		}
 		if wait > 0 {
 			if s.beforeReceive != nil {
@@ -351,7 +371,12 @@ func (s *Source) follow(ctx context.Context, sink sasource.Sink, r sasource.Repo
 						needResync, resyncWhy = true, perr.Error()
 						continue
 					}
-					if s.table.Apply(ev) {
+					if ev.Kind == Reread {
+						// One dump for a burst: a MOBIKE update migrates
+						// the policies of each direction in turn.
+						migrated = true
+					}
+					if ev.Kind == Reread || s.table.Apply(ev) {
 						if !dirty {
 							first = time.Now()
 						}
@@ -378,22 +403,30 @@ func (s *Source) follow(ctx context.Context, sink sasource.Sink, r sasource.Repo
 			dirty, last = true, now
 		}
 		due := retryAt.IsZero() || !now.Before(retryAt)
+		burstGoesOn := now.Before(last.Add(s.opts.Coalesce)) && now.Before(first.Add(maxCoalesce))
+		if migrated && !burstGoesOn {
+			needResync, migrated = true, false // quietly, unless events were lost too
+		}
 		if needResync && due {
-			r.Notice(s.Name(), "resyncing with a full dump: "+resyncWhy)
+			if resyncWhy != "" {
+				r.Notice(s.Name(), "resyncing with a full dump: "+resyncWhy)
+			}
 			if err := s.resync(events); err != nil {
 				s.health.Failed(err)
 				r.Failed(s.Name(), err)
 				retryAt = now.Add(retryAfter)
 				continue
 			}
-			s.health.Resynced()
-			needResync, retryAt = false, time.Time{}
-			dirty, first, last = true, time.Time{}, time.Time{} // hand on at once
+			if resyncWhy != "" {
+				s.health.Resynced()
+			}
+			needResync, resyncWhy, retryAt = false, "", time.Time{}
+			dirty, burstGoesOn = true, false // hand on at once
 		}
 		if needResync || !dirty || !due {
 			continue
 		}
-		if now.Before(last.Add(s.opts.Coalesce)) && now.Before(first.Add(maxCoalesce)) {
+		if burstGoesOn {
 			continue // the burst goes on
 		}
 		handed, err := s.apply(route, sink)
