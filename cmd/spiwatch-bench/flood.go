@@ -4,12 +4,13 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spiwatch/spiwatch/internal/frames"
+	"github.com/spiwatch/spiwatch/internal/knownset"
 	"github.com/spiwatch/spiwatch/internal/netlab"
 	"github.com/spiwatch/spiwatch/internal/report"
 	"github.com/spiwatch/spiwatch/internal/trafficgen"
@@ -29,16 +31,31 @@ import (
 // SPIs, and what the spiwatch process costs meanwhile.
 type floodResult struct {
 	distinct       uint64 // distinct (SPI, source) keys sent
-	entries        int
+	entries        int    // reported by spiwatch
 	capacity       int
 	inserts        uint64
 	insertFailures uint64
 	evictions      uint64 // reported by spiwatch
-	mapMemlock     map[string]uint64
-	rssKiB, hwmKiB uint64
-	idleCPU        []time.Duration // per 1 s interval
-	floodCPU       []time.Duration
-	floodSeconds   float64
+	// inTable is how many of the keys sent the kernel's table still holds,
+	// counted by the bench in the map itself (not from spiwatch's report), and
+	// foreign how many of its rows are not keys sent: the evictions that
+	// happened are distinct - inTable, whatever spiwatch says.
+	inTable, foreign uint64
+	mapMemlock       map[string]uint64
+	rssKiB, hwmKiB   uint64
+	idleCPU          []cpuInterval
+	floodCPU         []cpuInterval
+	floodSeconds     float64
+}
+
+// evicted is the evictions that happened, from the bench's own count of the
+// kernel table.
+func (f *floodResult) evicted() uint64 { return f.distinct - min(f.inTable, f.distinct) }
+
+// evictionsExact is the target "eviction figures exact": spiwatch's evictions
+// and table entries equal what the kernel's table shows, and no insert failed.
+func (f *floodResult) evictionsExact() bool {
+	return f.evictions == f.evicted() && uint64(f.entries) == f.inTable && f.foreign == 0 && f.insertFailures == 0
 }
 
 // The flood's addresses are in 198.18.0.0/15 (RFC 2544 benchmarking) and never
@@ -103,7 +120,13 @@ func flood(spiwatchBin string, frames int, idle time.Duration) (*floodResult, er
 	if err != nil {
 		return nil, err
 	}
-	res.distinct = uint64(min(frames, int(st.SPIs)))
+	// Every frame a key of its own: frame i is SPI base+i from source base+i%1000,
+	// so the keys repeat only after st.SPIs frames, and then a key evicted earlier
+	// would be inserted again, which the eviction check does not model.
+	if frames > int(st.SPIs) {
+		return nil, fmt.Errorf("-flood-frames %d: at most %d, the flood's distinct SPIs", frames, st.SPIs)
+	}
+	res.distinct = uint64(frames)
 	var s *trafficgen.Sender
 	if err := netlab.In(lab.NSA, func() error {
 		s, err = trafficgen.NewSender(lab.Sender, vary)
@@ -112,7 +135,7 @@ func flood(spiwatchBin string, frames int, idle time.Duration) (*floodResult, er
 		return nil, err
 	}
 	defer s.Close()
-	cpuDone := make(chan []time.Duration, 1)
+	cpuDone := make(chan []cpuInterval, 1)
 	stopCPU := make(chan struct{})
 	go func() { cpuDone <- cpuUntil(pid, stopCPU) }()
 	start := time.Now()
@@ -151,8 +174,77 @@ func flood(spiwatchBin string, frames int, idle time.Duration) (*floodResult, er
 	if err != nil {
 		return nil, err
 	}
-	res.mapMemlock, err = mapMemlock(pid)
+	pm, err := processMaps(pid)
+	if err != nil {
+		return nil, err
+	}
+	res.mapMemlock = map[string]uint64{}
+	for _, m := range pm {
+		res.mapMemlock[m.name] += m.memlock
+	}
+	// The kernel's table, read by the bench: the flood is over and spiwatch only
+	// reads the table, so it holds what spiwatch's last report counted.
+	var unknownID ebpf.MapID
+	for _, m := range pm {
+		if m.name == "sw_unknown" {
+			unknownID = m.id
+		}
+	}
+	if unknownID == 0 {
+		return nil, fmt.Errorf("spiwatch (pid %d) holds no map sw_unknown", pid)
+	}
+	res.inTable, res.foreign, err = countFloodKeys(unknownID, st.SPI, st.Frame.Src, st.Frame.Dst, st.Srcs, res.distinct)
 	return res, err
+}
+
+// floodKey mirrors struct unknown_key (bpf/spiwatch.h): addresses IPv6 or
+// IPv4-mapped, the SPI in host order, ports 0 for plain ESP.
+type floodKey struct {
+	Saddr, Daddr [16]byte
+	SPI, Ifindex uint32
+	Sport, Dport uint16
+}
+
+// countFloodKeys counts the rows of the unknown table (map id) that are keys
+// the flood sent: SPI spi+i from src+i%srcs (the low word) to dst, for i below
+// n; other is every other row.
+func countFloodKeys(id ebpf.MapID, spi uint32, src, dst netip.Addr, srcs uint32, n uint64) (sent, other uint64, err error) {
+	m, err := ebpf.NewMapFromID(id)
+	if err != nil {
+		return 0, 0, fmt.Errorf("opening the unknown table: %w", err)
+	}
+	defer m.Close()
+	if m.KeySize() != uint32(binary.Size(floodKey{})) {
+		return 0, 0, fmt.Errorf("unknown table: key of %d bytes, the bench's mirror has %d: update floodKey", m.KeySize(), binary.Size(floodKey{}))
+	}
+	return countKeys(m.Iterate(), spi, src, dst, srcs, n)
+}
+
+// keyIterator is *ebpf.MapIterator with the values ignored.
+type keyIterator interface {
+	Next(key, value any) bool
+	Err() error
+}
+
+func countKeys(it keyIterator, spi uint32, src, dst netip.Addr, srcs uint32, n uint64) (sent, other uint64, err error) {
+	var k floodKey
+	var v []byte
+	src16, dst16 := netip.AddrFrom16(src.As16()).As16(), netip.AddrFrom16(dst.As16()).As16()
+	srcLow := binary.BigEndian.Uint32(src16[12:])
+	for it.Next(&k, &v) {
+		i := uint64(k.SPI - spi)
+		want := src16
+		binary.BigEndian.PutUint32(want[12:], srcLow+uint32(i%uint64(max(srcs, 1))))
+		if i < n && k.Saddr == want && k.Daddr == dst16 && k.Sport == 0 && k.Dport == 0 {
+			sent++
+		} else {
+			other++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, 0, fmt.Errorf("reading the unknown table: %w", err)
+	}
+	return sent, other, nil
 }
 
 func waitFor(r io.Reader, text string, timeout time.Duration) error {
@@ -175,31 +267,16 @@ func waitFor(r io.Reader, text string, timeout time.Duration) error {
 	}
 }
 
-// cpuTime is the process's CPU time (user + system): the sum of its threads'
-// run time in nanoseconds from /proc/PID/task/*/schedstat, where the kernel has
-// it, else /proc/PID/stat's in clock ticks (10 ms: coarser than an idle
-// second's use).
+// cpuTime is the process's CPU time (user + system) in nanoseconds: its CPU-time
+// clock (clock_getcpuclockid), which is the sum over all its threads, those that
+// have exited included; else /proc/PID/stat's in clock ticks (10 ms: coarser than
+// an idle second's use). Summing /proc/PID/task/*/schedstat would lose the time
+// of every thread that exited.
 func cpuTime(pid int) (time.Duration, error) {
-	if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err == nil {
-		var sum time.Duration
-		ok := true
-		for _, t := range tasks {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
-			if err != nil {
-				ok = false
-				break
-			}
-			f := strings.Fields(string(b))
-			ns, err := strconv.ParseUint(f[0], 10, 64)
-			if err != nil {
-				ok = false
-				break
-			}
-			sum += time.Duration(ns)
-		}
-		if ok && len(tasks) > 0 {
-			return sum, nil
-		}
+	var ts unix.Timespec
+	// MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+	if err := unix.ClockGettime(int32(^uint32(pid)<<3)|2, &ts); err == nil {
+		return time.Duration(ts.Nano()), nil
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -211,28 +288,45 @@ func cpuTime(pid int) (time.Duration, error) {
 	return time.Duration(ut+stt) * time.Second / 100, nil // USER_HZ is 100 on Linux
 }
 
-func cpuPerSecond(pid int, d time.Duration) ([]time.Duration, error) {
+// cpuInterval is a process's CPU time over a stretch of wall time.
+type cpuInterval struct{ cpu, wall time.Duration }
+
+func cpuPerSecond(pid int, d time.Duration) ([]cpuInterval, error) {
 	stop := make(chan struct{})
 	go func() { time.Sleep(d); close(stop) }()
 	return cpuUntil(pid, stop), nil
 }
 
-func cpuUntil(pid int, stop chan struct{}) []time.Duration {
-	var out []time.Duration
-	prev, _ := cpuTime(pid)
+// cpuUntil samples the process's CPU time every second until stop, and then
+// once more: the last, shorter interval is kept, so that a phase shorter than a
+// second, or the tail of a longer one, is measured too.
+func cpuUntil(pid int, stop chan struct{}) []cpuInterval {
+	var out []cpuInterval
+	prev, err := cpuTime(pid)
+	if err != nil {
+		return nil
+	}
+	prevAt := time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
+		var done bool
 		select {
 		case <-stop:
-			return out
+			done = true
 		case <-tick.C:
-			cur, err := cpuTime(pid)
-			if err != nil {
-				return out
-			}
-			out = append(out, cur-prev)
-			prev = cur
+		}
+		cur, err := cpuTime(pid)
+		now := time.Now()
+		if err != nil {
+			return out
+		}
+		if now.Sub(prevAt) > 0 {
+			out = append(out, cpuInterval{cpu: cur - prev, wall: now.Sub(prevAt)})
+		}
+		prev, prevAt = cur, now
+		if done {
+			return out
 		}
 	}
 }
@@ -257,10 +351,19 @@ func rss(pid int) (rss, hwm uint64, err error) {
 	return rss, hwm, nil
 }
 
-// mapMemlock reads the kernel memory charged to each map the process holds, from
-// /proc/PID/fdinfo (what bpftool map show reports as memlock).
-func mapMemlock(pid int) (map[string]uint64, error) {
-	out := map[string]uint64{}
+// procMap is one BPF map a process holds.
+type procMap struct {
+	name    string
+	id      ebpf.MapID
+	memlock uint64
+}
+
+// processMaps lists the maps the process holds, each once, with the kernel
+// memory charged to it, from /proc/PID/fdinfo (what bpftool map show reports as
+// memlock).
+func processMaps(pid int) ([]procMap, error) {
+	var out []procMap
+	seen := map[ebpf.MapID]bool{}
 	fds, err := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", pid))
 	if err != nil {
 		return nil, err
@@ -280,6 +383,9 @@ func mapMemlock(pid int) (map[string]uint64, error) {
 				mem, _ = strconv.ParseUint(f[1], 10, 64)
 			}
 		}
+		if seen[ebpf.MapID(id)] {
+			continue // two descriptors of one map
+		}
 		m, err := ebpf.NewMapFromID(ebpf.MapID(id))
 		if err != nil {
 			continue
@@ -287,68 +393,87 @@ func mapMemlock(pid int) (map[string]uint64, error) {
 		info, err := m.Info()
 		m.Close()
 		if err == nil {
-			out[info.Name] = mem
+			seen[ebpf.MapID(id)] = true
+			out = append(out, procMap{name: info.Name, id: ebpf.MapID(id), memlock: mem})
 		}
 	}
 	return out, nil
 }
 
-// reportTime fills the unknown table to entries rows and times one full report:
-// snapshot with batch reads, table stats, known SAs, rates, and the JSON line.
-func reportTime(entries, rounds int) (median time.Duration, got int, err error) {
+// reportTime fills the unknown table to entries rows and times one full report as
+// spiwatch --json makes it: snapshot with batch reads, table stats, known SAs and
+// their sources, rates, every row's verdict, and the JSON line.
+// capacity is the table's, twice entries (below).
+func reportTime(entries, rounds int) (median time.Duration, got, capacity int, err error) {
 	// Twice the rows' room: per-CPU LRU lists start evicting before the table is
 	// full, and the figure wanted is for exactly this many rows.
 	objs, err := loader.Load(loader.Settings{UnknownMax: uint32(2 * entries)})
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer objs.Close()
-	if err := objs.Maps.AddKnown(benchKnown...); err != nil {
-		return 0, 0, err
+	rep, _, err := benchReporter(objs)
+	if err != nil {
+		return 0, 0, 0, err
 	}
 	prog, err := objs.Program(0)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	// The table's LRU lists are per CPU (BPF_F_NO_COMMON_LRU), each holding an
 	// equal share: fill it from every CPU in turn.
 	f := frames.Frame{Src: benchPeer, Dst: benchGW}
-	ncpu := runtime.NumCPU()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	for cpu := 0; cpu < ncpu; cpu++ {
-		var set unix.CPUSet
-		set.Set(cpu)
-		if err := unix.SchedSetaffinity(0, &set); err != nil {
-			return 0, 0, err
-		}
-		for i := cpu; i < entries; i += ncpu {
-			if _, err := prog.Run(&ebpf.RunOptions{Data: f.ESP(0x20000000+uint32(i), 1, 56)}); err != nil {
-				return 0, 0, err
-			}
-		}
-	}
-	rep, err := report.New(objs.Maps, []report.Iface{{Name: "lo", Ifindex: 1, Mode: "test", Slot: 0}})
+	cpus, err := threadCPUs()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	rep.Top = 20 // as spiwatch's default --top
+	for k, cpu := range cpus {
+		unpin, err := pinThread(cpu)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		for i := k; i < entries && err == nil; i += len(cpus) {
+			_, err = prog.Run(&ebpf.RunOptions{Data: f.ESP(0x20000000+uint32(i), 1, 56)})
+		}
+		unpin()
+		if err != nil {
+			return 0, 0, 0, err
+		}
+	}
 	if snap, err := objs.Maps.UnknownSnapshot(); err != nil || len(snap) != entries {
-		return 0, 0, fmt.Errorf("filled the table with %d rows, want %d (%v)", len(snap), entries, err)
+		return 0, 0, 0, fmt.Errorf("filled the table with %d rows, want %d (%v)", len(snap), entries, err)
 	}
 	var times []time.Duration
 	for r := 0; r < rounds; r++ {
 		start := time.Now()
 		s, err := rep.Take()
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		if err := report.WriteJSON(io.Discard, s, 20); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		times = append(times, time.Since(start))
 		got = s.UnknownRows
 	}
 	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-	return times[len(times)/2], got, nil
+	return times[len(times)/2], got, objs.Maps.UnknownCapacity(), nil
+}
+
+// benchReporter is the reporter spiwatch --json runs, on objs with the bench's
+// known SAs: the known SAs kept by a knownset.Set, as spiwatch keeps them, which
+// gives every row its verdict (stale, rekey race or unknown) and every known SA
+// its sources; the default --top.
+func benchReporter(objs *loader.Objects) (*report.Reporter, *knownset.Set, error) {
+	known := knownset.New(objs.Maps, knownset.DefaultHistory, knownset.DefaultRekeyGrace)
+	if err := known.Update("--known-spi", benchKnown); err != nil {
+		return nil, nil, err
+	}
+	rep, err := report.New(objs.Maps, []report.Iface{{Name: "lo", Ifindex: 1, Mode: "test", Slot: 0}})
+	if err != nil {
+		return nil, nil, err
+	}
+	rep.Top = 20
+	rep.Verdict, rep.KnownFrom = known.Verdict, known.SourcesOf
+	return rep, known, nil
 }

@@ -47,3 +47,39 @@ func TestCPUTime(t *testing.T) {
 		t.Errorf("CPU times %v and %v are whole clock ticks: the per-thread run time was not read", slept-before, busy-slept)
 	}
 }
+
+// A process's CPU time includes its threads that have exited: Go retires a
+// thread whose goroutine ends locked to it (spiwatch's xfrm probe does that).
+func TestCPUTimeExitedThread(t *testing.T) {
+	pid := os.Getpid()
+	before, err := cpuTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		spinCPU(30 * time.Millisecond)
+		close(done)
+	}()
+	<-done
+	time.Sleep(50 * time.Millisecond) // the thread is gone
+	after, err := cpuTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after - before; d < 20*time.Millisecond {
+		t.Errorf("30 ms of CPU on a thread that then exited counted as %v", d)
+	}
+}
+
+// spinCPU uses d of this thread's CPU time, however long that takes.
+func spinCPU(d time.Duration) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var t0, t1 unix.Timespec
+	unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &t0)
+	for t1 = t0; time.Duration(t1.Nano()-t0.Nano()) < d; {
+		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &t1)
+	}
+}

@@ -33,6 +33,7 @@ type results struct {
 	flood          *floodResult
 	floodFrames    int
 	reportEntries  int
+	reportCapacity int
 	reportMedian   time.Duration
 	reportRows     int
 	capture        *captureResult
@@ -88,7 +89,7 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 	if *reportOnly {
-		d, n, err := reportTime(65536, 11)
+		d, n, _, err := reportTime(65536, 11)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "spiwatch-bench: %v\n", err)
 			os.Exit(1)
@@ -115,7 +116,6 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 	if variants != "" {
 		vfiles = strings.Split(variants, ",")
 	}
-	var err error
 	if e2eOnly {
 		if err := runE2E(r, vfiles); err != nil {
 			return err
@@ -128,23 +128,24 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 
 	// Per-packet costs: one CPU for the whole table, since test runs execute on
 	// the calling thread's CPU.
-	runtime.LockOSThread()
-	var set unix.CPUSet
-	set.Set(0)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return fmt.Errorf("pinning to CPU 0: %w", err)
+	cpus, err := threadCPUs()
+	if err != nil {
+		return err
+	}
+	unpin, err := pinThread(cpus[0])
+	if err != nil {
+		return err
 	}
 	kinds := len(frameKinds())
 	if only != "" {
 		kinds = len(strings.Split(only, ","))
 	}
 	step("per-packet cost: %d frame kinds x %d programs (%d loads each) x %d rounds of %d runs", kinds, 5+len(vfiles), instances, rounds, repeat)
-	if r.perPacket, err = perPacket(repeat, rounds, instances, only, vfiles); err != nil {
+	r.perPacket, err = perPacket(repeat, rounds, instances, only, vfiles)
+	unpin()
+	if err != nil {
 		return err
 	}
-	set.Set(1)
-	unix.SchedSetaffinity(0, &set)
-	runtime.UnlockOSThread()
 	if quick {
 		printPerPacket(os.Stdout, r.perPacket)
 		typical, worst := kernelAgreement(r.perPacket)
@@ -161,7 +162,7 @@ func run(repeat, rounds int, only, variants string, e2eFrames, floodFrames int, 
 	}
 	r.reportEntries = 65536
 	step("one full report at %d unknown-table entries", r.reportEntries)
-	if r.reportMedian, r.reportRows, err = reportTime(r.reportEntries, 11); err != nil {
+	if r.reportMedian, r.reportRows, r.reportCapacity, err = reportTime(r.reportEntries, 11); err != nil {
 		return err
 	}
 	step("capture: %d frames, tcpdump + tshark, then spiwatch capture", captureFramesFlag)
@@ -210,6 +211,48 @@ func runE2E(r *results, vfiles []string) error {
 
 // captureFramesFlag is -capture-frames.
 var captureFramesFlag int
+
+// threadCPUs are the CPUs the calling thread may run on, in order.
+func threadCPUs() ([]int, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil, fmt.Errorf("reading the CPUs this thread may use: %w", err)
+	}
+	var cpus []int
+	for cpu := 0; len(cpus) < set.Count(); cpu++ {
+		if set.IsSet(cpu) {
+			cpus = append(cpus, cpu)
+		}
+	}
+	return cpus, nil
+}
+
+// pinThread locks the calling goroutine to its thread and the thread to cpu;
+// unpin gives the thread back its CPUs and unlocks it. A thread left pinned goes
+// back to Go's pool: goroutines scheduled on it, and every process started from
+// it (tcpdump, tshark, spiwatch), would then run on that one CPU.
+func pinThread(cpu int) (unpin func(), err error) {
+	runtime.LockOSThread()
+	var orig, set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &orig); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("reading the CPUs this thread may use: %w", err)
+	}
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("pinning to CPU %d: %w", cpu, err)
+	}
+	return func() {
+		if err := unix.SchedSetaffinity(0, &orig); err != nil {
+			// Keep the thread locked: Go retires it with its goroutine rather than
+			// hand it, pinned, to another one.
+			step("giving a thread its CPUs back: %v", err)
+			return
+		}
+		runtime.UnlockOSThread()
+	}, nil
+}
 
 func step(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "spiwatch-bench: "+format+"\n", args...)
