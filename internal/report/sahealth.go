@@ -72,7 +72,12 @@ type srcPort struct {
 // (CLOCK_MONOTONIC ns). It returns each colliding row's sources, by row index,
 // most recent first. Reserved SPIs are never collisions: they name no SA.
 func UnknownCollisions(rows []maps.Unknown, now uint64, window time.Duration) map[int][]maps.SASource {
-	first := make(map[spiDst]srcPort)
+	// Most SPIs have one row: the first row of each is found by the SPI alone (a
+	// map of 4-byte keys, a quarter of the report's time at 65,536 rows with
+	// (SPI, destination) keys); an SPI's rows towards another destination than
+	// its first row's are compared in a map of their own.
+	first := make(map[uint32]int32, len(rows))
+	var firstOther map[spiDst]srcPort
 	multi := map[spiDst]bool{}
 	active := func(u *maps.Unknown) bool { return u.SPI >= 256 && u.LastSeenNs+uint64(window) >= now }
 	for i := range rows {
@@ -80,9 +85,23 @@ func UnknownCollisions(rows []maps.Unknown, now uint64, window time.Duration) ma
 		if !active(u) {
 			continue
 		}
+		j, ok := first[u.SPI]
+		if !ok {
+			first[u.SPI] = int32(i)
+			continue
+		}
 		k, s := spiDst{u.SPI, u.Dst.As16()}, srcPort{u.Src.As16(), u.SrcPort}
-		if f, ok := first[k]; !ok {
-			first[k] = s
+		if f := &rows[j]; f.Dst.As16() == k.dst {
+			if (srcPort{f.Src.As16(), f.SrcPort}) != s {
+				multi[k] = true
+			}
+			continue
+		}
+		if firstOther == nil {
+			firstOther = map[spiDst]srcPort{}
+		}
+		if f, ok := firstOther[k]; !ok {
+			firstOther[k] = s
 		} else if f != s {
 			multi[k] = true
 		}

@@ -43,18 +43,32 @@ func TestUnknownCollisions(t *testing.T) {
 		at(unk(0x5000, "2001:db8::2", 4500, 2, 5), 3*time.Second), // 11
 	}
 	rows[11].Dst = rows[10].Dst
+	// One SPI towards two destinations: only the rows towards one destination
+	// from two sources collide, whichever destination the SPI's first row has.
+	other := netip.MustParseAddr("203.0.113.9")
+	for _, u := range []maps.Unknown{
+		at(unk(0x6000, "198.51.100.1", 0, 2, 5), time.Second), // 12: alone towards its destination
+		at(unk(0x6000, "198.51.100.1", 0, 2, 5), time.Second), // 13: towards other, two sources
+		at(unk(0x6000, "198.51.100.2", 0, 2, 5), time.Second), // 14
+		at(unk(0x7000, "198.51.100.1", 0, 2, 5), time.Second), // 15: two sources, two destinations
+		at(unk(0x7000, "198.51.100.2", 0, 2, 5), time.Second), // 16
+	} {
+		rows = append(rows, u)
+	}
+	rows[13].Dst, rows[14].Dst, rows[16].Dst = other, other, other
 	got := UnknownCollisions(rows, now, 30*time.Second)
 	for i, want := range map[int]string{
 		0: "198.51.100.1, 198.51.100.2", 1: "198.51.100.1, 198.51.100.2",
 		2: "198.51.100.1:4500, 198.51.100.1:4501", 3: "198.51.100.1:4500, 198.51.100.1:4501",
 		10: "[2001:db8::1]:4500, [2001:db8::2]:4500", 11: "[2001:db8::1]:4500, [2001:db8::2]:4500",
+		13: "198.51.100.1, 198.51.100.2", 14: "198.51.100.1, 198.51.100.2",
 	} {
 		if s := SourcesString(got[i]); s != want {
 			t.Errorf("row %d: sources %q, want %q", i, s, want)
 		}
 	}
-	if len(got) != 6 {
-		t.Errorf("%d rows in collision, want 6: %v", len(got), got)
+	if len(got) != 8 {
+		t.Errorf("%d rows in collision, want 8: %v", len(got), got)
 	}
 }
 
