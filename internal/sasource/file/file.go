@@ -158,9 +158,19 @@ func load(path string, changedAt time.Time) (sas []maps.SA, wait bool, err error
 	if time.Since(changedAt) < EmptySettle && !complete(f) {
 		return nil, true, nil
 	}
-	sas, err = knownsa.Read(f, path)
+	before, serr := f.Stat()
+	sas, err = parse(f, path)
+	// Written to while it was read (after the poll that found it settled): what
+	// was read may be part old, part new. Wait for it to settle again.
+	if after, aerr := f.Stat(); serr == nil && aerr == nil && (after.Size() != before.Size() || !after.ModTime().Equal(before.ModTime())) {
+		return nil, true, nil
+	}
 	return sas, false, err
 }
+
+// parse reads the SAs of an open known-SPI file (a variable: tests write to the
+// file while it is read).
+var parse = knownsa.Read
 
 // complete says whether f has content ending in a newline. A file whose last
 // byte cannot be read (a directory, a pipe) counts as complete, so reading it

@@ -5,12 +5,14 @@ package file
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spiwatch/spiwatch/internal/knownsa"
 	"github.com/spiwatch/spiwatch/maps"
 )
 
@@ -61,5 +63,47 @@ func TestFailedUpdateRetried(t *testing.T) {
 	defer rec.mu.Unlock()
 	if len(rec.events) == 0 || !strings.Contains(rec.events[0], "failed known SAs: 65537 SPIs do not fit") {
 		t.Errorf("events %v: want the refusal reported first", rec.events)
+	}
+}
+
+// TestWrittenWhileRead: a file that changes while it is being read (after the
+// poll that found it settled) is not applied as read, which may be part old,
+// part new: the source waits for it to settle again and applies what it ends as.
+func TestWrittenWhileRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "known")
+	if err := os.WriteFile(path, []byte("0x1000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	torn := false
+	parse = func(r io.Reader, name string) ([]maps.SA, error) {
+		sas, err := knownsa.Read(r, name)
+		if !torn { // the writer goes on while the first read after the start runs
+			torn = true
+			if err := os.WriteFile(path, []byte("0x3000\n"), 0o600); err != nil {
+				t.Error(err)
+			}
+		}
+		return sas, err
+	}
+	t.Cleanup(func() { parse = knownsa.Read })
+	rec := &recorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := New(path, 10*time.Millisecond, nil).Start(ctx, rec.sink, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("0x1000\n0x2000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, "the file's last content applied", func() bool {
+		n := len(rec.sets)
+		return n > 1 && len(rec.sets[n-1]) == 1 && rec.sets[n-1][0].SPI == 0x3000
+	})
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, set := range rec.sets[1:] {
+		if len(set) == 2 {
+			t.Errorf("applied %v, read while the file was being rewritten; sets: %v", set, rec.sets)
+		}
 	}
 }
