@@ -50,3 +50,15 @@ func TestCounted(t *testing.T) {
 		t.Errorf("Counted(1, known SA) = %q", got)
 	}
 }
+
+// TestEmptyCaptureText: a capture file without packets has no time: the
+// report says so instead of printing the zero time (0001-01-01).
+func TestEmptyCaptureText(t *testing.T) {
+	var b strings.Builder
+	if err := WriteText(&b, &Snapshot{Source: "empty.pcap"}, 10); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.String(); strings.Contains(out, "0001-01-01") || !strings.Contains(out, "capture empty.pcap: no packets") || !strings.HasPrefix(out, "no packets  ") {
+		t.Errorf("report of an empty capture:\n%s", out)
+	}
+}

@@ -287,8 +287,12 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 		}
 		ifs = append(ifs, IfaceLabel(i.Iface))
 	}
+	when := s.Time.Format("2006-01-02 15:04:05")
+	if s.Time.IsZero() {
+		when = "no packets" // a capture file without any: it has no time
+	}
 	fmt.Fprintf(&b, "%s  %s  known SAs %d  unknown table %d/%d, %d evicted",
-		s.Time.Format("2006-01-02 15:04:05"), strings.Join(ifs, ", "), len(s.Known),
+		when, strings.Join(ifs, ", "), len(s.Known),
 		s.Table.Entries, s.Table.Capacity, s.Table.Evictions)
 	if s.Table.InsertFails > 0 {
 		fmt.Fprintf(&b, ", %d not recorded", s.Table.InsertFails)
@@ -311,7 +315,11 @@ func WriteText(w io.Writer, s *Snapshot, top int) error {
 		fmt.Fprintf(&b, "known SAs from %s\n", SourcesLine(s.Sources))
 	}
 	if s.Source != "" {
-		fmt.Fprintf(&b, "capture %s: %s, rates averaged over it\n", s.Source, s.Interval.Round(time.Millisecond))
+		if s.Time.IsZero() {
+			fmt.Fprintf(&b, "capture %s: no packets\n", s.Source)
+		} else {
+			fmt.Fprintf(&b, "capture %s: %s, rates averaged over it\n", s.Source, s.Interval.Round(time.Millisecond))
+		}
 	}
 	if s.Partial != "" {
 		fmt.Fprintf(&b, "PARTIAL: the capture could not be read to its end: %s\n", s.Partial)
