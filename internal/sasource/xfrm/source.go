@@ -300,30 +300,37 @@ func (s *Source) apply(route *netlink.Handle, sink sasource.Sink) (handed bool, 
 
 // addrListAttempts bounds the listings of the local addresses when the kernel
 // says each was interrupted by a change.
-const addrListAttempts = 4
+const addrListAttempts = 6
 
 // localAddrs are this namespace's addresses: an SA whose destination is one of
 // them is inbound. A listing that addresses changed during (the kernel marks it
 // interrupted: a failover moving many addresses at once) may miss some, and is
-// made again at once.
+// made again, 1, 2, 4 ... ms later. Under changes that never pause for a whole
+// listing, the union of the interrupted ones is taken: an address that stayed
+// is in nearly every listing, and one that only came and went, taken for local
+// too, costs nothing.
 func localAddrs(route *netlink.Handle) (map[netip.Addr]bool, error) {
-	var addrs []netlink.Addr
-	var err error
-	for range addrListAttempts {
-		if addrs, err = route.AddrList(nil, netlink.FAMILY_ALL); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
+	union := map[netip.Addr]bool{}
+	for i := range addrListAttempts {
+		addrs, err := route.AddrList(nil, netlink.FAMILY_ALL)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return nil, fmt.Errorf("xfrm: listing local addresses: %w", err)
 		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("xfrm: listing local addresses: %w", err)
-	}
-	out := make(map[netip.Addr]bool, len(addrs))
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			out[ip.Unmap()] = true
+		got := make(map[netip.Addr]bool, len(addrs))
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok {
+				got[ip.Unmap()] = true
+			}
 		}
+		if err == nil {
+			return got, nil // a whole listing: it alone is right
+		}
+		for ip := range got {
+			union[ip] = true
+		}
+		time.Sleep(time.Millisecond << i)
 	}
-	return out, nil
+	return union, nil
 }
 
 // follow applies events until ctx ends. Events that arrive close together are
