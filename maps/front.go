@@ -270,20 +270,8 @@ func (m *Maps) frontLookup(spi uint32) ([]saStats, bool, error) {
 // overflowing: a miss in those goes on to sw_known; in the others it is unknown.
 func (m *Maps) syncOverflow() error {
 	want := map[uint32]bool{}
-	var spi uint32
-	var next uint32
-	var key any // nil: the first key
-	for {
-		err := m.known.NextKey(key, &next)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("listing known SAs: %w", err)
-		}
-		spi = next
-		want[m.frontSlot(spi)] = true
-		key = spi
+	if err := m.eachKnown(func(spi uint32, _ *knownSPI) { want[m.frontSlot(spi)] = true }); err != nil {
+		return err
 	}
 	return m.withWords(true, func(words []uint64) error {
 		for slot := range uint32(len(words)) {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"syscall"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -89,25 +91,22 @@ func (m *Maps) readKnown() (map[uint32]group, map[uint32]bool, []orphan, error) 
 	}
 	var orphans []orphan
 	marked := map[uint32]bool{} // SPIs with a MULTI mark the program follows
-	var spi uint32
-	vals := make([]knownSPI, m.ncpu)
-	it := m.known.Iterate()
-	for it.Next(&spi, &vals) {
+	err = m.eachKnown(func(spi uint32, v *knownSPI) {
 		switch {
 		case front[spi]:
 			orphans = append(orphans, orphan{spi: spi})
-		case vals[0].Flags&knownMulti == 0:
-			groups[spi] = group{{SPI: spi, Daddr: vals[0].Daddr}}
+		case v.Flags&knownMulti == 0:
+			groups[spi] = group{{SPI: spi, Daddr: v.Daddr}}
 		default:
 			marked[spi] = true
 		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, nil, nil, fmt.Errorf("listing known SAs: %w", err)
+	})
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	var k saKey
 	stats := make([]saStats, m.ncpu)
-	it = m.knownMulti.Iterate()
+	it := m.knownMulti.Iterate()
 	for it.Next(&k, &stats) {
 		if !marked[k.SPI] {
 			orphans = append(orphans, orphan{spi: k.SPI, key: k, multi: true})
@@ -119,6 +118,47 @@ func (m *Maps) readKnown() (map[uint32]group, map[uint32]bool, []orphan, error) 
 		return nil, nil, nil, fmt.Errorf("listing known SAs: %w", err)
 	}
 	return groups, front, orphans, nil
+}
+
+// knownBatch is how many sw_known entries one system call reads (with every
+// CPU's copy of each value).
+const knownBatch = 512
+
+// eachKnown calls f with every sw_known entry: its SPI and the first CPU's copy
+// of its value (the address and flags, which Go writes to every copy). In
+// batches: one system call per entry and two per key (the iterator's next key,
+// then the lookup) took most of an update's time, 236 ms at 50,000 SAs.
+func (m *Maps) eachKnown(f func(spi uint32, v *knownSPI)) error {
+	keys := make([]uint32, knownBatch)
+	vals := make([]knownSPI, knownBatch*m.ncpu)
+	var cursor ebpf.MapBatchCursor
+	for first := true; ; first = false {
+		n, err := m.known.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			f(keys[i], &vals[i*m.ncpu])
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case first && (errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, syscall.EINVAL)):
+			return m.iterateKnown(f) // a kernel without batch reads of hash maps
+		case err != nil:
+			return fmt.Errorf("listing known SAs: %w", err)
+		}
+	}
+}
+
+func (m *Maps) iterateKnown(f func(spi uint32, v *knownSPI)) error {
+	var spi uint32
+	vals := make([]knownSPI, m.ncpu)
+	it := m.known.Iterate()
+	for it.Next(&spi, &vals) {
+		f(spi, &vals[0])
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("listing known SAs: %w", err)
+	}
+	return nil
 }
 
 // AddKnown adds SAs to the known set. SAs already there keep their counters.
@@ -476,7 +516,7 @@ func (m *Maps) putMulti(k saKey, stats []saStats) error {
 	if err := m.injected(); err != nil {
 		return err
 	}
-	if err := m.knownMulti.Update(k, stats, ebpf.UpdateAny); err != nil {
+	if err := updateAllocating(m.knownMulti, k, stats); err != nil {
 		if isE2BIG(err) {
 			return fmt.Errorf("adding known SA %s: the map of SAs sharing an SPI is full (%d entries)", k.sa(), m.knownMulti.MaxEntries())
 		}
@@ -505,13 +545,34 @@ func (m *Maps) putSPI(k saKey, stats []saStats, flags uint32) error {
 	for i := range vals {
 		vals[i] = knownSPI{St: stats[i], Daddr: k.Daddr, Flags: flags}
 	}
-	if err := m.known.Update(k.SPI, vals, ebpf.UpdateAny); err != nil {
+	if err := updateAllocating(m.known, k.SPI, vals); err != nil {
 		if isE2BIG(err) {
 			return fmt.Errorf("adding known SA %s: the known-SA map is full (%d entries)", k.sa(), m.known.MaxEntries())
 		}
 		return fmt.Errorf("adding known SA %s: %w", k.sa(), err)
 	}
 	return nil
+}
+
+// allocAttempts bounds the tries of one insert that the kernel's allocator
+// refuses (updateAllocating).
+const allocAttempts = 10
+
+// updateAllocating is Update for the known-SA maps, which are not preallocated:
+// the kernel's BPF allocator serves their entries from per-CPU caches that it
+// refills in the background, and an insert that finds the cache empty fails
+// with ENOMEM though memory is there (2 bulk adds of 50,000 SAs in 3 failed so,
+// at a random SA, and the whole change went back). Such an insert is tried
+// again after a pause; an ENOMEM that lasts (1, 2 ... 10 x 100 us) is real.
+func updateAllocating(mp *ebpf.Map, key, val any) error {
+	var err error
+	for i := range allocAttempts {
+		if err = mp.Update(key, val, ebpf.UpdateAny); !errors.Is(err, syscall.ENOMEM) {
+			return err
+		}
+		time.Sleep(time.Duration(i+1) * 100 * time.Microsecond)
+	}
+	return err
 }
 
 // dropMulti removes the shared-map entries of old that g no longer has (all of

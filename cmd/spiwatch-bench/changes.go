@@ -75,6 +75,7 @@ of 500,000 runs, the later ones the median round, as the tool does now.
 | | esp-in-udp known | 1.24×, 1.18×, 1.19× | 1.17×, 1.15×, 1.15× |
 | report: the collision check finds each SPI's first row by the SPI alone (4-byte keys), not by (SPI, destination) in a map as big as the table. Go benchmark of UnknownCollisions at 65,536 rows; full report with -report-time-only, three runs of each build | collision check, 65,536 rows | 14.1 ms | 2.6 ms |
 | | full report, 65,536 rows (with verdicts, as spiwatch --json) | 83–98 ms | 70–77 ms |
+| known-SA updates read sw_known in batches of 512 entries (each with every CPU's copy), not two system calls per entry (the iterator's next key, then the lookup), both for the set and for the front's overflow marks. One SA changed in a set of 50,000 (ReplaceKnown, 2 CPUs; one run before, four after) | one known-set update, 50,000 SAs | 236 ms | 67–97 ms |
 
 How the per-packet table is measured changed with the UDP-ports row above, and its
 figures before then are not comparable to the ones after:
