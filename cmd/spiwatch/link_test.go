@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -86,7 +88,9 @@ func TestLinkChanges(t *testing.T) {
 			t.Fatalf("ip -n %s %v: %v: %s", ns, args, err, out)
 		}
 	}
-	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--known-spi", "0x1000", "--json", "--interval", "100ms", "--xdp-mode", "native")
+	logFile := filepath.Join(t.TempDir(), "events.log")
+	s := startSpiwatch(t, spiwatch, lab.NSB, "-i", lab.Receiver, "--known-spi", "0x1000", "--json", "--interval", "100ms", "--xdp-mode", "native",
+		"--log-file", logFile)
 	runGen(t, gen, lab.NSA, lab.Sender, []string{"esp spi=0x1000 count=10"})
 	s.waitReport(t, "10 known", func(r linkReport) bool { p, _ := r.espKnown(); return p == 10 })
 
@@ -132,6 +136,23 @@ func TestLinkChanges(t *testing.T) {
 	o := s.stop(t)
 	if o.Interfaces[0].Name != renamed {
 		t.Errorf("last report names %s, want %s", o.Interfaces[0].Name, renamed)
+	}
+	// The event log says each change, as a change: the interface stayed watched.
+	log, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"event=interface_change msg=\"Interface changed, still watched\" iface=" + lab.Receiver + " change=\"link down:",
+		"event=interface_change msg=\"Interface changed, still watched\" iface=" + renamed + " change=\"renamed from " + lab.Receiver + "\"",
+		"event=interface_change msg=\"Interface changed, still watched\" iface=" + renamed + " change=\"link up again\"",
+	} {
+		if !strings.Contains(string(log), want) {
+			t.Errorf("event log lacks %s:\n%s", want, log)
+		}
+	}
+	if strings.Contains(string(log), "interface_lost") {
+		t.Errorf("event log says the interface was lost:\n%s", log)
 	}
 }
 

@@ -296,9 +296,14 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 	lost := map[int]string{}
 	down := map[int]bool{}
 	unchecked := map[int]bool{} // said that a check failed; not said again until one works
-	ifaceEvent := func(iface, what string) {
-		if events != nil && !logToStderr {
+	// Interface events go to a log file; on stderr the status lines say them.
+	ifaceEvent := func(iface, what string, lost bool) {
+		switch {
+		case events == nil || logToStderr:
+		case lost:
 			events.Interface(iface, what)
+		default:
+			events.InterfaceChange(iface, what)
 		}
 	}
 	checkIfaces := func() error {
@@ -314,7 +319,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 			p := st.Problem
 			if p != "" && lost[a.Slot] == "" {
 				fmt.Fprintf(stderr, "spiwatch: %s: %s; its counts so far stay in the reports\n", a.Iface, p)
-				ifaceEvent(a.Iface, p)
+				ifaceEvent(a.Iface, p, true)
 			}
 			lost[a.Slot] = lostAfter(lost[a.Slot], st)
 			if lost[a.Slot] == "" {
@@ -322,7 +327,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 			}
 			if p == "" && st.Name != "" && st.Name != a.Iface {
 				fmt.Fprintf(stderr, "spiwatch: %s was renamed %s; still watching it\n", a.Iface, st.Name)
-				ifaceEvent(st.Name, "renamed from "+a.Iface)
+				ifaceEvent(st.Name, "renamed from "+a.Iface, false)
 				objs.Rename(a, st.Name)
 			}
 			if p == "" && st.LinkDown != down[a.Slot] {
@@ -331,7 +336,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 					what = "link up again"
 				}
 				fmt.Fprintf(stderr, "spiwatch: %s: %s\n", a.Iface, what)
-				ifaceEvent(a.Iface, what)
+				ifaceEvent(a.Iface, what, false)
 				down[a.Slot] = st.LinkDown
 			}
 			// --wait-iface: an interface of that name is back; attach to it again.
@@ -339,6 +344,7 @@ func watch(ctx context.Context, cfg *Config, v *Validated, stdout, stderr io.Wri
 				if err := objs.Reattach(a, v.Mode); err == nil {
 					delete(lost, a.Slot)
 					fmt.Fprintf(stderr, "spiwatch: %s is back: watching it again (%s XDP, program id %d)\n", a.Iface, a.Mode, a.ProgID)
+					ifaceEvent(a.Iface, "back: watching it again", false)
 				}
 			}
 			now := report.Iface{Name: a.Iface, Ifindex: a.Ifindex, Mode: a.Mode.String(), Slot: a.Slot,

@@ -190,6 +190,14 @@ func (l *Logger) Interface(name, problem string) {
 	l.write("error", "interface_lost", "Interface no longer watched", kv{"iface", name}, kv{"problem", problem})
 }
 
+// InterfaceChange logs a change of a watched interface that leaves it watched:
+// link down or up, renamed, back after --wait-iface.
+func (l *Logger) InterfaceChange(name, change string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.write("warn", "interface_change", "Interface changed, still watched", kv{"iface", name}, kv{"change", change})
+}
+
 // VerdictChange logs a row whose verdict changed, e.g. an unknown SPI that became
 // a rekey race when its SA was installed, or stale.
 func (l *Logger) VerdictChange(u report.UnknownRow, from string) {

@@ -191,7 +191,11 @@ func (s *Source) run(ctx context.Context, c *conn, st *state, applied []maps.SA,
 // kernel; a restarted charon's list-sas will say which are gone.
 func (s *Source) lost(err error, kept int, backoff time.Duration) {
 	s.health.SetConnected(false)
-	s.r.Notice(s.Name(), fmt.Sprintf("lost (%v), keeping its %d SAs until charon lists them again, retrying in %v", err, kept, backoff))
+	noun := "SAs"
+	if kept == 1 {
+		noun = "SA"
+	}
+	s.r.Notice(s.Name(), fmt.Sprintf("lost (%v), keeping its %d %s until charon lists them again, retrying in %v", err, kept, noun, backoff))
 	s.failed(err)
 }
 

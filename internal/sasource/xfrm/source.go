@@ -328,7 +328,9 @@ func localAddrs(route *netlink.Handle) (map[netip.Addr]bool, error) {
 		for ip := range got {
 			union[ip] = true
 		}
-		time.Sleep(time.Millisecond << i)
+		if i < addrListAttempts-1 {
+			time.Sleep(time.Millisecond << i)
+		}
 	}
 	return union, nil
 }
